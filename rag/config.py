@@ -1,0 +1,141 @@
+"""One source of configuration: environment variables (and `.env`) with defaults, validated at start.
+
+`load_settings()` is the only reader of the environment; everything else receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import ConfigError
+
+Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the engine; environment names are given by each field's alias."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        validation_alias=AliasChoices("RAG_DATA_DIR", "data_dir"),
+        description="Where uploads, the catalog, conversations and the embedded Milvus keep their files.",
+    )
+    milvus_uri: str = Field(
+        "",
+        validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"),
+        description="Empty: start the embedded Milvus server. http(s)://host:port: any Milvus. *.db: Milvus Lite.",
+    )
+    milvus_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("MILVUS_TOKEN", "milvus_token"),
+        description="user:password or API key for an external Milvus.",
+    )
+    collection: str = Field(
+        "documents",
+        validation_alias=AliasChoices("RAG_COLLECTION", "collection"),
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection holding the document chunks.",
+    )
+    consistency_level: Consistency = Field(
+        "Session",
+        validation_alias=AliasChoices("RAG_CONSISTENCY", "consistency_level"),
+        description="Consistency level of searches and of a newly created collection.",
+    )
+    embed_model: str = Field(
+        "",
+        validation_alias=AliasChoices("EMBED_MODEL", "embed_model"),
+        description="sentence-transformers model name or local path; empty: the bundled all-MiniLM-L6-v2.",
+    )
+    embed_batch_size: int = Field(
+        32, ge=1, le=1024, validation_alias=AliasChoices("RAG_EMBED_BATCH_SIZE", "embed_batch_size")
+    )
+    chunk_size: int = Field(
+        256,
+        ge=32,
+        le=8192,
+        validation_alias=AliasChoices("RAG_CHUNK_SIZE", "chunk_size"),
+        description="Tokens per chunk; capped at the embedding model's maximum sequence length.",
+    )
+    chunk_overlap: int = Field(24, ge=0, validation_alias=AliasChoices("RAG_CHUNK_OVERLAP", "chunk_overlap"))
+    insert_batch_size: int = Field(
+        64, ge=1, le=10_000, validation_alias=AliasChoices("RAG_INSERT_BATCH_SIZE", "insert_batch_size")
+    )
+    insert_concurrency: int = Field(
+        4, ge=1, le=64, validation_alias=AliasChoices("RAG_INSERT_CONCURRENCY", "insert_concurrency")
+    )
+    top_k: int = Field(5, ge=1, le=50, validation_alias=AliasChoices("RAG_TOP_K", "top_k"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="Any OpenAI-compatible server (Ollama, vLLM, LM Studio), e.g. http://localhost:11434/v1.",
+    )
+    llm_model: str = Field("gpt-4o-mini", validation_alias=AliasChoices("LLM_MODEL", "llm_model"))
+    temperature: float = Field(0.1, ge=0.0, le=2.0, validation_alias=AliasChoices("RAG_TEMPERATURE", "temperature"))
+    llm_timeout: float = Field(120.0, gt=0, validation_alias=AliasChoices("RAG_LLM_TIMEOUT", "llm_timeout"))
+    max_file_mb: float = Field(
+        200.0,
+        gt=0,
+        validation_alias=AliasChoices("RAG_MAX_FILE_MB", "max_file_mb"),
+        description="Files larger than this are refused before reading.",
+    )
+    max_files: int = Field(
+        200,
+        ge=1,
+        validation_alias=AliasChoices("RAG_MAX_FILES", "max_files"),
+        description="Most files accepted in one ingestion job.",
+    )
+    milvus_start_timeout: float = Field(
+        120.0, gt=0, validation_alias=AliasChoices("RAG_MILVUS_START_TIMEOUT", "milvus_start_timeout")
+    )
+
+    @field_validator("openai_base_url", "milvus_uri")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def embedded_milvus(self) -> bool:
+        """True when no MILVUS_URI is set and the embedded server is used."""
+        return not self.milvus_uri
+
+    @property
+    def milvus_lite(self) -> bool:
+        """True when MILVUS_URI names a local Milvus Lite file."""
+        return self.milvus_uri.endswith(".db")
+
+    @property
+    def llm_enabled(self) -> bool:
+        """An LLM is configured when there is an API key or an OpenAI-compatible base URL."""
+        return bool(self.openai_api_key and self.openai_api_key.get_secret_value()) or bool(self.openai_base_url)
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings as shown to people: secrets masked."""
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(getattr(self, name), SecretStr):
+                value = "••••••" if getattr(self, name).get_secret_value() else ""
+            shown[name] = str(value) if isinstance(value, Path) else value
+        return shown
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once, apply explicit overrides, and fail with a readable ConfigError."""
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = Settings(**clean)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}", user_message=f"Invalid configuration: {exc}") from exc
+    if settings.chunk_overlap >= settings.chunk_size:
+        raise ConfigError(
+            f"RAG_CHUNK_OVERLAP ({settings.chunk_overlap}) must be smaller than RAG_CHUNK_SIZE ({settings.chunk_size})."
+        )
+    return settings

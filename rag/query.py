@@ -1,0 +1,221 @@
+"""Questions → async retrieval → a streamed, cited answer (or, with no LLM, quoted passages).
+
+Follow-up questions are rewritten into standalone ones from the chat history before retrieval.
+Every answer carries its sources: file name, page, score and chunk text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from llama_index.core.llms import ChatMessage, MessageRole
+from pydantic import BaseModel
+
+from rag.config import Settings
+from rag.embeddings import Embedder
+from rag.llms import map_provider_errors
+from rag.store import DocumentStore
+
+Mode = Literal["llm", "retrieval-only"]
+
+RETRIEVAL_ONLY_NOTE = (
+    "Retrieval-only mode: no language model is configured, so this is not a generated answer. "
+    "These are the sentences and passages of your documents that best match the question. "
+    "Set OPENAI_API_KEY (or OPENAI_BASE_URL for Ollama, vLLM or LM Studio) to get written answers."
+)
+
+SYSTEM_PROMPT = (
+    "You answer questions about the user's documents using only the numbered sources given. "
+    "Cite the sources you use in square brackets, like [1] or [2][3]. "
+    "If the sources do not contain the answer, say that the documents do not say. Be concise."
+)
+
+CONDENSE_PROMPT = (
+    "Rewrite the follow-up question as one standalone question that can be understood without the "
+    "conversation. Keep names and specifics. Reply with the question only.\n\n"
+    "Conversation:\n{history}\n\nFollow-up question: {question}\n\nStandalone question:"
+)
+
+
+class Source(BaseModel, frozen=True):
+    """One retrieved passage; the schema of `ask --json` sources."""
+
+    file_name: str
+    page: int | None
+    score: float
+    text: str
+    doc_id: str | None = None
+    chunk: int | None = None
+
+    @property
+    def label(self) -> str:
+        """`file, p. N` as people cite it."""
+        return f"{self.file_name}, p. {self.page}" if self.page else self.file_name
+
+
+class ChatTurn(BaseModel, frozen=True):
+    """One message of a conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class Answer(BaseModel, frozen=True):
+    """An answer with its sources; the schema of `ask --json`."""
+
+    question: str
+    answer: str
+    mode: Mode
+    sources: list[Source]
+    standalone_question: str | None = None
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+
+
+def escape_markdown(text: str) -> str:
+    """Document text shown inside Markdown must stay text: no links, images, HTML or emphasis."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+|\n{2,}|\n(?=[A-Z•\-*])", text)
+    return [" ".join(p.split()) for p in parts if len(p.split()) >= 4]
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+def _history_text(history: Sequence[ChatTurn], turns: int = 6) -> str:
+    return "\n".join(f"{t.role}: {t.content[:1500]}" for t in history[-turns:])
+
+
+class QueryEngine:
+    """Answers questions against one DocumentStore; lives on the runtime loop."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, store: DocumentStore, llm: Any | None) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.store = store
+        self.llm = llm
+
+    @property
+    def mode(self) -> Mode:
+        """`llm` when a language model is configured, else `retrieval-only`."""
+        return "llm" if self.llm is not None else "retrieval-only"
+
+    async def aretrieve(
+        self, question: str, top_k: int | None = None, doc_ids: Sequence[str] | None = None
+    ) -> list[Source]:
+        """The passages most similar to the question."""
+        embedding = await self.embedder.aembed_query(question)
+        hits = await self.store.asearch(embedding, top_k or self.settings.top_k, doc_ids)
+        sources = []
+        for hit in hits:
+            meta = hit.node.metadata
+            page = meta.get("page")
+            sources.append(
+                Source(
+                    file_name=str(meta.get("file_name", "?")),
+                    page=int(page) if page not in (None, "") else None,
+                    score=round(float(hit.score or 0.0), 4),
+                    text=hit.node.get_content(),
+                    doc_id=meta.get("doc_id"),
+                    chunk=meta.get("chunk"),
+                )
+            )
+        return sources
+
+    async def acondense(self, question: str, history: Sequence[ChatTurn]) -> str:
+        """A standalone version of a follow-up question, for retrieval."""
+        if not history:
+            return question
+        if self.llm is None:
+            previous = next((t.content for t in reversed(history) if t.role == "user"), "")
+            return f"{previous} {question}" if previous and len(question.split()) < 8 else question
+        prompt = CONDENSE_PROMPT.format(history=_history_text(history), question=question)
+        with map_provider_errors():
+            response = await self.llm.acomplete(prompt)
+        return response.text.strip() or question
+
+    async def astream_answer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> AsyncIterator[str | Answer]:
+        """Yield the answer's text pieces as they arrive, then the finished Answer."""
+        standalone = await self.acondense(question, history)
+        sources = await self.aretrieve(standalone, top_k, doc_ids)
+        pieces: list[str] = []
+        if self.llm is None:
+            text = await self._extractive(standalone, sources)
+            pieces.append(text)
+            yield text
+        elif not sources:
+            text = "No indexed document matches this question. Upload documents on the Upload page first."
+            pieces.append(text)
+            yield text
+        else:
+            messages = [ChatMessage(role=MessageRole.SYSTEM, content=SYSTEM_PROMPT)]
+            for turn in history[-6:]:
+                messages.append(ChatMessage(role=MessageRole(turn.role), content=turn.content))
+            context = "\n\n".join(f"[{i}] {s.label}:\n{s.text}" for i, s in enumerate(sources, start=1))
+            messages.append(ChatMessage(role=MessageRole.USER, content=f"Sources:\n{context}\n\nQuestion: {question}"))
+            with map_provider_errors():
+                stream = await self.llm.astream_chat(messages)
+                async for chunk in stream:
+                    if chunk.delta:
+                        pieces.append(chunk.delta)
+                        yield chunk.delta
+        yield Answer(
+            question=question,
+            answer="".join(pieces),
+            mode=self.mode,
+            sources=sources,
+            standalone_question=standalone if standalone != question else None,
+        )
+
+    async def aquery(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> Answer:
+        """The whole answer at once."""
+        answer: Answer | None = None
+        async for item in self.astream_answer(question, history, top_k, doc_ids):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None
+        return answer
+
+    async def _extractive(self, question: str, sources: Sequence[Source]) -> str:
+        """Retrieval-only answer: the sentences of the top passages closest to the question."""
+        if not sources:
+            return f"_{RETRIEVAL_ONLY_NOTE}_\n\nNo indexed document matches this question."
+        candidates = [(i, s) for i, src in enumerate(sources, start=1) for s in _sentences(src.text)][:200]
+        lines = []
+        if candidates:
+            q = await self.embedder.aembed_query(question)
+            vectors = await self.embedder.aembed([s for _, s in candidates])
+            ranked = sorted(zip(candidates, vectors), key=lambda cv: _cosine(q, cv[1]), reverse=True)
+            seen: set[str] = set()
+            for (i, sentence), _vec in ranked:
+                if sentence in seen:
+                    continue
+                seen.add(sentence)
+                lines.append(f"- “{escape_markdown(sentence)}” \\[{i}\\]")
+                if len(lines) == 3:
+                    break
+        if not lines:
+            lines = [f"- “{escape_markdown(sources[0].text[:300])}” \\[1\\]"]
+        return f"_{RETRIEVAL_ONLY_NOTE}_\n\n**Best-matching sentences:**\n" + "\n".join(lines)

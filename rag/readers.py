@@ -1,0 +1,217 @@
+"""File → LlamaIndex Documents, one reader per format, each page a Document where the format has pages.
+
+Readers are LlamaIndex `BaseReader`s. PDFs go through pypdfium2 (much faster than pypdf, and it tells
+encrypted and text-less files apart). Every failure is an IngestError naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from llama_index.core import Document
+from llama_index.core.readers.base import BaseReader
+
+from rag.errors import IngestError
+
+_MAX_UNZIPPED = 512 * 1024 * 1024  # a docx/pptx/epub that inflates past this is refused (zip bomb)
+_MAX_RATIO = 200
+
+
+def _decode_text(data: bytes, name: str) -> str:
+    if b"\x00" in data[:8192]:
+        raise IngestError(name, "looks like binary data, not text")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:  # pragma: no cover - cp1252 fails only on five byte values
+        text = data.decode("latin-1")
+    controls = sum(1 for ch in text[:20000] if ord(ch) < 32 and ch not in "\r\n\t\f")
+    if controls > max(8, len(text[:20000]) // 100):
+        raise IngestError(name, "looks like binary data, not text")
+    return text
+
+
+def _check_zip(data: bytes, name: str) -> None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise IngestError(name, "is not a valid Office/EPUB file (damaged zip container)") from exc
+    if total > _MAX_UNZIPPED or total > max(len(data), 1) * _MAX_RATIO:
+        raise IngestError(name, f"expands to {total / 1e6:.0f} MB when unpacked (zip bomb?); refused")
+
+
+class PdfReader(BaseReader):
+    """PDF text per page with pypdfium2; `page` metadata is 1-based like a PDF viewer's."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        import pypdfium2 as pdfium
+
+        name = (extra_info or {}).get("file_name", file.name)
+        try:
+            pdf = pdfium.PdfDocument(str(file))
+        except pdfium.PdfiumError as exc:
+            reason = str(exc).lower()
+            if "password" in reason:
+                raise IngestError(name, "is an encrypted PDF; remove the password and upload it again") from exc
+            raise IngestError(name, f"is not a readable PDF ({exc})") from exc
+        docs = []
+        try:
+            for index in range(len(pdf)):
+                page = pdf[index]
+                textpage = page.get_textpage()
+                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                textpage.close()
+                page.close()
+                if text.strip():
+                    docs.append(Document(text=text, metadata={**(extra_info or {}), "page": index + 1}))
+            pages = len(pdf)
+        finally:
+            pdf.close()
+        if not docs:
+            raise IngestError(name, f"has no text layer in its {pages} page(s) (a scan?); OCR is not supported")
+        return docs
+
+
+class TextReader(BaseReader):
+    """Plain text, Markdown and anything else that is text; refuses binary data."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        name = (extra_info or {}).get("file_name", file.name)
+        return [Document(text=_decode_text(file.read_bytes(), name), metadata=dict(extra_info or {}))]
+
+
+class HtmlReader(BaseReader):
+    """Visible text of an HTML page; scripts, styles and navigation are dropped."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        from bs4 import BeautifulSoup
+
+        name = (extra_info or {}).get("file_name", file.name)
+        soup = BeautifulSoup(_decode_text(file.read_bytes(), name), "html.parser")
+        for tag in soup(["script", "style", "noscript", "nav", "template"]):
+            tag.decompose()
+        lines = [line.strip() for line in soup.get_text("\n").splitlines()]
+        text = "\n".join(line for line in lines if line)
+        meta = dict(extra_info or {})
+        if soup.title and soup.title.string:
+            meta["title"] = soup.title.string.strip()[:200]
+        return [Document(text=text, metadata=meta)]
+
+
+class CsvReader(BaseReader):
+    """One line per row as `column: value` pairs, so a chunk of rows still says what each value is."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        name = (extra_info or {}).get("file_name", file.name)
+        rows = csv.reader(io.StringIO(_decode_text(file.read_bytes(), name), newline=""))
+        header = next(rows, None)
+        if not header:
+            return []
+        lines = ["; ".join(f"{col}: {val}" for col, val in zip(header, row) if val) for row in rows]
+        return [Document(text="\n".join(line for line in lines if line), metadata=dict(extra_info or {}))]
+
+
+class DocxReader(BaseReader):
+    """Word documents through docx2txt, after a zip-bomb check."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        import docx2txt
+
+        name = (extra_info or {}).get("file_name", file.name)
+        _check_zip(file.read_bytes(), name)
+        try:
+            text = docx2txt.process(str(file))
+        except Exception as exc:  # noqa: BLE001 - docx2txt raises bare KeyErrors on damaged files
+            raise IngestError(name, f"is not a readable .docx file ({type(exc).__name__})") from exc
+        return [Document(text=text, metadata=dict(extra_info or {}))]
+
+
+class PptxReader(BaseReader):
+    """PowerPoint text per slide; `page` is the slide number."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        from pptx import Presentation
+
+        name = (extra_info or {}).get("file_name", file.name)
+        _check_zip(file.read_bytes(), name)
+        try:
+            deck = Presentation(str(file))
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(name, f"is not a readable .pptx file ({type(exc).__name__})") from exc
+        docs = []
+        for number, slide in enumerate(deck.slides, start=1):
+            parts = [shape.text_frame.text for shape in slide.shapes if shape.has_text_frame]
+            text = "\n".join(p for p in parts if p.strip())
+            if text.strip():
+                docs.append(Document(text=text, metadata={**(extra_info or {}), "page": number}))
+        return docs
+
+
+class EpubReader(BaseReader):
+    """EPUB chapters in reading order; `section` is the chapter's position."""
+
+    def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
+        import ebooklib
+        from bs4 import BeautifulSoup
+        from ebooklib import epub
+
+        name = (extra_info or {}).get("file_name", file.name)
+        _check_zip(file.read_bytes(), name)
+        try:
+            book = epub.read_epub(str(file), options={"ignore_ncx": True})
+        except Exception as exc:  # noqa: BLE001
+            raise IngestError(name, f"is not a readable EPUB file ({type(exc).__name__})") from exc
+        docs = []
+        for section, item in enumerate(book.get_items_of_type(ebooklib.ITEM_DOCUMENT), start=1):
+            soup = BeautifulSoup(item.get_content(), "html.parser")
+            for tag in soup(["script", "style"]):
+                tag.decompose()
+            lines = [line.strip() for line in soup.get_text("\n").splitlines()]
+            text = "\n".join(line for line in lines if line)
+            if text:
+                docs.append(Document(text=text, metadata={**(extra_info or {}), "section": section}))
+        return docs
+
+
+READERS: dict[str, Callable[[], BaseReader]] = {
+    ".pdf": PdfReader,
+    ".txt": TextReader,
+    ".md": TextReader,
+    ".markdown": TextReader,
+    ".rst": TextReader,
+    ".log": TextReader,
+    ".html": HtmlReader,
+    ".htm": HtmlReader,
+    ".csv": CsvReader,
+    ".docx": DocxReader,
+    ".pptx": PptxReader,
+    ".epub": EpubReader,
+}
+SUPPORTED_EXTENSIONS = tuple(sorted(READERS))
+
+
+def file_type(name: str) -> str:
+    """The lower-case extension that picks the reader."""
+    return Path(name).suffix.lower()
+
+
+def read_file(path: Path, name: str) -> list[Document]:
+    """Read one stored file into Documents; `name` is what the user calls it (for messages and metadata)."""
+    reader = READERS.get(file_type(name))
+    if reader is None:
+        raise IngestError(
+            name,
+            f"has an unsupported type {file_type(name) or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+        )
+    docs = reader().load_data(path, extra_info={"file_name": name})
+    if not any(doc.text.strip() for doc in docs):
+        raise IngestError(name, "contains no text")
+    return docs

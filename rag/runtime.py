@@ -1,0 +1,99 @@
+"""The one background event loop that owns every async client.
+
+The async Milvus client binds to the first loop it awaits on and Streamlit reruns have no running loop,
+so sync callers (pages, the CLI) hand coroutines to this loop and wait on futures. This is the only
+module that touches loop plumbing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import TypeVar
+
+from rag.errors import OperationTimeoutError
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class Runtime:
+    """A daemon thread running one asyncio loop for the life of the process."""
+
+    def __init__(self, name: str = "rag-runtime") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop every async client of this process lives on."""
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        """True once close() stopped the loop."""
+        return not self._thread.is_alive()
+
+    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
+        """Schedule a coroutine on the loop and return a thread-safe future (for background jobs)."""
+        if self.closed:
+            raise RuntimeError("the runtime is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop and wait for its result; on timeout cancel it."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Runtime.run called from the runtime's own loop; await the coroutine instead")
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise OperationTimeoutError(f"operation exceeded {timeout} s") from exc
+
+    def iterate(self, agen: AsyncIterator[T], timeout: float | None = None) -> Iterator[T]:
+        """Yield an async generator's items as a sync iterator (for st.write_stream and terminals)."""
+
+        async def _next() -> object:
+            try:
+                return await agen.__anext__()
+            except StopAsyncIteration:
+                return _DONE
+
+        try:
+            while True:
+                item = self.run(_next(), timeout)
+                if item is _DONE:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None and not self.closed:
+                self.run(aclose(), timeout=10)
+
+    def close(self) -> None:
+        """Cancel pending work, stop the loop and join the thread."""
+        if self.closed:
+            return
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.run(_cancel_all(), timeout=10)
+        except Exception:  # noqa: BLE001 - closing must not fail on a stuck task
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

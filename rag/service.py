@@ -1,0 +1,249 @@
+"""RagService: the sync facade pages and the CLI call; it hands coroutines to the one Runtime.
+
+Building the service connects to Milvus (starting the embedded server when no MILVUS_URI is set),
+loads the embedding model, opens the collection on the runtime loop, and cleans up documents that a
+crash left half-indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.catalog import Catalog, DocumentRecord
+from rag.config import Settings
+from rag.embeddings import Embedder, load_embedder
+from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
+from rag.jobs import JobManager, JobSnapshot
+from rag.llms import build_llm, describe_llm
+from rag.query import Answer, ChatTurn, QueryEngine, Source
+from rag.runtime import Runtime
+from rag.store import DocumentStore, StoreInfo, resolve_connection
+
+log = logging.getLogger(__name__)
+
+
+class AnswerStream:
+    """Text pieces for `st.write_stream` or a terminal; `.answer` holds the Answer once exhausted."""
+
+    def __init__(self, items: Iterator[str | Answer]) -> None:
+        self._items = items
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._items:
+            if isinstance(item, Answer):
+                self.answer = item
+            else:
+                yield item
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What is connected, for the home page and `status` output."""
+
+    store: StoreInfo
+    embed_model: str
+    embed_dim: int
+    llm: str
+    mode: str
+    documents: int
+    recovered: tuple[str, ...]
+
+
+class RagService:
+    """Everything the UI and CLI need, as plain sync calls."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self._own_runtime = runtime is None
+        self.runtime = runtime or Runtime()
+        try:
+            self.connection = resolve_connection(settings)
+            self.embedder = embedder or load_embedder(settings)
+            self.store: DocumentStore = self.runtime.run(
+                DocumentStore.abuild(settings, self.connection, self.embedder.dim, self.embedder.model_id), timeout=120
+            )
+            self.catalog = Catalog(Path(settings.data_dir) / "catalog.sqlite3", settings.collection)
+            self.ingestor = Ingestor(settings, self.embedder, self.store, self.catalog)
+            self.jobs = JobManager(self.ingestor, self.runtime.loop)
+            self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
+            llm = self.runtime.run(self._abuild_llm(), timeout=30)
+            self.engine = QueryEngine(settings, self.embedder, self.store, llm)
+        except BaseException:
+            if self._own_runtime:
+                self.runtime.close()
+            raise
+
+    async def _abuild_llm(self) -> object | None:
+        return build_llm(self.settings)
+
+    # -- ingestion --------------------------------------------------------------------------
+    def ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None) -> IngestReport:
+        """Index files and wait for the report."""
+        files = [SourceFile(Path(p), (names[i] if names else Path(p).name)) for i, p in enumerate(paths)]
+        return self.runtime.run(self.ingestor.aingest(files))
+
+    def iter_ingest(self, paths: Sequence[Path | str]) -> Iterator[FileProgress | IngestReport]:
+        """Index files, yielding progress updates as they happen, then the report (for terminals)."""
+        import asyncio
+
+        files = [SourceFile(Path(p), Path(p).name) for p in paths]
+
+        async def _gen():  # noqa: ANN202
+            queue: asyncio.Queue[FileProgress | IngestReport] = asyncio.Queue()
+            task = asyncio.create_task(self.ingestor.aingest(files, lambda p: queue.put_nowait(p.model_copy())))
+            task.add_done_callback(
+                lambda t: queue.put_nowait(t.result()) if not t.cancelled() and not t.exception() else None
+            )
+            try:
+                while True:
+                    getter = asyncio.create_task(queue.get())
+                    done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        item = getter.result()
+                        yield item
+                        if isinstance(item, IngestReport):
+                            return
+                    else:
+                        getter.cancel()
+                        if task.exception():
+                            raise task.exception()  # type: ignore[misc]
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+        yield from self.runtime.iterate(_gen())
+
+    def start_job(
+        self, paths: Sequence[Path | str], names: Sequence[str] | None = None, owner: str = "cli"
+    ) -> JobSnapshot:
+        """Start indexing in the background and return the job's first snapshot."""
+        files = [SourceFile(Path(p), (names[i] if names else Path(p).name)) for i, p in enumerate(paths)]
+        return self.jobs.start(files, owner)
+
+    def job(self, job_id: str, owner: str | None = None) -> JobSnapshot | None:
+        """The latest snapshot of a job."""
+        return self.jobs.get(job_id, owner)
+
+    def list_jobs(self, owner: str | None = None) -> list[JobSnapshot]:
+        """An owner's jobs, newest first."""
+        return self.jobs.list(owner)
+
+    def cancel_job(self, job_id: str, owner: str | None = None) -> bool:
+        """Stop a running job."""
+        return self.jobs.cancel(job_id, owner)
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
+        """Block until a job ends (tests and scripts)."""
+        import asyncio
+
+        async def _wait() -> None:
+            task = self.jobs.future(job_id)
+            while task is None:
+                await asyncio.sleep(0.01)
+                task = self.jobs.future(job_id)
+            await asyncio.gather(task, return_exceptions=True)
+
+        self.runtime.run(_wait(), timeout)
+        snapshot = self.jobs.get(job_id)
+        assert snapshot is not None
+        return snapshot
+
+    # -- documents --------------------------------------------------------------------------
+    def documents(self) -> list[DocumentRecord]:
+        """Indexed documents, newest first."""
+        return self.catalog.list()
+
+    def delete_document(self, doc_id: str) -> DocumentRecord:
+        """Remove a document and every chunk of it."""
+        return self.runtime.run(self.ingestor.adelete(doc_id), timeout=120)
+
+    def reindex_document(self, doc_id: str, owner: str = "cli") -> JobSnapshot:
+        """Rebuild a document's chunks from its stored upload (e.g. after a splitter change)."""
+        record = self.delete_document_keep_file(doc_id)
+        return self.start_job([record.stored_path], [record.file_name], owner)
+
+    def delete_document_keep_file(self, doc_id: str) -> DocumentRecord:
+        """Remove a document's chunks and row but keep its stored bytes (for re-indexing)."""
+        from rag.errors import DocumentNotFoundError
+
+        record = self.catalog.get(doc_id)
+        if record is None:
+            raise DocumentNotFoundError(f"no document {doc_id}", user_message=f"No document has the id {doc_id}.")
+        self.runtime.run(self.store.adelete_doc(record.doc_id), timeout=120)
+        self.catalog.remove(record.doc_id)
+        return record
+
+    def count_chunks(self, doc_id: str | None = None) -> int:
+        """Chunks in Milvus (for one document or all)."""
+        return self.runtime.run(self.store.acount(doc_id), timeout=60)
+
+    # -- questions --------------------------------------------------------------------------
+    def retrieve(self, question: str, top_k: int | None = None, doc_ids: Sequence[str] | None = None) -> list[Source]:
+        """The passages most similar to a question."""
+        return self.runtime.run(self.engine.aretrieve(question, top_k, doc_ids), timeout=120)
+
+    def ask(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> Answer:
+        """A whole answer with sources."""
+        return self.runtime.run(
+            self.engine.aquery(question, history, top_k, doc_ids), timeout=self.settings.llm_timeout + 60
+        )
+
+    def stream_answer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+    ) -> AnswerStream:
+        """An answer as it is written; read `.answer` after iterating."""
+        agen = self.engine.astream_answer(question, history, top_k, doc_ids)
+        return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    @property
+    def mode(self) -> str:
+        """`llm` or `retrieval-only`."""
+        return self.engine.mode
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> ServiceStatus:
+        """What is connected and how much is indexed."""
+
+        async def _info() -> StoreInfo:
+            return StoreInfo(
+                uri=self.connection.uri,
+                kind=self.connection.kind,
+                version=await self.store.aversion(),
+                collection=self.store.name,
+                chunks=await self.store.acount(),
+            )
+
+        return ServiceStatus(
+            store=self.runtime.run(_info(), timeout=30),
+            embed_model=self.embedder.model_id,
+            embed_dim=self.embedder.dim,
+            llm=describe_llm(self.settings),
+            mode=self.mode,
+            documents=len(self.catalog.list()),
+            recovered=self.recovered,
+        )
+
+    def close(self) -> None:
+        """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
+        try:
+            self.runtime.run(self.store.aclose(), timeout=10)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing the store failed", exc_info=True)
+        self.catalog.close()
+        if self._own_runtime:
+            self.runtime.close()

@@ -1,0 +1,275 @@
+"""The Milvus side: where to connect, the LlamaIndex MilvusVectorStore on the async client, admin.
+
+`DocumentStore.abuild` runs on the runtime's loop, so the AsyncMilvusClient inside the store is born
+on the loop it will always be used from. Milvus and gRPC exceptions are translated to RagErrors in
+`map_milvus_errors`, and transient failures are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.core.schema import BaseNode, NodeWithScore
+from llama_index.core.vector_stores import (
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from rag.config import Settings
+from rag.errors import EmbeddingMismatchError, RagError, StoreUnavailableError
+from rag.milvus_server import EmbeddedMilvus
+
+log = logging.getLogger(__name__)
+
+TEXT_FIELD = "text"
+EMBEDDING_FIELD = "embedding"
+DOC_ID_FIELD = "doc_id"
+MODEL_KEY = "embed_model"
+# Milvus 2.3 leaves dynamic fields out of "*", so name the ones a search must return.
+_OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", "chunk")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the store connects, and what kind of Milvus it is."""
+
+    uri: str
+    token: str
+    kind: str  # embedded, external or lite
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the home page and `milvus status` show about the connected Milvus."""
+
+    uri: str
+    kind: str
+    version: str
+    collection: str
+    chunks: int
+
+
+class TransientStoreError(StoreUnavailableError):
+    """A failure worth retrying (server restarting, connection reset)."""
+
+
+@contextlib.contextmanager
+def map_milvus_errors(action: str) -> Iterator[None]:
+    """Translate pymilvus and gRPC failures into RagErrors at one boundary."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except RagError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except MilvusException as exc:
+        text = str(exc)
+        transient = any(s in text.lower() for s in ("unavailable", "connect", "deadline", "not ready", "closed"))
+        cls = TransientStoreError if transient else StoreUnavailableError
+        raise cls(f"Milvus {action} failed: {text}", user_message=f"Milvus could not {action}: {exc.message}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise TransientStoreError(
+            f"Milvus {action} failed: {exc}", user_message=f"Milvus is unreachable ({action})."
+        ) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("grpc"):
+            raise TransientStoreError(
+                f"Milvus {action} failed: {exc}", user_message=f"Milvus is unreachable ({action})."
+            ) from exc
+        raise
+
+
+def resolve_connection(settings: Settings, start: bool = True) -> Connection:
+    """Pick the Milvus to use; with no MILVUS_URI, start (or reuse) the embedded server."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    if settings.milvus_lite:
+        return Connection(uri=settings.milvus_uri, token=token, kind="lite")
+    if settings.milvus_uri:
+        return Connection(uri=settings.milvus_uri, token=token, kind="external")
+    server = EmbeddedMilvus(settings.data_dir, settings.milvus_start_timeout)
+    if start:
+        state = server.start()
+    else:
+        status = server.status()
+        if not status.healthy or status.state is None:
+            raise StoreUnavailableError(
+                "embedded Milvus is not running",
+                user_message="The embedded Milvus is not running: python -m rag milvus start",
+            )
+        state = status.state
+    return Connection(uri=state.uri, token=server.token, kind="embedded")
+
+
+def _retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception_type(TransientStoreError),
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+
+
+class DocumentStore:
+    """One collection of document chunks, used only from the runtime loop."""
+
+    def __init__(self, vector_store: Any, connection: Connection, settings: Settings) -> None:
+        self.vector_store = vector_store
+        self.connection = connection
+        self.settings = settings
+
+    @classmethod
+    async def abuild(
+        cls,
+        settings: Settings,
+        connection: Connection,
+        dim: int,
+        model_id: str,
+        collection: str | None = None,
+        overwrite: bool = False,
+        consistency_level: str | None = None,
+    ) -> DocumentStore:
+        """Open (or create) the collection; refuse one built with another embedding model."""
+        from llama_index.vector_stores.milvus import MilvusVectorStore
+
+        name = collection or settings.collection
+        with map_milvus_errors("open the collection"):
+            store = MilvusVectorStore(
+                uri=connection.uri,
+                token=connection.token,
+                collection_name=name,
+                dim=dim,
+                embedding_field=EMBEDDING_FIELD,
+                text_key=TEXT_FIELD,
+                doc_id_field=DOC_ID_FIELD,
+                similarity_metric="COSINE",
+                consistency_level=consistency_level or settings.consistency_level,
+                overwrite=overwrite,
+                batch_size=settings.insert_batch_size,
+                output_fields=list(_OUTPUT_FIELDS),
+                use_async_client=True,
+                timeout=30,
+            )
+        self = cls(store, connection, settings)
+        await self._check_model(dim, model_id)
+        return self
+
+    @property
+    def name(self) -> str:
+        """The collection name."""
+        return self.vector_store.collection_name
+
+    @property
+    def aclient(self) -> Any:
+        """The AsyncMilvusClient (bound to the runtime loop)."""
+        return self.vector_store.aclient
+
+    async def _check_model(self, dim: int, model_id: str) -> None:
+        with map_milvus_errors("describe the collection"):
+            desc = await self.aclient.describe_collection(self.name)
+            stored_dim = next(
+                (int(f.get("params", {}).get("dim", 0)) for f in desc["fields"] if f["name"] == EMBEDDING_FIELD), 0
+            )
+            rows = await self.aclient.query(
+                self.name, filter=f'{DOC_ID_FIELD} != ""', output_fields=[MODEL_KEY], limit=1
+            )
+        stored_model = rows[0].get(MODEL_KEY) if rows else None
+        if (stored_dim and stored_dim != dim) or (stored_model and stored_model != model_id):
+            raise EmbeddingMismatchError(
+                f"collection {self.name!r}: stored {stored_model} ({stored_dim}); configured {model_id} ({dim})",
+                user_message=(
+                    f"The collection '{self.name}' was built with the embedding model "
+                    f"{stored_model or 'unknown'} ({stored_dim} dimensions), but the configured model is {model_id} "
+                    f"({dim} dimensions). Vectors of different models cannot be compared: choose another collection "
+                    "with RAG_COLLECTION, or set EMBED_MODEL back to the collection's model."
+                ),
+            )
+
+    async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
+        """Insert embedded nodes (upserting by id, so a retried batch never duplicates)."""
+        entries = []
+        for node in nodes:
+            entries.append(node)
+        async for attempt in _retrying():
+            with attempt, map_milvus_errors("store chunks"):
+                rows = _rows_for(self.vector_store, entries)
+                await self.aclient.upsert(self.name, rows)
+        return [n.node_id for n in nodes]
+
+    async def adelete_doc(self, doc_id: str) -> None:
+        """Remove every chunk of a document."""
+        async for attempt in _retrying():
+            with attempt, map_milvus_errors("delete chunks"):
+                await self.aclient.delete(self.name, filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"')
+
+    async def acount(self, doc_id: str | None = None) -> int:
+        """Chunks stored (for one document, or all), read with Strong consistency."""
+        flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
+        async for attempt in _retrying():
+            with attempt, map_milvus_errors("count chunks"):
+                rows = await self.aclient.query(
+                    self.name, filter=flt, output_fields=["count(*)"], consistency_level="Strong"
+                )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    async def asearch(
+        self, embedding: list[float], top_k: int, doc_ids: Sequence[str] | None = None
+    ) -> list[NodeWithScore]:
+        """Dense search, optionally limited to some documents."""
+        filters = None
+        if doc_ids:
+            filters = MetadataFilters(
+                filters=[MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN)]
+            )
+        query = VectorStoreQuery(query_embedding=embedding, similarity_top_k=top_k, filters=filters)
+        async for attempt in _retrying():
+            with attempt, map_milvus_errors("search"):
+                result = await self.vector_store.aquery(query)
+        return [
+            NodeWithScore(node=node, score=float(score))
+            for node, score in zip(result.nodes or [], result.similarities or [])
+        ]
+
+    async def aversion(self) -> str:
+        """The server's version string."""
+        with map_milvus_errors("report its version"):
+            return str(await self.aclient.get_server_version())
+
+    async def adrop(self) -> None:
+        """Drop the whole collection (scratch collections, tests)."""
+        with map_milvus_errors("drop the collection"):
+            await self.aclient.drop_collection(self.name)
+
+    async def aclose(self) -> None:
+        """Close both clients."""
+        with contextlib.suppress(Exception):
+            await self.aclient.close()
+        with contextlib.suppress(Exception):
+            self.vector_store.client.close()
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _rows_for(vector_store: Any, nodes: Sequence[BaseNode]) -> list[dict[str, Any]]:
+    """The rows MilvusVectorStore.async_add would insert, so inserts can be upserts."""
+    from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+    rows = []
+    for node in nodes:
+        entry = node_to_metadata_dict(node, remove_text=True, text_field=vector_store.text_key)
+        entry[vector_store.text_key] = node.get_content()
+        entry["id"] = node.node_id
+        entry[vector_store.embedding_field] = node.embedding
+        rows.append(entry)
+    return rows

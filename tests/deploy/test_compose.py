@@ -1,0 +1,246 @@
+"""Structural checks of docker-compose.yml (Docker itself is not run)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+REQUIRED_SERVICES = ("etcd", "minio", "standalone", "app")
+
+Compose = dict[str, Any]
+
+
+# --- helpers ---
+
+
+def load_compose(text: str) -> Compose:
+    """Parse compose YAML text into a dict."""
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict), "compose file must be a mapping"
+    return data
+
+
+def services(compose: Compose) -> dict[str, dict[str, Any]]:
+    """Return the `services` mapping (empty if absent)."""
+    return compose.get("services") or {}
+
+
+def image_tag(image: str) -> str | None:
+    """Return an image's tag (a digest counts), or None if it has none."""
+    if "@sha256:" in image:
+        return image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def unpinned_images(compose: Compose) -> list[str]:
+    """List services with an untagged or `latest` image (build-only ones are exempt)."""
+    bad: list[str] = []
+    for name, svc in services(compose).items():
+        image = svc.get("image")
+        if image is None:
+            if "build" not in svc:
+                bad.append(f"{name}: no image and no build")
+            continue
+        tag = image_tag(str(image))
+        if tag is None or tag == "latest" or "${" in str(image):
+            bad.append(f"{name}: {image}")
+    return bad
+
+
+def missing_healthchecks(compose: Compose, names: tuple[str, ...]) -> list[str]:
+    """Named services lacking a healthcheck with a non-empty, non-NONE `test`."""
+    bad: list[str] = []
+    for name in names:
+        hc = services(compose).get(name, {}).get("healthcheck") or {}
+        test = hc.get("test")
+        if hc.get("disable") or not test or (isinstance(test, list) and test[0] == "NONE"):
+            bad.append(name)
+    return bad
+
+
+def bad_depends_on(compose: Compose) -> list[str]:
+    """depends_on entries that don't wait for a healthy service with a healthcheck."""
+    svcs = services(compose)
+    bad: list[str] = []
+    for name, svc in svcs.items():
+        deps = svc.get("depends_on") or {}
+        if isinstance(deps, list):  # short syntax = service_started
+            bad.extend(f"{name} -> {dep}: short syntax" for dep in deps)
+            continue
+        for dep, spec in deps.items():
+            if (spec or {}).get("condition") != "service_healthy":
+                bad.append(f"{name} -> {dep}: condition is not service_healthy")
+            if dep not in svcs:
+                bad.append(f"{name} -> {dep}: no such service")
+            elif missing_healthchecks(compose, (dep,)):
+                bad.append(f"{name} -> {dep}: target has no healthcheck")
+    return bad
+
+
+def volume_problems(compose: Compose) -> list[str]:
+    """List service volumes that are bind mounts or undeclared named volumes."""
+    declared = set((compose.get("volumes") or {}).keys())
+    bad: list[str] = []
+    for name, svc in services(compose).items():
+        for vol in svc.get("volumes") or []:
+            if isinstance(vol, dict):
+                source, kind = str(vol.get("source", "")), vol.get("type", "volume")
+            else:
+                source = str(vol).split(":", 1)[0]
+                kind = "bind" if source.startswith(("/", ".", "~", "$")) else "volume"
+            if kind != "volume":
+                bad.append(f"{name}: bind mount {source}")
+            elif source not in declared:
+                bad.append(f"{name}: undeclared volume {source}")
+    return bad
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str]:
+    """Normalise list- or dict-style `environment` to a dict."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def published_container_ports(svc: dict[str, Any]) -> set[tuple[str, int]]:
+    """(host_port, container_port) pairs from short or long port syntax."""
+    out: set[tuple[str, int]] = set()
+    for port in svc.get("ports") or []:
+        if isinstance(port, dict):
+            out.add((str(port.get("published", "")), int(port["target"])))
+            continue
+        parts = str(port).split("/", 1)[0].split(":")
+        if len(parts) >= 2:
+            out.add((parts[-2], int(parts[-1])))
+    return out
+
+
+def milvus_major_minor(image: str) -> tuple[int, int] | None:
+    """(major, minor) of a milvusdb/milvus:vX.Y.Z image, else None."""
+    m = re.fullmatch(r"milvusdb/milvus:v(\d+)\.(\d+)\.\d+\S*", image)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+# --- fixtures ---
+
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    """Parse the repository's compose file."""
+    return load_compose(COMPOSE_PATH.read_text(encoding="utf-8"))
+
+
+BAD_COMPOSE = """
+services:
+  db:
+    image: milvusdb/milvus:latest
+    volumes: ["./volumes/milvus:/var/lib/milvus", "ghost:/x"]
+    depends_on: [cache]
+  cache:
+    image: redis
+  web:
+    image: example/web:1.0
+    healthcheck: {test: ["NONE"]}
+    depends_on:
+      db: {condition: service_started}
+      nowhere: {condition: service_healthy}
+"""
+
+
+@pytest.fixture(scope="module")
+def bad() -> Compose:
+    """Parse a compose file that violates every rule checked here."""
+    return load_compose(BAD_COMPOSE)
+
+
+# --- the real file ---
+
+
+def test_required_services_present(compose: Compose) -> None:
+    assert set(REQUIRED_SERVICES) <= set(services(compose))
+
+
+def test_images_pinned(compose: Compose) -> None:
+    assert unpinned_images(compose) == []
+
+
+def test_upstream_images(compose: Compose) -> None:
+    svcs = services(compose)
+    assert re.fullmatch(r"quay\.io/coreos/etcd:v3\.5\.\d+", svcs["etcd"]["image"])
+    assert re.fullmatch(r"minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", svcs["minio"]["image"])
+    assert milvus_major_minor(svcs["standalone"]["image"]) == (2, 6)
+    assert svcs["app"]["build"]["dockerfile"] == "Dockerfile"
+    assert (ROOT / svcs["app"]["build"]["dockerfile"]).is_file()
+
+
+def test_healthchecks(compose: Compose) -> None:
+    assert missing_healthchecks(compose, REQUIRED_SERVICES) == []
+    app_test = " ".join(services(compose)["app"]["healthcheck"]["test"])
+    assert "http://localhost:8501/_stcore/health" in app_test
+
+
+def test_depends_on_waits_for_healthy(compose: Compose) -> None:
+    assert bad_depends_on(compose) == []
+    svcs = services(compose)
+    assert set(svcs["standalone"]["depends_on"]) == {"etcd", "minio"}
+    assert set(svcs["app"]["depends_on"]) == {"standalone"}
+
+
+def test_named_volumes(compose: Compose) -> None:
+    assert volume_problems(compose) == []
+    app_mounts = [str(v).split(":", 1)[1] for v in services(compose)["app"]["volumes"]]
+    assert "/data" in app_mounts
+
+
+def test_app_environment(compose: Compose) -> None:
+    env = environment(services(compose)["app"])
+    uri = urlsplit(env["MILVUS_URI"])
+    assert (uri.hostname, uri.port) == ("standalone", 19530)
+    assert env["RAG_DATA_DIR"] == "/data"
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_MODEL"):
+        assert env[var] == f"${{{var}:-}}"
+
+
+def test_app_port_published(compose: Compose) -> None:
+    assert ("8501", 8501) in published_container_ports(services(compose)["app"])
+
+
+# --- the checkers can fail ---
+
+
+def test_checkers_flag_bad_compose(bad: Compose) -> None:
+    assert unpinned_images(bad) == ["db: milvusdb/milvus:latest", "cache: redis"]
+    assert missing_healthchecks(bad, ("db", "web")) == ["db", "web"]
+    assert bad_depends_on(bad) == [
+        "db -> cache: short syntax",
+        "web -> db: condition is not service_healthy",
+        "web -> db: target has no healthcheck",
+        "web -> nowhere: no such service",
+    ]
+    assert volume_problems(bad) == [
+        "db: bind mount ./volumes/milvus",
+        "db: undeclared volume ghost",
+    ]
+    assert milvus_major_minor("milvusdb/milvus:v2.5.16") == (2, 5)
+    assert milvus_major_minor("milvusdb/milvus:latest") is None
+
+
+def test_helpers_parse_variants() -> None:
+    assert image_tag("localhost:5000/img") is None
+    assert image_tag("localhost:5000/img:1.2") == "1.2"
+    assert image_tag("img@sha256:abc") == "sha256:abc"
+    assert unpinned_images({"services": {"x": {"image": "img:${TAG}"}}}) == ["x: img:${TAG}"]
+    assert environment({"environment": ["A=1", "B"]}) == {"A": "1", "B": ""}
+    assert published_container_ports({"ports": ["127.0.0.1:80:8501", {"target": 1, "published": 2}, "9000"]}) == {
+        ("80", 8501),
+        ("2", 1),
+    }
