@@ -78,6 +78,7 @@ def load_embedder(settings: Settings) -> Embedder:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     transformers.logging.set_verbosity_error()  # chunk sizing tokenizes long texts on purpose
+    transformers.logging.disable_progress_bar()
 
     if settings.embed_model:
         name, model_id = settings.embed_model, settings.embed_model

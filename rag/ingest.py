@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.schema import BaseNode, Document, MetadataMode
+from llama_index.core.schema import BaseNode, Document, MetadataMode, NodeRelationship, RelatedNodeInfo
 from pydantic import BaseModel
 
 from rag.catalog import Catalog, DocumentRecord
@@ -159,14 +159,15 @@ def chunk_documents(
     docs: Sequence[Document], splitter: SentenceSplitter, doc_id: str, model_id: str, kind: str
 ) -> list[BaseNode]:
     """Split page Documents into nodes carrying file, page, doc id and position; ids are stable."""
-    for doc in docs:
-        doc.id_ = doc_id
+    for part, doc in enumerate(docs):
+        doc.id_ = f"{doc_id}:{part}"  # unique per page: the splitter maps nodes back to their page by id
         doc.excluded_embed_metadata_keys = list(doc.metadata)  # metadata is not embedded, so it costs no tokens
         doc.excluded_llm_metadata_keys = list(doc.metadata)
     nodes = splitter.get_nodes_from_documents(list(docs))
     nodes = [n for n in nodes if n.get_content().strip()]
     for position, node in enumerate(nodes):
         node.id_ = f"{doc_id[:40]}-{position:06d}"
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update({"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id})
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)

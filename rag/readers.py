@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,31 @@ def _check_zip(data: bytes, name: str) -> None:
         raise IngestError(name, f"expands to {total / 1e6:.0f} MB when unpacked (zip bomb?); refused")
 
 
+def _strip_running_lines(pages: list[str]) -> list[str]:
+    """Drop running headers and footers: edge lines that recur (digits aside) on many pages."""
+    if len(pages) < 4:
+        return pages
+
+    def key(line: str) -> str:
+        return re.sub(r"\d+", "#", " ".join(line.split()))
+
+    counts: dict[str, int] = {}
+    for text in pages:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        for line in {key(ln) for ln in lines[:2] + lines[-2:]}:
+            counts[line] = counts.get(line, 0) + 1
+    running = {k for k, n in counts.items() if n >= max(3, len(pages) * 0.3)}
+    if not running:
+        return pages
+    cleaned = []
+    for text in pages:
+        lines = text.splitlines()
+        nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
+        edges = set(nonblank[:2] + nonblank[-2:])
+        cleaned.append("\n".join(ln for i, ln in enumerate(lines) if not (i in edges and key(ln) in running)))
+    return cleaned
+
+
 class PdfReader(BaseReader):
     """PDF text per page with pypdfium2; `page` metadata is 1-based like a PDF viewer's."""
 
@@ -62,19 +88,22 @@ class PdfReader(BaseReader):
             if "password" in reason:
                 raise IngestError(name, "is an encrypted PDF; remove the password and upload it again") from exc
             raise IngestError(name, f"is not a readable PDF ({exc})") from exc
-        docs = []
+        texts = []
         try:
             for index in range(len(pdf)):
                 page = pdf[index]
                 textpage = page.get_textpage()
-                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                texts.append(textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n"))
                 textpage.close()
                 page.close()
-                if text.strip():
-                    docs.append(Document(text=text, metadata={**(extra_info or {}), "page": index + 1}))
             pages = len(pdf)
         finally:
             pdf.close()
+        docs = [
+            Document(text=text, metadata={**(extra_info or {}), "page": index + 1})
+            for index, text in enumerate(_strip_running_lines(texts))
+            if text.strip()
+        ]
         if not docs:
             raise IngestError(name, f"has no text layer in its {pages} page(s) (a scan?); OCR is not supported")
         return docs

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
 from rag.embeddings import Embedder, load_embedder
@@ -214,6 +215,13 @@ class RagService:
     def mode(self) -> str:
         """`llm` or `retrieval-only`."""
         return self.engine.mode
+
+    # -- benchmarks -------------------------------------------------------------------------
+    def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
+        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands."""
+        from rag.bench import aiter_bench
+
+        return self.runtime.iterate(aiter_bench(self.settings, self.connection, self.embedder, config))
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> ServiceStatus:

@@ -1,0 +1,356 @@
+"""`python -m rag`: the same engine as the web UI, from a terminal.
+
+Every command converts RagError to a one-line message and a non-zero exit at this edge.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from rag.config import Settings, load_settings
+from rag.errors import RagError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _edge(func: F) -> F:
+    """Show RagErrors as messages people can act on; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RagError as exc:
+            raise click.ClickException(exc.user_message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return load_settings(data_dir=ctx.obj.get("data_dir"), collection=ctx.obj.get("collection"), **overrides)
+
+
+def _service(settings: Settings):  # noqa: ANN202 - RagService, imported lazily for a fast --help
+    from rag.service import RagService
+
+    return RagService(settings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="RAG_DATA_DIR",
+    help="Where documents, the catalog and the embedded Milvus live (RAG_DATA_DIR; default ./data).",
+)
+@click.option("--collection", envvar="RAG_COLLECTION", help="Milvus collection (RAG_COLLECTION; default documents).")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None, collection: str | None) -> None:
+    """Ask questions of your own documents, with Milvus's async API underneath.
+
+    \b
+    Example:
+      python -m rag ingest ../shared/corpus/*.pdf
+      python -m rag ask "What does zoo do with irregular time series?"
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(data_dir=data_dir, collection=collection)
+
+
+@cli.group()
+def milvus() -> None:
+    """Run the embedded Milvus server (used when MILVUS_URI is not set)."""
+
+
+def _embedded(ctx: click.Context):  # noqa: ANN202
+    from rag.milvus_server import EmbeddedMilvus
+
+    settings = _settings(ctx)
+    return EmbeddedMilvus(settings.data_dir, settings.milvus_start_timeout)
+
+
+@milvus.command("start")
+@click.pass_context
+@_edge
+def milvus_start(ctx: click.Context) -> None:
+    """Start the embedded server, or report the one already running.
+
+    Example: python -m rag milvus start
+    """
+    state = _embedded(ctx).start()
+    click.echo(f"Milvus running at {state.uri} (pid {state.pid}, health port {state.health_port})")
+
+
+@milvus.command("stop")
+@click.pass_context
+@_edge
+def milvus_stop(ctx: click.Context) -> None:
+    """Stop the embedded server and wait until it has exited.
+
+    Example: python -m rag milvus stop
+    """
+    stopped = _embedded(ctx).stop()
+    click.echo("Milvus stopped" if stopped else "Milvus was not running")
+
+
+@milvus.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+@_edge
+def milvus_status(ctx: click.Context, as_json: bool) -> None:
+    """Say whether the embedded server runs, where, and whether it is healthy.
+
+    Example: python -m rag milvus status --json
+    """
+    status = _embedded(ctx).status()
+    payload = {
+        "running": status.running,
+        "healthy": status.healthy,
+        "uri": status.uri,
+        "pid": status.state.pid if status.state else None,
+        "data_dir": str(status.data_dir),
+    }
+    if as_json:
+        click.echo(json.dumps(payload))
+    elif status.running:
+        click.echo(f"running at {status.uri} (pid {payload['pid']}), {'healthy' if status.healthy else 'NOT healthy'}")
+    else:
+        click.echo("not running")
+    if not status.healthy:
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per file (file, status, doc_id, chunks, error)."
+)
+@click.pass_context
+@_edge
+def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Index files (folders are walked). Same bytes again are skipped; a changed file replaces its old version.
+
+    Example: python -m rag ingest ../shared/corpus
+    """
+    from rag.ingest import FileProgress, FileStatus
+    from rag.readers import SUPPORTED_EXTENSIONS
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+        else:
+            files.append(path)
+    if not files:
+        raise click.ClickException("No supported files found.")
+    service = _service(_settings(ctx))
+    report = None
+    show_bar = not as_json and sys.stderr.isatty()
+    try:
+        with (
+            click.progressbar(length=len(files), label="Indexing", file=sys.stderr, show_pos=True)
+            if show_bar
+            else _NullBar() as bar
+        ):
+            finished: set[str] = set()
+            for item in service.iter_ingest(files):
+                if isinstance(item, FileProgress):
+                    if item.status is not None and item.file not in finished:
+                        finished.add(item.file)
+                        bar.update(1)
+                else:
+                    report = item
+    finally:
+        service.close()
+    assert report is not None
+    for result in report.files:
+        if as_json:
+            click.echo(json.dumps(result.model_dump(mode="json", exclude={"seconds"})))
+        else:
+            detail = result.error if result.status == FileStatus.FAILED else f"{result.chunks} chunks"
+            click.echo(f"{result.status.value:10} {result.file}  {detail}")
+    if not as_json:
+        click.echo(f"{report.chunks} chunks written in {report.seconds:.1f} s", err=True)
+    if report.count(FileStatus.FAILED):
+        sys.exit(2)
+
+
+class _NullBar:
+    def __enter__(self) -> _NullBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, _n: int) -> None:
+        return None
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--top-k", type=click.IntRange(1, 50), help="How many passages to retrieve (RAG_TOP_K; default 5).")
+@click.option("--json", "as_json", is_flag=True, help="Print {answer, mode, sources:[{file_name, page, score, text}]}.")
+@click.pass_context
+@_edge
+def ask(ctx: click.Context, question: str, top_k: int | None, as_json: bool) -> None:
+    """Answer a question from the indexed documents, with sources.
+
+    Example: python -m rag ask "What was the author's first program written on?" --top-k 3
+    """
+    service = _service(_settings(ctx, top_k=top_k))
+    try:
+        if as_json:
+            answer = service.ask(question)
+            click.echo(
+                json.dumps(
+                    {
+                        "answer": answer.answer,
+                        "mode": answer.mode,
+                        "sources": [
+                            s.model_dump(include={"file_name", "page", "score", "text"}) for s in answer.sources
+                        ],
+                    }
+                )
+            )
+            return
+        stream = service.stream_answer(question)
+        for piece in stream:
+            click.echo(piece, nl=False)
+        click.echo()
+        answer = stream.answer
+    finally:
+        service.close()
+    assert answer is not None
+    click.echo("\nSources:")
+    for i, src in enumerate(answer.sources, start=1):
+        click.echo(f"  [{i}] {src.label}  (score {src.score:.3f})")
+
+
+@cli.group()
+def docs() -> None:
+    """List and delete indexed documents."""
+
+
+@docs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of documents.")
+@click.pass_context
+@_edge
+def docs_list(ctx: click.Context, as_json: bool) -> None:
+    """List indexed documents.
+
+    Example: python -m rag docs list --json
+    """
+    from rag.catalog import Catalog
+
+    settings = _settings(ctx)
+    catalog = Catalog(settings.data_dir / "catalog.sqlite3", settings.collection)
+    records = catalog.list()
+    catalog.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{**r.model_dump(exclude={"stored_path", "added_at", "status"}), "added": r.added} for r in records]
+            )
+        )
+        return
+    if not records:
+        click.echo("No documents indexed yet.")
+    for r in records:
+        pages = f"{r.pages} pages" if r.pages else "-"
+        click.echo(f"{r.doc_id[:12]}  {r.file_name:40.40}  {r.file_type:5} {pages:>10} {r.chunks:6} chunks  {r.added}")
+
+
+@docs.command("delete")
+@click.argument("doc_id")
+@click.pass_context
+@_edge
+def docs_delete(ctx: click.Context, doc_id: str) -> None:
+    """Delete a document and every chunk of it (a unique id prefix of 8+ characters is enough).
+
+    Example: python -m rag docs delete fd63de7b0dc3
+    """
+    service = _service(_settings(ctx))
+    try:
+        record = service.delete_document(doc_id)
+    finally:
+        service.close()
+    click.echo(f"Deleted {record.file_name} ({record.chunks} chunks)")
+
+
+@cli.command()
+@click.option("--counts", default="10,100,1000", show_default=True, help="Comma-separated N values.")
+@click.option("--dim", default=768, show_default=True, type=click.IntRange(2, 32768), help="Vector dimension.")
+@click.option(
+    "--consistency",
+    default="Strong",
+    show_default=True,
+    type=click.Choice(["Strong", "Session", "Bounded", "Eventually"]),
+    help="Milvus consistency level.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight for the project's async path.",
+)
+@click.option("--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest.")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False), help="Folder of documents for `ingest`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (rows, Milvus version, machine).")
+@click.pass_context
+@_edge
+def bench(
+    ctx: click.Context,
+    counts: str,
+    dim: int,
+    consistency: str,
+    concurrency: int,
+    experiments: str,
+    corpus: str | None,
+    as_json: bool,
+) -> None:
+    """Time sync against async Milvus calls (the seed's experiment and the project's path) in scratch collections.
+
+    Example: python -m rag bench --counts 10,100 --experiments add,search
+    """
+    from rag.bench import BenchConfig, BenchRow
+
+    try:
+        config = BenchConfig(
+            counts=[int(c) for c in counts.split(",") if c.strip()],
+            dim=dim,
+            consistency_level=consistency,
+            concurrency=concurrency,
+            experiments=[e.strip() for e in experiments.split(",") if e.strip()],
+            corpus_dir=corpus,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    service = _service(_settings(ctx))
+    try:
+        if not as_json:
+            click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}")
+        for item in service.bench(config):
+            if isinstance(item, BenchRow):
+                if not as_json:
+                    speed = f"{item.speedup:.1f}x" if item.speedup else "-"
+                    click.echo(
+                        f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} "
+                        f"{item.ms_per_item:>9.3f} {speed:>8}"
+                    )
+            elif as_json:
+                click.echo(item.model_dump_json(indent=2))
+    finally:
+        service.close()
+
+
+def main() -> None:
+    """Entry point for `python -m rag`."""
+    cli(obj={})

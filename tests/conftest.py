@@ -1,0 +1,135 @@
+"""Shared fixtures: one embedded Milvus per machine (started once, reused), a loaded embedding model,
+a fake OpenAI-compatible server on loopback, and services on temporary data dirs.
+
+Milvus 2.3 allows one embedded server per machine (a pid lock in /run/milvus), so tests share the
+server kept in RAG_TEST_MILVUS_DIR (default .pytest-milvus in the repo) and isolate themselves by
+collection and data dir. `.ci/run` stops it when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rag.config import Settings, load_settings
+from rag.embeddings import Embedder, load_embedder
+from rag.milvus_server import EmbeddedMilvus, ServerState
+from rag.service import RagService
+from tests.fakes.openai_server import FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("RAG_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
+_ENV_NAMES = (
+    "RAG_DATA_DIR",
+    "MILVUS_URI",
+    "MILVUS_TOKEN",
+    "RAG_COLLECTION",
+    "RAG_CONSISTENCY",
+    "EMBED_MODEL",
+    "RAG_EMBED_BATCH_SIZE",
+    "RAG_CHUNK_SIZE",
+    "RAG_CHUNK_OVERLAP",
+    "RAG_INSERT_BATCH_SIZE",
+    "RAG_INSERT_CONCURRENCY",
+    "RAG_TOP_K",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "LLM_MODEL",
+    "RAG_TEMPERATURE",
+    "RAG_MAX_FILE_MB",
+    "RAG_MAX_FILES",
+    "APP_PASSWORD",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's settings; `.env` lookups happen in an empty folder."""
+    for name in _ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The shared corpus of real documents."""
+    assert CORPUS.is_dir(), f"corpus not found at {CORPUS}"
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> EmbeddedMilvus:
+    """The embedded Milvus server, started once (or reused when already healthy)."""
+    server = EmbeddedMilvus(Path(os.environ.get("RAG_TEST_MILVUS_DIR", REPO / ".pytest-milvus")))
+    server.start()
+    return server
+
+
+@pytest.fixture
+def milvus_state(milvus_server: EmbeddedMilvus) -> ServerState:
+    """The running server's ports (restarting it if a test stopped it)."""
+    return milvus_server.start()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The bundled embedding model, loaded once."""
+    return load_embedder(load_settings(data_dir=Path("/tmp")))
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """An OpenAI-compatible server on loopback."""
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, milvus_server: EmbeddedMilvus, milvus_state: ServerState):  # noqa: ANN201
+    """Settings on a temp data dir and a fresh collection of the shared server."""
+
+    def _make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "data_dir": tmp_path / "data",
+            "milvus_uri": milvus_state.uri,
+            "milvus_token": milvus_server.token,
+            "collection": f"t_{uuid.uuid4().hex[:12]}",
+            "consistency_level": "Strong",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return _make
+
+
+@pytest.fixture
+def service(make_settings, embedder: Embedder) -> Iterator[RagService]:  # noqa: ANN001
+    """A RagService in retrieval-only mode on its own collection; dropped afterwards."""
+    svc = RagService(make_settings(), embedder=embedder)
+    yield svc
+    _drop(svc)
+
+
+@pytest.fixture
+def llm_service(make_settings, embedder: Embedder, fake_openai: FakeOpenAI) -> Iterator[RagService]:  # noqa: ANN001
+    """A RagService whose LLM is the fake OpenAI-compatible server."""
+    svc = RagService(make_settings(openai_base_url=fake_openai.base_url, llm_model="fake-model"), embedder=embedder)
+    yield svc
+    _drop(svc)
+
+
+def _drop(svc: RagService) -> None:
+    if not svc.runtime.closed:
+        svc.runtime.run(svc.store.adrop(), timeout=60)
+        svc.close()
+
+
+def new_collection() -> str:
+    """A collection name no other test uses."""
+    return f"t_{uuid.uuid4().hex[:12]}"

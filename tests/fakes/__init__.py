@@ -1,0 +1,1 @@
+"""Real protocol peers for what cannot run here."""

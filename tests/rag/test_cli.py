@@ -1,0 +1,73 @@
+"""The CLI over the same engine: JSON schemas, exit codes and user messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rag.cli import cli
+
+pytestmark = pytest.mark.milvus
+
+
+@pytest.fixture
+def cli_env(make_settings, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201
+    settings = make_settings()
+    monkeypatch.setenv("MILVUS_URI", settings.milvus_uri)
+    monkeypatch.setenv("MILVUS_TOKEN", settings.milvus_token.get_secret_value())
+    monkeypatch.setenv("RAG_COLLECTION", settings.collection)
+    monkeypatch.setenv("RAG_DATA_DIR", str(settings.data_dir))
+    yield settings
+    from rag.service import RagService
+
+    svc = RagService(settings)
+    svc.runtime.run(svc.store.adrop())
+    svc.close()
+
+
+def test_ingest_ask_list_delete(cli_env, corpus: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"not a pdf")
+    result = runner.invoke(cli, ["ingest", str(corpus / "zoo.pdf"), str(bad), "--json"], obj={})
+    assert result.exit_code == 2, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [set(r) for r in rows] == [{"file", "status", "doc_id", "chunks", "error"}] * 2
+    assert rows[0]["status"] == "indexed" and rows[0]["chunks"] > 0 and rows[0]["error"] is None
+    assert rows[1]["status"] == "failed" and "bad.pdf" in rows[1]["error"]
+
+    again = runner.invoke(cli, ["ingest", str(corpus / "zoo.pdf"), "--json"], obj={})
+    assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "unchanged"
+
+    asked = runner.invoke(
+        cli, ["ask", "Which R package provides a class for irregular time series?", "--top-k", "3", "--json"], obj={}
+    )
+    assert asked.exit_code == 0, asked.output
+    payload = json.loads(asked.stdout)
+    assert payload["mode"] == "retrieval-only" and len(payload["sources"]) == 3
+    assert set(payload["sources"][0]) == {"file_name", "page", "score", "text"}
+    assert payload["sources"][0]["file_name"] == "zoo.pdf" and isinstance(payload["sources"][0]["page"], int)
+
+    listed = json.loads(runner.invoke(cli, ["docs", "list", "--json"], obj={}).stdout)
+    assert [d["file_name"] for d in listed] == ["zoo.pdf"] and listed[0]["pages"] == 30
+
+    deleted = runner.invoke(cli, ["docs", "delete", rows[0]["doc_id"][:12]], obj={})
+    assert deleted.exit_code == 0 and "zoo.pdf" in deleted.output
+    missing = runner.invoke(cli, ["docs", "delete", "0123456789ab"], obj={})
+    assert missing.exit_code == 1 and "No document has the id" in missing.output
+    assert json.loads(runner.invoke(cli, ["docs", "list", "--json"], obj={}).stdout) == []
+
+
+def test_bad_setting_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_TOP_K", "0")
+    result = CliRunner().invoke(cli, ["docs", "list"], obj={})
+    assert result.exit_code == 1 and "Invalid configuration" in result.output and "Traceback" not in result.output
+
+
+def test_help_lists_every_command() -> None:
+    out = CliRunner().invoke(cli, ["--help"], obj={}).output
+    for command in ("ask", "bench", "docs", "ingest", "milvus"):
+        assert command in out

@@ -1,0 +1,67 @@
+import asyncio
+import threading
+
+import pytest
+
+from rag.errors import OperationTimeoutError
+from rag.runtime import Runtime
+
+
+def test_run_uses_one_loop_thread() -> None:
+    rt = Runtime()
+    try:
+
+        async def where() -> tuple[int, asyncio.AbstractEventLoop]:
+            return threading.get_ident(), asyncio.get_running_loop()
+
+        a, b = rt.run(where()), rt.run(where())
+        assert a == b and a[0] != threading.get_ident() and a[1] is rt.loop
+    finally:
+        rt.close()
+    assert rt.closed
+
+
+def test_iterate_streams_items_in_order() -> None:
+    rt = Runtime()
+    try:
+
+        async def gen():  # noqa: ANN202
+            for i in range(5):
+                await asyncio.sleep(0)
+                yield i
+
+        assert list(rt.iterate(gen())) == [0, 1, 2, 3, 4]
+    finally:
+        rt.close()
+
+
+def test_timeout_cancels_the_work() -> None:
+    rt = Runtime()
+    cancelled = threading.Event()
+    try:
+
+        async def slow() -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        with pytest.raises(OperationTimeoutError):
+            rt.run(slow(), timeout=0.2)
+        assert cancelled.wait(5)
+    finally:
+        rt.close()
+
+
+def test_errors_propagate() -> None:
+    rt = Runtime()
+    try:
+
+        async def boom() -> None:
+            raise ValueError("x")
+
+        with pytest.raises(ValueError):
+            rt.run(boom())
+    finally:
+        rt.close()
