@@ -196,15 +196,20 @@ class _NullBar:
 @cli.command()
 @click.argument("question")
 @click.option("--top-k", type=click.IntRange(1, 50), help="How many passages to retrieve (RAG_TOP_K; default 5).")
+@click.option(
+    "--retrieval",
+    type=click.Choice(["dense", "keyword", "hybrid"]),
+    help="dense vectors, BM25 keywords or both (RAG_RETRIEVAL; keyword/hybrid need Milvus 2.5+ or Lite).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {answer, mode, sources:[{file_name, page, score, text}]}.")
 @click.pass_context
 @_edge
-def ask(ctx: click.Context, question: str, top_k: int | None, as_json: bool) -> None:
+def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | None, as_json: bool) -> None:
     """Answer a question from the indexed documents, with sources.
 
     Example: python -m rag ask "What was the author's first program written on?" --top-k 3
     """
-    service = _service(_settings(ctx, top_k=top_k))
+    service = _service(_settings(ctx, top_k=top_k, retrieval_mode=retrieval))
     try:
         if as_json:
             answer = service.ask(question)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     insert_concurrency: int = Field(
         4, ge=1, le=64, validation_alias=AliasChoices("RAG_INSERT_CONCURRENCY", "insert_concurrency")
     )
+    retrieval_mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "dense",
+        validation_alias=AliasChoices("RAG_RETRIEVAL", "retrieval_mode"),
+        description="dense (vectors), keyword (BM25, Milvus 2.5+ or Lite) or hybrid (both, fused by RRF).",
+    )
     top_k: int = Field(5, ge=1, le=50, validation_alias=AliasChoices("RAG_TOP_K", "top_k"))
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
@@ -82,10 +87,21 @@ class Settings(BaseSettings):
     temperature: float = Field(0.1, ge=0.0, le=2.0, validation_alias=AliasChoices("RAG_TEMPERATURE", "temperature"))
     llm_timeout: float = Field(120.0, gt=0, validation_alias=AliasChoices("RAG_LLM_TIMEOUT", "llm_timeout"))
     max_file_mb: float = Field(
-        200.0,
+        50.0,
         gt=0,
         validation_alias=AliasChoices("RAG_MAX_FILE_MB", "max_file_mb"),
         description="Files larger than this are refused before reading.",
+    )
+    max_chunks_per_file: int = Field(
+        5000,
+        ge=1,
+        validation_alias=AliasChoices("RAG_MAX_CHUNKS_PER_FILE", "max_chunks_per_file"),
+        description="Files whose text would make more chunks than this are refused (embedding runs ~30 chunks/s).",
+    )
+    app_password: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("APP_PASSWORD", "app_password"),
+        description="When set, the web app asks for this password before showing anything.",
     )
     max_files: int = Field(
         200,

@@ -293,6 +293,13 @@ class Ingestor:
                 ),
             )
         docs = await asyncio.to_thread(read_file, stored, name)
+        estimate = sum(len(d.text) for d in docs) // (4 * self.splitter.chunk_size)  # ~4 characters per token
+        if estimate > self.settings.max_chunks_per_file:
+            raise IngestError(
+                name,
+                f"holds too much text (about {estimate} chunks; the limit is {self.settings.max_chunks_per_file}, "
+                "RAG_MAX_CHUNKS_PER_FILE)",
+            )
         prog.stage = Stage.CHUNKING
         notify(prog)
         kind = file_type(name).lstrip(".")

@@ -14,6 +14,7 @@ import os
 import platform
 import secrets
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -98,6 +99,26 @@ def _healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def _reuse_port_config():  # noqa: ANN202 - a subclass of the optional package's config class
+    from milvus import MilvusServerConfig
+
+    class ReusePortConfig(MilvusServerConfig):
+        """Probe ports as Milvus binds them (SO_REUSEADDR), so a restart keeps its ports through TIME_WAIT."""
+
+        def try_bind_port(self, port: int):  # noqa: ANN202
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
+    return ReusePortConfig
+
+
 class EmbeddedMilvus:
     """One embedded Milvus server per data dir; safe to start and stop from several processes."""
 
@@ -106,6 +127,7 @@ class EmbeddedMilvus:
         self.start_timeout = start_timeout
         self._state_file = self.base / "server.json"
         self._secret_file = self.base / "root.secret"
+        self._last_ports_file = self.base / "last_ports.json"
         self._lock = FileLock(str(self.base / ".lock"), timeout=start_timeout + 60)
 
     # -- public -----------------------------------------------------------------------------
@@ -136,7 +158,8 @@ class EmbeddedMilvus:
                 self._terminate(status.state.pid)
             self._state_file.unlink(missing_ok=True)
             self._refuse_foreign_server()
-            state = self._spawn()
+            pinned = self._last_ports() if self._wait_for_last_ports() else {}
+            state = self._spawn(pinned)
             self._secure(state)
             return state
 
@@ -167,6 +190,31 @@ class EmbeddedMilvus:
         except (OSError, ValueError, TypeError):
             return None
 
+    def _last_ports(self) -> dict[str, int]:
+        try:
+            ports = json.loads(self._last_ports_file.read_text(encoding="utf-8"))
+            return {str(k): int(v) for k, v in ports.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _wait_for_last_ports(self, timeout: float = 30.0) -> bool:
+        """After a stop the old sockets linger a moment; wait so the restart can take the same ports back."""
+        ports = self._last_ports()
+        if not ports:
+            return False
+        probe = _reuse_port_config()()
+        deadline = time.monotonic() + timeout
+        for port in ports.values():
+            while True:
+                sock = probe.try_bind_port(port)
+                if sock is not None:
+                    sock.close()
+                    break
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.2)
+        return True
+
     def _refuse_foreign_server(self) -> None:
         """Milvus 2.3 keeps a machine-wide pid lock in /run/milvus: only one embedded server per machine."""
         try:
@@ -189,17 +237,28 @@ class EmbeddedMilvus:
                 ),
             )
 
-    def _spawn(self) -> ServerState:
-        from milvus import MilvusServerConfig, _initialize_data_files
+    def _spawn(self, pinned: dict[str, int] | None = None) -> ServerState:
+        from milvus import _initialize_data_files
 
-        config = MilvusServerConfig(data_dir=str(self.base))
+        pinned = dict(pinned or {})
+        health_pin = pinned.pop("health_port", None)
+        config = _reuse_port_config()(data_dir=str(self.base), **pinned)  # same ports as last time: clients reconnect
         for component in _COMPONENTS:
             config.set(f"{component}.ip", "127.0.0.1")
         config.set("authorization_enabled", True)
-        config.resolve()
+        try:
+            config.resolve()
+        except RuntimeError:  # a pinned port is taken by something else: let the wrapper choose
+            config = _reuse_port_config()(data_dir=str(self.base))
+            for component in _COMPONENTS:
+                config.set(f"{component}.ip", "127.0.0.1")
+            config.set("authorization_enabled", True)
+            config.resolve()
+            health_pin = None
         _initialize_data_files(config.base_data_dir)
-        health_port, sock = config.resolve_port(9091)
+        health_port, sock = config.resolve_port(health_pin or 9091)
         sock.close()
+        chosen = {k: int(config.get(k)) for k in config.configurable_items if k.endswith("_port")}
         exe = self.base / "bin" / "milvus"
         env = dict(
             os.environ,
@@ -225,6 +284,7 @@ class EmbeddedMilvus:
             pid=proc.pid, proxy_port=int(config.get("proxy_port")), health_port=health_port, started_at=time.time()
         )
         self._state_file.write_text(json.dumps(asdict(state)), encoding="utf-8")
+        self._last_ports_file.write_text(json.dumps({**chosen, "health_port": health_port}), encoding="utf-8")
         if not self._wait_healthy(state, self.start_timeout, proc):
             self._terminate(proc.pid)
             self._state_file.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from rag.llms import map_provider_errors
 from rag.store import DocumentStore
 
 Mode = Literal["llm", "retrieval-only"]
+Retrieval = Literal["dense", "keyword", "hybrid"]
 
 RETRIEVAL_ONLY_NOTE = (
     "Retrieval-only mode: no language model is configured, so this is not a generated answer. "
@@ -71,6 +73,7 @@ class Answer(BaseModel, frozen=True):
     mode: Mode
     sources: list[Source]
     standalone_question: str | None = None
+    retrieval_seconds: float | None = None
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
@@ -111,11 +114,16 @@ class QueryEngine:
         return "llm" if self.llm is not None else "retrieval-only"
 
     async def aretrieve(
-        self, question: str, top_k: int | None = None, doc_ids: Sequence[str] | None = None
+        self,
+        question: str,
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
     ) -> list[Source]:
-        """The passages most similar to the question."""
-        embedding = await self.embedder.aembed_query(question)
-        hits = await self.store.asearch(embedding, top_k or self.settings.top_k, doc_ids)
+        """The passages most similar to the question (dense), sharing its words (keyword), or both (hybrid)."""
+        retrieval = retrieval or self.settings.retrieval_mode
+        embedding = None if retrieval == "keyword" else await self.embedder.aembed_query(question)
+        hits = await self.store.asearch(embedding, top_k or self.settings.top_k, doc_ids, retrieval, question)
         sources = []
         for hit in hits:
             meta = hit.node.metadata
@@ -150,10 +158,13 @@ class QueryEngine:
         history: Sequence[ChatTurn] = (),
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
     ) -> AsyncIterator[str | Answer]:
         """Yield the answer's text pieces as they arrive, then the finished Answer."""
         standalone = await self.acondense(question, history)
-        sources = await self.aretrieve(standalone, top_k, doc_ids)
+        started = time.perf_counter()
+        sources = await self.aretrieve(standalone, top_k, doc_ids, retrieval)
+        retrieval_seconds = time.perf_counter() - started
         pieces: list[str] = []
         if self.llm is None:
             text = await self._extractive(standalone, sources)
@@ -181,6 +192,7 @@ class QueryEngine:
             mode=self.mode,
             sources=sources,
             standalone_question=standalone if standalone != question else None,
+            retrieval_seconds=round(retrieval_seconds, 4),
         )
 
     async def aquery(
@@ -189,10 +201,11 @@ class QueryEngine:
         history: Sequence[ChatTurn] = (),
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
     ) -> Answer:
         """The whole answer at once."""
         answer: Answer | None = None
-        async for item in self.astream_answer(question, history, top_k, doc_ids):
+        async for item in self.astream_answer(question, history, top_k, doc_ids, retrieval):
             if isinstance(item, Answer):
                 answer = item
         assert answer is not None

@@ -19,9 +19,9 @@ from rag.embeddings import Embedder, load_embedder
 from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import build_llm, describe_llm
-from rag.query import Answer, ChatTurn, QueryEngine, Source
+from rag.query import Answer, ChatTurn, QueryEngine, Retrieval, Source
 from rag.runtime import Runtime
-from rag.store import DocumentStore, StoreInfo, resolve_connection
+from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,15 @@ class RagService:
         return self.runtime.run(self.store.acount(doc_id), timeout=60)
 
     # -- questions --------------------------------------------------------------------------
-    def retrieve(self, question: str, top_k: int | None = None, doc_ids: Sequence[str] | None = None) -> list[Source]:
-        """The passages most similar to a question."""
-        return self.runtime.run(self.engine.aretrieve(question, top_k, doc_ids), timeout=120)
+    def retrieve(
+        self,
+        question: str,
+        top_k: int | None = None,
+        doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
+    ) -> list[Source]:
+        """The passages that best match a question."""
+        return self.runtime.run(self.engine.aretrieve(question, top_k, doc_ids, retrieval), timeout=120)
 
     def ask(
         self,
@@ -194,10 +200,11 @@ class RagService:
         history: Sequence[ChatTurn] = (),
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
     ) -> Answer:
         """A whole answer with sources."""
         return self.runtime.run(
-            self.engine.aquery(question, history, top_k, doc_ids), timeout=self.settings.llm_timeout + 60
+            self.engine.aquery(question, history, top_k, doc_ids, retrieval), timeout=self.settings.llm_timeout + 60
         )
 
     def stream_answer(
@@ -206,10 +213,16 @@ class RagService:
         history: Sequence[ChatTurn] = (),
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
+        retrieval: Retrieval | None = None,
     ) -> AnswerStream:
         """An answer as it is written; read `.answer` after iterating."""
-        agen = self.engine.astream_answer(question, history, top_k, doc_ids)
+        agen = self.engine.astream_answer(question, history, top_k, doc_ids, retrieval)
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    @property
+    def features(self) -> Features:
+        """What the server and collection support (keyword and hybrid retrieval need Milvus 2.5+ or Lite)."""
+        return self.store.features
 
     @property
     def mode(self) -> str:

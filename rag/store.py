@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,15 +22,17 @@ from llama_index.core.vector_stores import (
     MetadataFilters,
     VectorStoreQuery,
 )
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from llama_index.core.vector_stores.types import VectorStoreQueryMode
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rag.config import Settings
-from rag.errors import EmbeddingMismatchError, RagError, StoreUnavailableError
+from rag.errors import ConfigError, EmbeddingMismatchError, RagError, StoreUnavailableError
 from rag.milvus_server import EmbeddedMilvus
 
 log = logging.getLogger(__name__)
 
 TEXT_FIELD = "text"
+SPARSE_FIELD = "sparse_embedding"
 EMBEDDING_FIELD = "embedding"
 DOC_ID_FIELD = "doc_id"
 MODEL_KEY = "embed_model"
@@ -57,8 +60,52 @@ class StoreInfo:
     chunks: int
 
 
+@dataclass(frozen=True)
+class Features:
+    """What the connected server and collection can do; the UI shows `reason` when a feature is missing."""
+
+    version: str
+    keyword_search: bool
+    reason: str | None = None
+
+    @property
+    def retrieval_modes(self) -> tuple[str, ...]:
+        """The retrieval modes this collection supports."""
+        return ("dense", "keyword", "hybrid") if self.keyword_search else ("dense",)
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    match = re.search(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def probe_features(connection: Connection, collection: str, overwrite: bool = False) -> Features:
+    """Ask the server its version and whether the collection has (or may get) a BM25 field."""
+    from pymilvus import MilvusClient
+
+    with map_milvus_errors("report its version"):
+        client = MilvusClient(uri=connection.uri, token=connection.token, timeout=30)
+        try:
+            version = str(client.get_server_version())
+            exists = not overwrite and client.has_collection(collection)
+            fields = client.describe_collection(collection)["fields"] if exists else []
+        finally:
+            client.close()
+    lite = connection.kind == "lite" or version.startswith("milvus_lite")
+    server_ok = lite or _version_tuple(version) >= (2, 5)
+    if not server_ok:
+        return Features(version, False, f"Milvus {version} has no BM25 function; keyword and hybrid search need 2.5+")
+    if exists and not any(f["name"] == SPARSE_FIELD for f in fields):
+        return Features(version, False, f"collection '{collection}' was created without a BM25 field; re-create it")
+    return Features(version, True)
+
+
 class TransientStoreError(StoreUnavailableError):
     """A failure worth retrying (server restarting, connection reset)."""
+
+
+class CollectionNotLoadedError(TransientStoreError):
+    """The collection is not loaded (e.g. Milvus restarted); load it and retry."""
 
 
 @contextlib.contextmanager
@@ -76,6 +123,8 @@ def map_milvus_errors(action: str) -> Iterator[None]:
         text = str(exc)
         transient = any(s in text.lower() for s in ("unavailable", "connect", "deadline", "not ready", "closed"))
         cls = TransientStoreError if transient else StoreUnavailableError
+        if "not loaded" in text.lower():
+            cls = CollectionNotLoadedError
         raise cls(f"Milvus {action} failed: {text}", user_message=f"Milvus could not {action}: {exc.message}") from exc
     except (ConnectionError, OSError) as exc:
         raise TransientStoreError(
@@ -110,22 +159,16 @@ def resolve_connection(settings: Settings, start: bool = True) -> Connection:
     return Connection(uri=state.uri, token=server.token, kind="embedded")
 
 
-def _retrying() -> AsyncRetrying:
-    return AsyncRetrying(
-        retry=retry_if_exception_type(TransientStoreError),
-        stop=stop_after_attempt(5),
-        wait=wait_exponential(multiplier=0.5, max=8),
-        reraise=True,
-    )
-
-
 class DocumentStore:
     """One collection of document chunks, used only from the runtime loop."""
 
-    def __init__(self, vector_store: Any, connection: Connection, settings: Settings) -> None:
+    def __init__(
+        self, vector_store: Any, connection: Connection, settings: Settings, features: Features | None = None
+    ) -> None:
         self.vector_store = vector_store
         self.connection = connection
         self.settings = settings
+        self.features = features or Features(version="?", keyword_search=False, reason="not probed")
 
     @classmethod
     async def abuild(
@@ -142,6 +185,20 @@ class DocumentStore:
         from llama_index.vector_stores.milvus import MilvusVectorStore
 
         name = collection or settings.collection
+        features = await asyncio.to_thread(probe_features, connection, name, overwrite)
+        sparse: dict[str, Any] = {}
+        if features.keyword_search:
+            from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
+
+            sparse = {
+                "enable_sparse": True,
+                "sparse_embedding_field": SPARSE_FIELD,
+                "sparse_embedding_function": BM25BuiltInFunction(
+                    input_field_names=TEXT_FIELD, output_field_names=SPARSE_FIELD
+                ),
+                "hybrid_ranker": "RRFRanker",
+                "hybrid_ranker_params": {"k": 60},
+            }
         with map_milvus_errors("open the collection"):
             store = MilvusVectorStore(
                 uri=connection.uri,
@@ -158,10 +215,27 @@ class DocumentStore:
                 output_fields=list(_OUTPUT_FIELDS),
                 use_async_client=True,
                 timeout=30,
+                **sparse,
             )
-        self = cls(store, connection, settings)
+        self = cls(store, connection, settings, features)
         await self._check_model(dim, model_id)
         return self
+
+    def _retrying(self) -> AsyncRetrying:
+        """Retry transient failures with backoff; a collection found unloaded is loaded before the retry."""
+
+        async def _reload(state: RetryCallState) -> None:
+            if isinstance(state.outcome and state.outcome.exception(), CollectionNotLoadedError):
+                with contextlib.suppress(Exception):
+                    await self.aclient.load_collection(self.name)
+
+        return AsyncRetrying(
+            retry=retry_if_exception_type(TransientStoreError),
+            stop=stop_after_attempt(6),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            before_sleep=_reload,
+            reraise=True,
+        )
 
     @property
     def name(self) -> str:
@@ -199,7 +273,7 @@ class DocumentStore:
         entries = []
         for node in nodes:
             entries.append(node)
-        async for attempt in _retrying():
+        async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
                 rows = _rows_for(self.vector_store, entries)
                 await self.aclient.upsert(self.name, rows)
@@ -207,14 +281,14 @@ class DocumentStore:
 
     async def adelete_doc(self, doc_id: str) -> None:
         """Remove every chunk of a document."""
-        async for attempt in _retrying():
+        async for attempt in self._retrying():
             with attempt, map_milvus_errors("delete chunks"):
                 await self.aclient.delete(self.name, filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"')
 
     async def acount(self, doc_id: str | None = None) -> int:
         """Chunks stored (for one document, or all), read with Strong consistency."""
         flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
-        async for attempt in _retrying():
+        async for attempt in self._retrying():
             with attempt, map_milvus_errors("count chunks"):
                 rows = await self.aclient.query(
                     self.name, filter=flt, output_fields=["count(*)"], consistency_level="Strong"
@@ -222,22 +296,56 @@ class DocumentStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     async def asearch(
-        self, embedding: list[float], top_k: int, doc_ids: Sequence[str] | None = None
+        self,
+        embedding: list[float] | None,
+        top_k: int,
+        doc_ids: Sequence[str] | None = None,
+        retrieval: str = "dense",
+        query_text: str | None = None,
     ) -> list[NodeWithScore]:
-        """Dense search, optionally limited to some documents."""
+        """Dense, keyword (BM25) or hybrid (both, fused by RRF) search, optionally limited to some documents."""
+        if retrieval != "dense" and not self.features.keyword_search:
+            raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
+        if retrieval == "keyword":
+            return await self._akeyword(query_text or "", top_k, doc_ids)
         filters = None
         if doc_ids:
             filters = MetadataFilters(
                 filters=[MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN)]
             )
-        query = VectorStoreQuery(query_embedding=embedding, similarity_top_k=top_k, filters=filters)
-        async for attempt in _retrying():
+        query = VectorStoreQuery(
+            query_embedding=embedding,
+            query_str=query_text,
+            similarity_top_k=top_k,
+            filters=filters,
+            mode=VectorStoreQueryMode.HYBRID if retrieval == "hybrid" else VectorStoreQueryMode.DEFAULT,
+        )
+        async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
                 result = await self.vector_store.aquery(query)
         return [
             NodeWithScore(node=node, score=float(score))
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
+
+    async def _akeyword(self, text: str, top_k: int, doc_ids: Sequence[str] | None) -> list[NodeWithScore]:
+        """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
+        flt = ""
+        if doc_ids:
+            flt = f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in doc_ids)}]"
+        async for attempt in self._retrying():
+            with attempt, map_milvus_errors("search"):
+                res = await self.aclient.search(
+                    self.name,
+                    data=[text],
+                    anns_field=SPARSE_FIELD,
+                    limit=top_k,
+                    filter=flt,
+                    output_fields=list(_OUTPUT_FIELDS) + [TEXT_FIELD],
+                    search_params={"metric_type": "BM25"},
+                )
+        nodes, scores, _ids = self.vector_store._parse_from_milvus_results(res)
+        return [NodeWithScore(node=n, score=abs(float(s))) for n, s in zip(nodes, scores)]
 
     async def aversion(self) -> str:
         """The server's version string."""

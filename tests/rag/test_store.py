@@ -51,3 +51,46 @@ def test_milvus_lite_path(tmp_path: Path, embedder, corpus: Path) -> None:  # no
         assert any(s.page == 1 and "discrete irregular time series" in " ".join(s.text.split()) for s in sources)
     finally:
         svc.close()
+
+
+def test_hybrid_finds_keyword_only_matches_on_milvus_lite(tmp_path: Path, embedder) -> None:  # noqa: ANN001
+    """A part number shares no meaning with its question, only its exact token: BM25 finds it, dense does not."""
+    from rag.config import load_settings
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    filler = [
+        "Quarterly maintenance of the hydraulic pumps keeps the assembly line running smoothly.",
+        "Replace worn gaskets in the cooling system every six months to prevent leaks.",
+        "Operators should inspect conveyor belts for fraying before each shift begins.",
+        "Lubricate bearings on the packaging machine weekly with food-grade grease.",
+        "The air compressor filters need cleaning whenever pressure drops below the mark.",
+        "Calibrate the torque wrenches monthly against the reference standard in the lab.",
+    ]
+    for i, text in enumerate(filler):
+        (folder / f"manual{i}.txt").write_text(text * 3)
+    (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
+    settings = load_settings(data_dir=tmp_path / "d", milvus_uri=str(tmp_path / "hybrid.db"), consistency_level="Strong")
+    svc = RagService(settings, embedder=embedder)
+    try:
+        assert svc.features.keyword_search and svc.features.retrieval_modes == ("dense", "keyword", "hybrid")
+        svc.ingest(sorted(folder.iterdir()))
+        question = "How often should QX7719ZK be lubricated, calibrated and inspected?"
+        keyword = svc.retrieve(question, top_k=1, retrieval="keyword")
+        hybrid = svc.retrieve(question, top_k=2, retrieval="hybrid")
+        dense = svc.retrieve(question, top_k=1, retrieval="dense")
+        assert keyword[0].file_name == "parts.txt"
+        assert "parts.txt" in {s.file_name for s in hybrid}
+        assert dense[0].file_name != "parts.txt"
+    finally:
+        svc.close()
+
+
+def test_keyword_search_is_unavailable_on_milvus_2_3(service) -> None:  # noqa: ANN001
+    from rag.errors import ConfigError
+
+    assert not service.features.keyword_search
+    assert "2.5" in (service.features.reason or "")
+    with pytest.raises(ConfigError) as err:
+        service.retrieve("anything", retrieval="hybrid")
+    assert "unavailable" in err.value.user_message
