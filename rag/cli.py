@@ -308,6 +308,14 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
 )
 @click.option("--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest.")
 @click.option("--corpus", type=click.Path(exists=True, file_okay=False), help="Folder of documents for `ingest`.")
+@click.option("--max-files", type=click.IntRange(1), help="Use only the first N corpus files for `ingest`.")
+@click.option(
+    "--insert-batch",
+    default=250,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Rows per insert request on the project's async path.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (rows, Milvus version, machine).")
 @click.pass_context
 @_edge
@@ -319,6 +327,8 @@ def bench(
     concurrency: int,
     experiments: str,
     corpus: str | None,
+    max_files: int | None,
+    insert_batch: int,
     as_json: bool,
 ) -> None:
     """Time sync against async Milvus calls (the seed's experiment and the project's path) in scratch collections.
@@ -335,13 +345,15 @@ def bench(
             concurrency=concurrency,
             experiments=[e.strip() for e in experiments.split(",") if e.strip()],
             corpus_dir=corpus,
+            max_files=max_files,
+            insert_batch=insert_batch,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     service = _service(_settings(ctx))
     try:
         if not as_json:
-            click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}")
+            click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}  note")
         for item in service.bench(config):
             if isinstance(item, BenchRow):
                 if not as_json:

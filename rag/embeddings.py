@@ -35,7 +35,7 @@ class Embedder:
     model: object  # llama_index HuggingFaceEmbedding
     dim: int
     max_tokens: int
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict, repr=False)
 
     @property
     def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
@@ -57,19 +57,23 @@ class Embedder:
         """Embed a question synchronously."""
         return self.model.get_query_embedding(text)  # type: ignore[attr-defined]
 
-    async def aembed(self, texts: list[str]) -> list[list[float]]:
-        """Embed a batch in a worker thread, one batch at a time per process."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+    async def aembed(self, texts: list[str], interactive: bool = False) -> list[list[float]]:
+        """Embed a batch in a worker thread. Document batches queue behind each other; interactive work
+        (a question, its sentences) has its own queue, so a question never waits behind an ingestion."""
+        lock = self._lock("interactive" if interactive else "batch")
+        async with lock:
             return await asyncio.to_thread(self.embed, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Embed a question in a worker thread."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+        """Embed a question in a worker thread, ahead of queued document batches."""
+        async with self._lock("interactive"):
             return await asyncio.to_thread(self.embed_query_sync, text)
+
+    def _lock(self, kind: str) -> asyncio.Lock:
+        key = (kind, id(asyncio.get_running_loop()))  # a lock belongs to one loop; tests share a model
+        if key not in self._locks:
+            self._locks[key] = asyncio.Lock()
+        return self._locks[key]
 
 
 def load_embedder(settings: Settings) -> Embedder:

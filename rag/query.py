@@ -219,7 +219,7 @@ class QueryEngine:
         lines = []
         if candidates:
             q = await self.embedder.aembed_query(question)
-            vectors = await self.embedder.aembed([s for _, s in candidates])
+            vectors = await self.embedder.aembed([s for _, s in candidates], interactive=True)
             ranked = sorted(zip(candidates, vectors), key=lambda cv: _cosine(q, cv[1]), reverse=True)
             seen: set[str] = set()
             for (i, sentence), _vec in ranked:

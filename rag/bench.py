@@ -1,0 +1,602 @@
+"""Sync-versus-async benchmarks on the connected Milvus, in scratch collections that are dropped after.
+
+Shared by the Benchmarks page and `python -m rag bench`. Three experiments:
+
+- `add`: N nodes written one per call, as the seed tutorial did it (a sync loop, and a gather of
+  `async_add`), against this project's way (a few large inserts with bounded concurrency).
+- `search`: N top-3 searches: a sync loop, a gather of `aquery`, and coalesced requests carrying many
+  query vectors each.
+- `ingest`: real documents end to end: a plain sync LlamaIndex pipeline, the engine's `Ingestor`, and
+  the raw embedding of the same chunks with no Milvus at all (the ceiling on this machine).
+
+Everything runs on the runtime loop; sync clients run in worker threads so the loop stays free.
+Every collection is a fresh `bench_<uuid8>` dropped in a `finally`, so the user's documents are never
+touched, even when the run is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import platform
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores import VectorStoreQuery, VectorStoreQueryResult
+from pydantic import BaseModel, Field, field_validator
+
+from rag.catalog import Catalog
+from rag.config import Settings
+from rag.embeddings import Embedder
+from rag.errors import IngestError
+from rag.ingest import Ingestor, SourceFile, chunk_documents, make_splitter
+from rag.readers import READERS, file_type, read_file
+from rag.store import (
+    DOC_ID_FIELD,
+    EMBEDDING_FIELD,
+    TEXT_FIELD,
+    Connection,
+    DocumentStore,
+    map_milvus_errors,
+    rows_for,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Experiment = Literal["add", "search", "ingest"]
+Mode = Literal["sync", "seed-async", "project-async", "raw-embedding"]
+
+EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest")
+MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
+INGEST_MODES: tuple[Mode, ...] = ("sync", "project-async", "raw-embedding")
+SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
+TOP_K = 3
+_MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
+_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
+_CORPUS_NOTES = "SOURCES.md"
+_THREAD_GRACE = 30.0  # seconds a cancelled sync loop gets to notice before its collection is dropped
+
+
+def default_corpus_dir() -> Path:
+    """The shared corpus next to the repository (`<repo>/../shared/corpus`)."""
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+
+
+class BenchConfig(BaseModel, frozen=True):
+    """What to measure."""
+
+    experiments: list[Experiment] = Field(default_factory=lambda: ["add", "search", "ingest"])
+    counts: list[int] = Field(default_factory=lambda: [10, 100, 1000])
+    dim: int = Field(768, ge=2, le=32768)
+    consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = "Strong"
+    concurrency: int = Field(8, ge=1, le=256)
+    corpus_dir: str | None = None
+    max_files: int | None = Field(
+        None, ge=1, description="Ingest only the first files of the corpus (by name); None: every file."
+    )
+    insert_batch: int = Field(250, ge=1, le=10_000, description="Rows per insert request on the project path.")
+
+    @field_validator("counts")
+    @classmethod
+    def _counts(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 1 or n > 100_000 for n in value):
+            raise ValueError("counts must be between 1 and 100000")
+        return sorted(set(value))
+
+    @field_validator("experiments")
+    @classmethod
+    def _experiments(cls, value: list[Experiment]) -> list[Experiment]:
+        return [e for e in EXPERIMENTS if e in value]  # a fixed order, each once
+
+
+class BenchRow(BaseModel, frozen=True):
+    """One measurement."""
+
+    experiment: Experiment
+    mode: Mode
+    n: int
+    seconds: float
+    ms_per_item: float
+    speedup: float | None = None
+    note: str = ""
+
+
+class BenchReport(BaseModel, frozen=True):
+    """All rows of a run with the machine and server they ran on."""
+
+    rows: list[BenchRow]
+    milvus_version: str
+    machine: dict[str, str]
+    config: BenchConfig
+    versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str = ""
+    seconds: float = 0.0
+
+
+def machine_info() -> dict[str, str]:
+    """The facts a figure needs next to it."""
+    import os
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count()),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Client-side versions that shape the figures."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("pymilvus", "llama-index-core", "llama-index-vector-stores-milvus", "sentence-transformers", "torch"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+def plan(config: BenchConfig) -> list[tuple[Experiment, Mode, int | None]]:
+    """The measurements a run makes, in order (N is None where it is only known when measured)."""
+    steps: list[tuple[Experiment, Mode, int | None]] = []
+    for experiment in config.experiments:
+        if experiment == "ingest":
+            steps += [(experiment, mode, None) for mode in INGEST_MODES]
+        else:
+            steps += [(experiment, mode, n) for mode in MILVUS_MODES for n in config.counts]
+    return steps
+
+
+def corpus_files(config: BenchConfig) -> list[Path]:
+    """The readable files of the corpus folder, by name, limited to `max_files`.
+
+    The shared corpus's provenance table (SOURCES.md) describes the documents and is not one of them.
+    """
+    folder = Path(config.corpus_dir) if config.corpus_dir else default_corpus_dir()
+    if not folder.is_dir():
+        raise IngestError(str(folder), "is not a folder of documents")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and file_type(p.name) in READERS and p.name != _CORPUS_NOTES
+    )
+    return files[: config.max_files] if config.max_files else files
+
+
+def _row(experiment: Experiment, mode: Mode, n: int, seconds: float, sync: float | None, note: str = "") -> BenchRow:
+    return BenchRow(
+        experiment=experiment,
+        mode=mode,
+        n=n,
+        seconds=seconds,
+        ms_per_item=seconds * 1000 / n if n else 0.0,
+        speedup=sync / seconds if sync is not None and mode != "sync" and seconds > 0 else None,
+        note=note,
+    )
+
+
+class _Stopped(Exception):
+    """A sync loop noticed the run was cancelled."""
+
+
+async def _in_thread(fn: Callable[[threading.Event], T]) -> T:
+    """Run a blocking loop in a worker thread; on cancel, tell it to stop and let it finish first.
+
+    Without the wait, a cancelled run would drop its scratch collection while the thread still writes.
+    """
+    stop = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(fn, stop))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait([future], timeout=_THREAD_GRACE)
+        raise
+
+
+async def _timed(work: Awaitable[T]) -> tuple[float, T]:
+    started = time.perf_counter()
+    result = await work
+    return time.perf_counter() - started, result
+
+
+# -- scratch collections ----------------------------------------------------------------------------
+def _scratch_name() -> str:
+    return f"bench_{uuid.uuid4().hex[:8]}"
+
+
+async def _drop(client: Any, name: str) -> None:
+    """Drop a scratch collection with the sync client in a thread (works even if the async one broke)."""
+
+    def _go() -> None:
+        if client.has_collection(name):
+            client.drop_collection(name)
+
+    try:
+        await asyncio.to_thread(_go)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the error that brought us here
+        log.warning("could not drop the scratch collection %s", name, exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def _scratch_store(
+    connection: Connection, dim: int, consistency: str, sync_only: bool = False, batch_size: int = 100
+) -> AsyncIterator[Any]:
+    """A fresh MilvusVectorStore on a scratch collection, built on the loop and dropped afterwards."""
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    name = _scratch_name()
+    store = None
+    try:
+        with map_milvus_errors("create a scratch collection"):
+            store = MilvusVectorStore(
+                uri=connection.uri,
+                token=connection.token,
+                collection_name=name,
+                dim=dim,
+                embedding_field=EMBEDDING_FIELD,
+                text_key=TEXT_FIELD,
+                doc_id_field=DOC_ID_FIELD,
+                similarity_metric="COSINE",
+                consistency_level=consistency,
+                overwrite=True,
+                batch_size=batch_size,
+                use_async_client=not sync_only,
+                timeout=60,
+            )
+        yield store
+    finally:
+        if store is not None:
+            await _drop(store.client, name)
+            if store.aclient is not None:
+                with contextlib.suppress(Exception):
+                    await store.aclient.close()
+            with contextlib.suppress(Exception):
+                store.client.close()
+        else:  # the constructor may have created the collection before it failed
+            await _drop_by_name(connection, name)
+
+
+# -- the seed's node shapes -------------------------------------------------------------------------
+def produce_nodes(count: int, dim: int, rng: random.Random) -> list[TextNode]:
+    """Nodes exactly like the seed's `produce_nodes` (random 16-digit ids, one varying coordinate)."""
+    return [
+        TextNode(
+            id_="".join(str(rng.randint(0, 9)) for _ in range(16)),
+            text=f"n{i}_text",
+            embedding=[0.5] * (dim - 1) + [rng.random()],
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=f"n{i + 1}")},
+        )
+        for i in range(count)
+    ]
+
+
+def _query_vectors(count: int, dim: int) -> list[list[float]]:
+    rng = random.Random(count)  # the same vectors for every mode
+    return [[0.5] * (dim - 1) + [rng.random()] for _ in range(count)]
+
+
+def _result_of(store: Any, hits: Sequence[dict[str, Any]]) -> VectorStoreQueryResult:
+    """One query's hits as the nodes and scores `aquery` returns, so both paths do the same work."""
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+    nodes, scores, ids = [], [], []
+    for hit in hits:
+        entity = hit["entity"]
+        node = metadata_dict_to_node(
+            {"_node_content": entity.get("_node_content"), "_node_type": entity.get("_node_type")}
+        )
+        if store.text_key in entity:
+            node.text = entity[store.text_key]
+        nodes.append(node)
+        scores.append(hit["distance"])
+        ids.append(hit.get("id"))
+    return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
+
+
+async def _bounded(limit: int, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run coroutine factories with at most `limit` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def _one(job: Callable[[], Any]) -> Any:
+        async with gate:
+            return await job()
+
+    return await asyncio.gather(*(_one(job) for job in jobs))
+
+
+# -- add --------------------------------------------------------------------------------------------
+def _sync_add(store: Any, nodes: Sequence[BaseNode]) -> Callable[[threading.Event], None]:
+    def _loop(stop: threading.Event) -> None:
+        for node in nodes:
+            if stop.is_set():
+                raise _Stopped
+            store.add([node])
+
+    return _loop
+
+
+async def _seed_async_add(store: Any, nodes: Sequence[BaseNode]) -> None:
+    await asyncio.gather(*(store.async_add([node]) for node in nodes))
+
+
+async def _project_add(store: Any, nodes: Sequence[BaseNode], config: BenchConfig) -> None:
+    """Few large inserts, at most `concurrency` in flight; each batch is converted in its own task, so
+    converting the next batch overlaps the server's work on the previous one."""
+    size = config.insert_batch
+
+    async def _insert(batch: Sequence[BaseNode]) -> None:
+        await store.aclient.insert(store.collection_name, rows_for(store, batch))
+
+    await _bounded(config.concurrency, [lambda i=i: _insert(nodes[i : i + size]) for i in range(0, len(nodes), size)])
+
+
+async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[BenchRow]:
+    sync_seconds: dict[int, float] = {}
+    rng = random.Random(42)
+    for mode in MILVUS_MODES:
+        async with _scratch_store(connection, config.dim, config.consistency_level) as store:
+            for n in config.counts:
+                nodes = produce_nodes(n, config.dim, rng)
+                if mode == "sync":
+                    work: Awaitable[Any] = _in_thread(_sync_add(store, nodes))
+                elif mode == "seed-async":
+                    work = _seed_async_add(store, nodes)
+                else:
+                    work = _project_add(store, nodes, config)
+                with map_milvus_errors("insert benchmark rows"):
+                    seconds, _ = await _timed(work)
+                if mode == "sync":
+                    sync_seconds[n] = seconds
+                note = "one node per call" if mode != "project-async" else _batch_note(n, config.insert_batch, config)
+                yield _row("add", mode, n, seconds, sync_seconds.get(n), note)
+
+
+def _batch_note(n: int, batch: int, config: BenchConfig) -> str:
+    requests = -(-n // batch)
+    return f"{requests} request{'s' if requests > 1 else ''} of ≤{batch}, ≤{config.concurrency} in flight"
+
+
+# -- search -----------------------------------------------------------------------------------------
+def _sync_search(store: Any, vectors: Sequence[list[float]]) -> Callable[[threading.Event], list[Any]]:
+    def _loop(stop: threading.Event) -> list[Any]:
+        results = []
+        for vector in vectors:
+            if stop.is_set():
+                raise _Stopped
+            results.append(store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=TOP_K)))
+        return results
+
+    return _loop
+
+
+async def _seed_async_search(store: Any, vectors: Sequence[list[float]]) -> list[Any]:
+    return await asyncio.gather(
+        *(store.aquery(VectorStoreQuery(query_embedding=v, similarity_top_k=TOP_K)) for v in vectors)
+    )
+
+
+def _search_batch(n: int, dim: int, concurrency: int) -> int:
+    """Query vectors per request: all N in at most `concurrency` requests, so that under Strong
+    consistency they all wait for the same time tick (a second wave would wait for the next one)."""
+    cap = max(1, min(_MAX_NQ, _MAX_REQUEST_BYTES // (4 * dim)))
+    return max(1, min(cap, -(-n // concurrency)))
+
+
+async def _project_search(store: Any, vectors: Sequence[list[float]], config: BenchConfig) -> list[Any]:
+    size = _search_batch(len(vectors), config.dim, config.concurrency)
+    # Only the fields a node is rebuilt from; "*" would also ship every hit's vector back.
+    fields = [store.text_key, "_node_content", "_node_type"]
+
+    async def _one(batch: Sequence[list[float]]) -> list[VectorStoreQueryResult]:
+        hits = await store.aclient.search(
+            store.collection_name, data=list(batch), limit=TOP_K, anns_field=store.embedding_field, output_fields=fields
+        )
+        return [_result_of(store, h) for h in hits]
+
+    jobs = [lambda i=i: _one(vectors[i : i + size]) for i in range(0, len(vectors), size)]
+    return [result for batch in await _bounded(config.concurrency, jobs) for result in batch]
+
+
+async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator[BenchRow]:
+    sync_seconds: dict[int, float] = {}
+    async with _scratch_store(connection, config.dim, config.consistency_level) as store:
+        with map_milvus_errors("insert benchmark rows"):
+            await _project_add(store, produce_nodes(SEARCH_ROWS, config.dim, random.Random(7)), config)
+        for mode in MILVUS_MODES:
+            for n in config.counts:
+                vectors = _query_vectors(n, config.dim)
+                if mode == "sync":
+                    work: Awaitable[list[Any]] = _in_thread(_sync_search(store, vectors))
+                elif mode == "seed-async":
+                    work = _seed_async_search(store, vectors)
+                else:
+                    work = _project_search(store, vectors, config)
+                with map_milvus_errors("search"):
+                    seconds, results = await _timed(work)
+                if mode == "sync":
+                    sync_seconds[n] = seconds
+                if len(results) != n:
+                    raise RuntimeError(f"{mode} search returned {len(results)} results for {n} queries")
+                size = _search_batch(n, config.dim, config.concurrency)
+                note = "one query per request" if mode != "project-async" else _batch_note(n, size, config)
+                yield _row("search", mode, n, seconds, sync_seconds.get(n), note)
+
+
+# -- ingest -----------------------------------------------------------------------------------------
+def _chunk_file(path: Path, splitter: Any, model_id: str) -> list[BaseNode]:
+    """A file's chunks exactly as the engine makes them (same reader, splitter, ids); [] if unreadable."""
+    doc_id = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        docs = read_file(path, path.name)
+    except IngestError:
+        return []
+    return chunk_documents(docs, splitter, doc_id, model_id, file_type(path.name).lstrip("."))
+
+
+def _embed_texts(nodes: Sequence[BaseNode]) -> list[str]:
+    return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+
+def _sync_pipeline(
+    settings: Settings, embedder: Embedder, store: Any, files: Sequence[Path], splitter: Any
+) -> Callable[[threading.Event], int]:
+    """The plain sync LlamaIndex way: read, split, embed a batch, add it, next batch, next file."""
+
+    def _run(stop: threading.Event) -> int:
+        chunks = 0
+        for path in files:
+            nodes = _chunk_file(path, splitter, embedder.model_id)
+            size = settings.insert_batch_size
+            for start in range(0, len(nodes), size):
+                if stop.is_set():
+                    raise _Stopped
+                batch = nodes[start : start + size]
+                for node, vector in zip(batch, embedder.embed(_embed_texts(batch))):
+                    node.embedding = vector
+                store.add(batch)
+            chunks += len(nodes)
+        return chunks
+
+    return _run
+
+
+def _raw_embedding(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], int]:
+    def _run(stop: threading.Event) -> int:
+        for start in range(0, len(texts), batch):
+            if stop.is_set():
+                raise _Stopped
+            embedder.embed(list(texts[start : start + batch]))
+        return len(texts)
+
+    return _run
+
+
+async def _project_ingest(
+    settings: Settings, connection: Connection, embedder: Embedder, files: Sequence[Path], consistency: str
+) -> tuple[float, int]:
+    """The engine's Ingestor into a scratch collection with a scratch catalog and data dir."""
+    name = _scratch_name()
+    scratch_dir = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    scratch = settings.model_copy(
+        update={"data_dir": scratch_dir, "collection": name, "max_files": max(settings.max_files, len(files))}
+    )
+    store: DocumentStore | None = None
+    catalog: Catalog | None = None
+    try:
+        store = await DocumentStore.abuild(
+            scratch, connection, embedder.dim, embedder.model_id, name, overwrite=True, consistency_level=consistency
+        )
+        catalog = Catalog(scratch_dir / "catalog.sqlite3", name)
+        ingestor = Ingestor(scratch, embedder, store, catalog)
+        seconds, report = await _timed(ingestor.aingest([SourceFile(p, p.name) for p in files]))
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # aingest turns a cancel into a report; pass it on
+            raise asyncio.CancelledError
+        return seconds, report.chunks
+    finally:
+        if catalog is not None:
+            catalog.close()
+        if store is not None:
+            await _drop(store.vector_store.client, name)
+            await store.aclose()
+        else:
+            await _drop_by_name(connection, name)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+async def _drop_by_name(connection: Connection, name: str) -> None:
+    from pymilvus import MilvusClient
+
+    try:
+        client = await asyncio.to_thread(MilvusClient, uri=connection.uri, token=connection.token)
+    except Exception:  # noqa: BLE001 - nothing to drop if we cannot even connect
+        return
+    await _drop(client, name)
+    client.close()
+
+
+async def _aingest(
+    settings: Settings, connection: Connection, embedder: Embedder, config: BenchConfig
+) -> AsyncIterator[BenchRow]:
+    files = corpus_files(config)
+    if not files:
+        raise IngestError(str(config.corpus_dir or default_corpus_dir()), "holds no readable documents")
+    splitter = make_splitter(settings, embedder)
+    # Untimed: chunk once for the raw-embedding texts, warm the page cache and the model for every mode.
+    chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
+    texts = [t for nodes in chunked for t in _embed_texts(nodes)]
+    await asyncio.to_thread(embedder.embed, texts[: settings.embed_batch_size])
+    size_mb = sum(p.stat().st_size for p in files) / 1048576
+    note = f"{len(files)} files, {size_mb:.1f} MB"
+
+    async with _scratch_store(
+        connection, embedder.dim, config.consistency_level, sync_only=True, batch_size=settings.insert_batch_size
+    ) as store:
+        with map_milvus_errors("store chunks"):
+            sync, chunks = await _timed(_in_thread(_sync_pipeline(settings, embedder, store, files, splitter)))
+    yield _row("ingest", "sync", chunks, sync, None, note)
+
+    with map_milvus_errors("store chunks"):
+        seconds, chunks = await _project_ingest(settings, connection, embedder, files, config.consistency_level)
+    yield _row("ingest", "project-async", chunks, seconds, sync, note)
+
+    seconds, chunks = await _timed(_in_thread(_raw_embedding(embedder, texts, settings.embed_batch_size)))
+    yield _row("ingest", "raw-embedding", chunks, seconds, sync, note + "; no Milvus")
+
+
+# -- the run ----------------------------------------------------------------------------------------
+async def _aversion(connection: Connection) -> str:
+    from pymilvus import MilvusClient
+
+    def _get() -> str:
+        client = MilvusClient(uri=connection.uri, token=connection.token)
+        try:
+            return str(client.get_server_version())
+        finally:
+            client.close()
+
+    with map_milvus_errors("report its version"):
+        return await asyncio.to_thread(_get)
+
+
+async def aiter_bench(
+    settings: Settings, connection: Connection, embedder: Embedder, config: BenchConfig
+) -> AsyncIterator[BenchRow | BenchReport]:
+    """Yield each BenchRow as it is measured, then the BenchReport."""
+    started, clock = datetime.now(UTC), time.perf_counter()
+    version = await _aversion(connection)
+    rows: list[BenchRow] = []
+    for experiment in config.experiments:
+        if experiment == "add":
+            measured = _aadd(connection, config)
+        elif experiment == "search":
+            measured = _asearch(connection, config)
+        else:
+            measured = _aingest(settings, connection, embedder, config)
+        try:
+            async for row in measured:
+                rows.append(row)
+                yield row
+        finally:
+            await measured.aclose()  # runs the scratch cleanup now, not whenever the GC finds it
+    yield BenchReport(
+        rows=rows,
+        milvus_version=version,
+        machine=machine_info(),
+        config=config,
+        versions=library_versions(),
+        started_at=started.isoformat(timespec="seconds"),
+        seconds=time.perf_counter() - clock,
+    )

@@ -1,0 +1,180 @@
+"""rag.bench against the real Milvus: every planned row arrives, the rows agree with each other, the
+scratch collections are gone afterwards (also after a cancel), and the user's collection is untouched.
+
+No test asserts a wall-clock threshold: the figures belong in BENCHMARKS.md, not in CI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, plan
+from rag.errors import IngestError
+from rag.service import RagService
+
+SMALL_FILES = ("pdfplumber_README.md", "unstructured_README.md")
+
+
+def _scratch(service: RagService) -> set[str]:
+    return {name for name in service.store.vector_store.client.list_collections() if name.startswith("bench_")}
+
+
+def _with_document(service: RagService, tmp_path: Path) -> int:
+    source = tmp_path / "src" / "giraffes.txt"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("Giraffes eat acacia leaves on the savanna. " * 60, encoding="utf-8")
+    service.ingest([source])
+    chunks = service.count_chunks()
+    assert chunks > 0
+    return chunks
+
+
+def _run(service: RagService, config: BenchConfig) -> tuple[list[BenchRow], BenchReport]:
+    items = list(service.bench(config))
+    assert isinstance(items[-1], BenchReport)
+    rows = items[:-1]
+    assert all(isinstance(r, BenchRow) for r in rows)
+    assert items[-1].rows == rows
+    return rows, items[-1]
+
+
+def _check_consistent(rows: list[BenchRow]) -> None:
+    sync = {(r.experiment, r.n): r for r in rows if r.mode == "sync"}
+    for row in rows:
+        assert row.seconds > 0
+        assert row.ms_per_item == pytest.approx(row.seconds * 1000 / row.n)
+        if row.mode == "sync":
+            assert row.speedup is None
+        else:
+            assert row.speedup == pytest.approx(sync[(row.experiment, row.n)].seconds / row.seconds)
+
+
+# -- configuration --------------------------------------------------------------------------------
+def test_config_normalizes_counts_and_experiments() -> None:
+    config = BenchConfig(experiments=["search", "add", "search"], counts=[100, 5, 100])
+    assert config.counts == [5, 100]
+    assert config.experiments == ["add", "search"]
+    for bad in ([], [0], [200_000]):
+        with pytest.raises(ValueError):
+            BenchConfig(counts=bad)
+
+
+def test_plan_lists_every_measurement_in_order() -> None:
+    steps = plan(BenchConfig(experiments=["add", "ingest"], counts=[5, 20]))
+    assert steps == [
+        ("add", "sync", 5),
+        ("add", "sync", 20),
+        ("add", "seed-async", 5),
+        ("add", "seed-async", 20),
+        ("add", "project-async", 5),
+        ("add", "project-async", 20),
+        ("ingest", "sync", None),
+        ("ingest", "project-async", None),
+        ("ingest", "raw-embedding", None),
+    ]
+
+
+def test_corpus_files_skip_the_provenance_table_and_obey_max_files(corpus: Path) -> None:
+    every = corpus_files(BenchConfig(corpus_dir=str(corpus)))
+    assert "SOURCES.md" not in {p.name for p in every}
+    assert len(every) == 14 and every == sorted(every)
+    assert corpus_files(BenchConfig(corpus_dir=str(corpus), max_files=2)) == every[:2]
+
+
+# -- against Milvus -------------------------------------------------------------------------------
+@pytest.mark.milvus
+def test_add_and_search_yield_every_row_and_clean_up(service: RagService, tmp_path: Path) -> None:
+    chunks = _with_document(service, tmp_path)
+    docs = service.documents()
+    before = _scratch(service)
+    config = BenchConfig(experiments=["add", "search"], counts=[5, 20], dim=16, consistency_level="Strong")
+
+    rows, report = _run(service, config)
+
+    assert [(r.experiment, r.mode, r.n) for r in rows] == plan(config)
+    _check_consistent(rows)
+    assert all(r.note for r in rows)
+    assert report.milvus_version.startswith("v2")
+    assert report.machine["cpus"] and report.versions["pymilvus"]
+    assert report.config == config and report.seconds >= sum(r.seconds for r in rows)
+    assert _scratch(service) == before
+    assert service.count_chunks() == chunks
+    assert service.documents() == docs
+
+
+@pytest.mark.milvus
+def test_ingest_compares_sync_engine_and_raw_embedding(
+    service: RagService, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunks = _with_document(service, tmp_path)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in SMALL_FILES:
+        shutil.copy(corpus / name, folder / name)
+    scratch_tmp = tmp_path / "scratch-tmp"
+    scratch_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
+    before = _scratch(service)
+    config = BenchConfig(experiments=["ingest"], corpus_dir=str(folder), consistency_level="Session")
+
+    rows, _ = _run(service, config)
+
+    assert [(r.experiment, r.mode) for r in rows] == [
+        ("ingest", "sync"),
+        ("ingest", "project-async"),
+        ("ingest", "raw-embedding"),
+    ]
+    assert len({r.n for r in rows}) == 1 and rows[0].n > 0  # the same chunks in every mode
+    _check_consistent(rows)
+    assert rows[0].note.startswith("2 files")
+    assert _scratch(service) == before
+    assert list(scratch_tmp.iterdir()) == []  # the engine's scratch data dir is gone too
+    assert service.count_chunks() == chunks
+    assert len(service.documents()) == 1
+
+
+@pytest.mark.milvus
+def test_ingest_of_a_missing_folder_fails_before_creating_anything(service: RagService, tmp_path: Path) -> None:
+    before = _scratch(service)
+    with pytest.raises(IngestError):
+        list(service.bench(BenchConfig(experiments=["ingest"], corpus_dir=str(tmp_path / "missing"))))
+    assert _scratch(service) == before
+
+
+@pytest.mark.milvus
+def test_stopping_early_drops_the_scratch_collection(service: RagService) -> None:
+    before = _scratch(service)
+    config = BenchConfig(experiments=["add"], counts=[5, 20], dim=16, consistency_level="Session")
+    with contextlib.closing(service.bench(config)) as items:
+        first = next(items)
+        assert isinstance(first, BenchRow) and first.mode == "sync"
+        assert len(_scratch(service) - before) == 1  # measuring happens in exactly one scratch collection
+    assert _scratch(service) == before
+
+
+@pytest.mark.milvus
+def test_cancelling_a_running_sync_loop_drops_the_scratch_collection(service: RagService) -> None:
+    before = _scratch(service)
+    config = BenchConfig(experiments=["add"], counts=[20_000], dim=16, consistency_level="Session")
+    agen = aiter_bench(service.settings, service.connection, service.embedder, config)
+
+    async def first_row() -> object:
+        return await agen.__anext__()
+
+    future = service.runtime.submit(first_row())
+    deadline = time.monotonic() + 60
+    while not (_scratch(service) - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _scratch(service) - before, "the sync loop never started"
+    time.sleep(0.5)  # well inside the loop of 20,000 one-node inserts
+    future.cancel()
+    while _scratch(service) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _scratch(service) == before
+    assert future.cancelled()
