@@ -76,11 +76,11 @@ class Answer(BaseModel, frozen=True):
     retrieval_seconds: float | None = None
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$])")
 
 
 def escape_markdown(text: str) -> str:
-    """Document text shown inside Markdown must stay text: no links, images, HTML or emphasis."""
+    """Document text shown inside Markdown must stay text: no links, images, HTML, emphasis or math."""
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
@@ -140,16 +140,17 @@ class QueryEngine:
             )
         return sources
 
-    async def acondense(self, question: str, history: Sequence[ChatTurn]) -> str:
+    async def acondense(self, question: str, history: Sequence[ChatTurn], llm: Any | None = None) -> str:
         """A standalone version of a follow-up question, for retrieval."""
+        llm = llm or self.llm
         if not history:
             return question
-        if self.llm is None:
+        if llm is None:
             previous = next((t.content for t in reversed(history) if t.role == "user"), "")
             return f"{previous} {question}" if previous and len(question.split()) < 8 else question
         prompt = CONDENSE_PROMPT.format(history=_history_text(history), question=question)
         with map_provider_errors():
-            response = await self.llm.acomplete(prompt)
+            response = await llm.acomplete(prompt)
         return response.text.strip() or question
 
     async def astream_answer(
@@ -159,14 +160,16 @@ class QueryEngine:
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
         retrieval: Retrieval | None = None,
+        llm: Any | None = None,
     ) -> AsyncIterator[str | Answer]:
-        """Yield the answer's text pieces as they arrive, then the finished Answer."""
-        standalone = await self.acondense(question, history)
+        """Yield the answer's text pieces as they arrive, then the finished Answer (`llm` overrides the default)."""
+        llm = llm or self.llm
+        standalone = await self.acondense(question, history, llm)
         started = time.perf_counter()
         sources = await self.aretrieve(standalone, top_k, doc_ids, retrieval)
         retrieval_seconds = time.perf_counter() - started
         pieces: list[str] = []
-        if self.llm is None:
+        if llm is None:
             text = await self._extractive(standalone, sources)
             pieces.append(text)
             yield text
@@ -181,7 +184,7 @@ class QueryEngine:
             context = "\n\n".join(f"[{i}] {s.label}:\n{s.text}" for i, s in enumerate(sources, start=1))
             messages.append(ChatMessage(role=MessageRole.USER, content=f"Sources:\n{context}\n\nQuestion: {question}"))
             with map_provider_errors():
-                stream = await self.llm.astream_chat(messages)
+                stream = await llm.astream_chat(messages)
                 async for chunk in stream:
                     if chunk.delta:
                         pieces.append(chunk.delta)
@@ -202,10 +205,11 @@ class QueryEngine:
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
         retrieval: Retrieval | None = None,
+        llm: Any | None = None,
     ) -> Answer:
         """The whole answer at once."""
         answer: Answer | None = None
-        async for item in self.astream_answer(question, history, top_k, doc_ids, retrieval):
+        async for item in self.astream_answer(question, history, top_k, doc_ids, retrieval, llm):
             if isinstance(item, Answer):
                 answer = item
         assert answer is not None

@@ -8,6 +8,7 @@ crash left half-indexed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ class RagService:
             self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
             llm = self.runtime.run(self._abuild_llm(), timeout=30)
             self.engine = QueryEngine(settings, self.embedder, self.store, llm)
+            self._llms: dict[tuple[str, float], object | None] = {}
+            self._llm_lock = threading.Lock()
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -201,10 +204,14 @@ class RagService:
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
         retrieval: Retrieval | None = None,
+        llm_model: str | None = None,
+        temperature: float | None = None,
     ) -> Answer:
-        """A whole answer with sources."""
+        """A whole answer with sources; `llm_model` and `temperature` override the settings for this question."""
+        llm = self._llm_for(llm_model, temperature)
         return self.runtime.run(
-            self.engine.aquery(question, history, top_k, doc_ids, retrieval), timeout=self.settings.llm_timeout + 60
+            self.engine.aquery(question, history, top_k, doc_ids, retrieval, llm),
+            timeout=self.settings.llm_timeout + 60,
         )
 
     def stream_answer(
@@ -214,10 +221,28 @@ class RagService:
         top_k: int | None = None,
         doc_ids: Sequence[str] | None = None,
         retrieval: Retrieval | None = None,
+        llm_model: str | None = None,
+        temperature: float | None = None,
     ) -> AnswerStream:
         """An answer as it is written; read `.answer` after iterating."""
-        agen = self.engine.astream_answer(question, history, top_k, doc_ids, retrieval)
+        llm = self._llm_for(llm_model, temperature)
+        agen = self.engine.astream_answer(question, history, top_k, doc_ids, retrieval, llm)
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    def _llm_for(self, llm_model: str | None, temperature: float | None) -> object | None:
+        """The LLM for one question's overrides, built once per (model, temperature) on the runtime loop."""
+        if not self.settings.llm_enabled or (llm_model in (None, self.settings.llm_model) and temperature is None):
+            return None
+        key = (llm_model or self.settings.llm_model, self.settings.temperature if temperature is None else temperature)
+        with self._llm_lock:
+            if key not in self._llms:
+                overrides = self.settings.model_copy(update={"llm_model": key[0], "temperature": key[1]})
+
+                async def _build() -> object | None:
+                    return build_llm(overrides)
+
+                self._llms[key] = self.runtime.run(_build(), timeout=30)
+            return self._llms[key]
 
     @property
     def features(self) -> Features:

@@ -121,3 +121,13 @@ def test_llm_failure_is_a_model_error(llm_service, fake_openai, corpus: Path) ->
     with pytest.raises(ModelError) as err:
         llm_service.ask("What is unstructured?")
     assert "API key" in err.value.user_message
+
+
+def test_per_question_model_and_temperature(llm_service, fake_openai, corpus: Path) -> None:  # noqa: ANN001
+    llm_service.ingest([corpus / "unstructured_README.md"])
+    before = len(fake_openai.requests)
+    llm_service.ask("What is unstructured?", llm_model="other-model", temperature=0.7)
+    llm_service.ask("What is unstructured?")
+    override, default = fake_openai.requests[before : before + 2]
+    assert (override["model"], override["temperature"]) == ("other-model", 0.7)
+    assert default["model"] == "fake-model" and default["temperature"] == llm_service.settings.temperature

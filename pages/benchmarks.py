@@ -1,0 +1,267 @@
+"""Benchmarks: the seed tutorial's sync-versus-async experiment rebuilt live, beside this project's path.
+
+The page only collects options and draws rows; `rag.bench` measures (in scratch collections that it
+drops), and the rows arrive one at a time through `service.bench`, so the chart grows as they land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from rag.bench import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from ui.widgets import service_or_stop, show_error
+
+RESULT = "bench.result"
+# Session key: the rows and report of this session's last run.
+
+MODE_ORDER = ["sync", "seed-async", "project-async", "raw-embedding"]
+LABELS = {"add": "Add nodes", "search": "Search", "ingest": "Ingest documents"}
+COUNT_OPTIONS = [1, 10, 50, 100, 500, 1000, 2000, 5000]
+CORPUS, UPLOADS = "Shared corpus", "My uploaded documents"
+
+EXPLANATION = """
+**Sync** sends one request and waits for its whole round trip before sending the next: the client
+serializes it, gRPC carries it, the server schedules and runs it, and the reply comes back. N calls
+pay N of these in a row. Under **Strong** consistency each search also waits until the query node
+has seen a time tick newer than the request (Milvus ticks a few times a second), so a sync search
+loop is mostly waiting, not computing.
+
+**Seed-async** (the tutorial's `asyncio.gather` of `async_add` / `aquery`) sends the same N small
+requests but keeps them all in flight at once, so their waits, the time-tick wait included, overlap.
+What remains is the per-request cost on client and server, paid N times.
+
+**Project-async** is how this app writes and searches: a few large requests instead of N small ones
+(hundreds of rows per insert, many query vectors per search), with a bounded number in flight. The
+per-request cost is paid a few times instead of N times, and under Strong consistency all the
+searches share one time-tick wait.
+
+Switch the consistency level to **Session**, **Bounded** or **Eventually** and run the search again:
+searches no longer wait for a fresh time tick, the sync loop speeds up many times over, and most of
+the gain of the seed's async path goes with it. Batching still wins, because it removes requests
+rather than overlapping them.
+
+**Ingest** is bound by the embedding model, which runs on this machine's CPU. *Raw embedding* is the
+same chunks embedded with no reading and no Milvus at all: the ceiling for any pipeline here.
+"""
+
+
+def _frame(rows: list[BenchRow]) -> pd.DataFrame:
+    frame = pd.DataFrame([row.model_dump() for row in rows])
+    frame["items_per_second"] = frame["n"] / frame["seconds"]
+    return frame
+
+
+def _speed_chart(frame: pd.DataFrame, experiment: str) -> alt.Chart:
+    data = frame[frame["experiment"] == experiment]
+    return (
+        alt.Chart(data, title=f"{LABELS[experiment]}: seconds per N (log-log)")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("n:Q", scale=alt.Scale(type="log"), title="N"),
+            y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="seconds"),
+            color=alt.Color("mode:N", sort=MODE_ORDER, title="mode"),
+            tooltip=["mode", "n", alt.Tooltip("seconds:Q", format=".3f"), alt.Tooltip("speedup:Q", format=".1f")],
+        )
+        .properties(height=320)
+    )
+
+
+def _ingest_chart(frame: pd.DataFrame) -> alt.Chart:
+    data = frame[frame["experiment"] == "ingest"]
+    return (
+        alt.Chart(data, title="Ingest: chunks per second")
+        .mark_bar()
+        .encode(
+            x=alt.X("mode:N", sort=MODE_ORDER, title=None),
+            y=alt.Y("items_per_second:Q", title="chunks per second"),
+            color=alt.Color("mode:N", sort=MODE_ORDER, legend=None),
+            tooltip=["mode", "n", alt.Tooltip("seconds:Q", format=".1f")],
+        )
+        .properties(height=320)
+    )
+
+
+def _find(rows: list[BenchRow], experiment: str, mode: str, n: int | None = None) -> BenchRow | None:
+    return next((r for r in rows if r.experiment == experiment and r.mode == mode and (n is None or r.n == n)), None)
+
+
+def _metrics(rows: list[BenchRow]) -> None:
+    """The speedups at the largest N measured so far, against sync and against the seed's async."""
+    cards: list[tuple[str, str, str | None, str]] = []
+    for experiment in ("add", "search"):
+        done = [r.n for r in rows if r.experiment == experiment and r.mode == "project-async"]
+        if not done:
+            continue
+        n = max(done)
+        seed, project = _find(rows, experiment, "seed-async", n), _find(rows, experiment, "project-async", n)
+        if seed and seed.speedup:
+            cards.append((f"{LABELS[experiment]}, N={n}: seed-async", f"{seed.speedup:.1f}× sync", None, ""))
+        if project and project.speedup:
+            vs_seed = f"{seed.seconds / project.seconds:.1f}× seed-async" if seed else None
+            cards.append((f"{LABELS[experiment]}, N={n}: project-async", f"{project.speedup:.1f}× sync", vs_seed, ""))
+    project, raw = _find(rows, "ingest", "project-async"), _find(rows, "ingest", "raw-embedding")
+    if project and project.speedup:
+        share = f"{raw.seconds / project.seconds:.0%} of raw embedding" if raw else None
+        cards.append(("Ingest: project-async", f"{project.speedup:.2f}× sync", share, "chunks per second"))
+    for column, (label, value, delta, helptext) in zip(st.columns(max(len(cards), 1)), cards):
+        column.metric(label, value, delta, delta_color="off", delta_arrow="off", help=helptext or None)
+
+
+def _table(frame: pd.DataFrame) -> None:
+    st.dataframe(
+        frame[["experiment", "mode", "n", "seconds", "ms_per_item", "speedup", "note"]],
+        hide_index=True,
+        height="content",
+        column_config={
+            "n": st.column_config.NumberColumn("N"),
+            "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
+            "ms_per_item": st.column_config.NumberColumn("ms per item", format="%.3f"),
+            "speedup": st.column_config.NumberColumn("speedup vs sync", format="%.2f×"),
+        },
+    )
+
+
+def _render(rows: list[BenchRow], report: BenchReport | None = None) -> None:
+    """Metrics, charts and table for the rows so far; the download and run facts once finished."""
+    if not rows:
+        return
+    frame = _frame(rows)
+    _metrics(rows)
+    shown = [e for e in EXPERIMENTS if e in set(frame["experiment"])]
+    for column, experiment in zip(st.columns(len(shown)), shown):
+        chart = _ingest_chart(frame) if experiment == "ingest" else _speed_chart(frame, experiment)
+        column.altair_chart(chart, width="stretch")
+    _table(frame)
+    if report is not None:
+        versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+        st.caption(
+            f"Milvus {report.milvus_version} · {report.machine.get('cpus', '?')} CPUs · {versions} · "
+            f"{report.config.consistency_level} consistency, dimension {report.config.dim}, "
+            f"concurrency {report.config.concurrency} · {report.seconds:.0f} s in all · {report.started_at}"
+        )
+        st.download_button(
+            "Download CSV",
+            frame.drop(columns=["items_per_second"]).to_csv(index=False),
+            file_name="benchmarks.csv",
+            mime="text/csv",
+            key="bench.download",
+            icon=":material/download:",
+        )
+
+
+def _step_text(step: tuple[str, str, int | None]) -> str:
+    experiment, mode, n = step
+    return f"Measuring {LABELS[experiment].lower()} · {mode}" + (f" · N={n}" if n else "") + "…"
+
+
+st.title("Benchmarks")
+st.caption(
+    "The seed tutorial's experiment (one node per call, one query per call; sync against `asyncio.gather`) "
+    "rebuilt on the connected Milvus, next to the batched path this app really uses. Everything runs in "
+    "scratch collections that are dropped afterwards; your documents are never touched."
+)
+service = service_or_stop()
+
+left, right = st.columns(2)
+experiments = left.multiselect(
+    "Experiments", list(EXPERIMENTS), default=["add", "search"], format_func=LABELS.get, key="bench.experiments"
+)
+counts = left.multiselect(
+    "N (nodes added, queries searched)", COUNT_OPTIONS, default=[10, 100, 1000], key="bench.counts"
+)
+dim = left.number_input("Vector dimension", min_value=2, max_value=4096, value=768, step=1, key="bench.dim")
+consistency = right.radio(
+    "Consistency level",
+    ["Strong", "Session", "Bounded", "Eventually"],
+    horizontal=True,
+    key="bench.consistency",
+    help="The seed uses Strong: every search waits for the server's next time tick.",
+)
+concurrency = right.slider(
+    "Requests in flight (project path)", min_value=1, max_value=64, value=8, key="bench.concurrency"
+)
+corpus_dir: Path | None = None
+max_files = 0
+missing_documents = False
+if "ingest" in experiments:
+    source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
+    corpus_dir = default_corpus_dir() if source == CORPUS else Path(service.settings.data_dir) / "uploads"
+    missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
+    if missing_documents:
+        right.warning(
+            "No documents have been uploaded yet." if source == UPLOADS else "The shared corpus is not installed here.",
+            icon=":material/warning:",
+        )
+    max_files = right.number_input(
+        "At most this many files (by name; 0 = all)", min_value=0, max_value=500, value=0, key="bench.max_files"
+    )
+    right.caption("The whole shared corpus (about 2,500 chunks) takes over a minute per mode on 2 CPU cores.")
+if "search" in experiments and consistency == "Strong" and counts and max(counts) >= 1000:
+    st.caption(
+        f"Under Strong consistency the sync search loop waits for a time tick on every query: N={max(counts)} "
+        "alone takes minutes."
+    )
+
+run = st.button(
+    "Run",
+    key="bench.run",
+    type="primary",
+    icon=":material/speed:",
+    disabled=not experiments or (not counts and experiments != ["ingest"]) or missing_documents,
+)
+progress_slot = st.empty()
+results_slot = st.empty()
+
+if run:
+    try:
+        config = BenchConfig(
+            experiments=experiments,
+            counts=counts or [10],  # only the ingest experiment, which has no N
+            dim=int(dim),
+            consistency_level=consistency,
+            concurrency=int(concurrency),
+            corpus_dir=str(corpus_dir) if corpus_dir else None,
+            max_files=int(max_files) or None,
+        )
+    except ValueError as err:
+        st.error(f"Invalid options: {err}")
+        st.stop()
+    steps = plan(config)
+    rows: list[BenchRow] = []
+    report: BenchReport | None = None
+    st.session_state.pop(RESULT, None)
+    progress_slot.progress(0.0, text=_step_text(steps[0]))
+    try:
+        with contextlib.closing(service.bench(config)) as items:  # closing drops the scratch collections now
+            for item in items:
+                if isinstance(item, BenchReport):
+                    report = item
+                    continue
+                rows.append(item)
+                done = min(len(rows), len(steps))
+                upcoming = _step_text(steps[done]) if done < len(steps) else "Cleaning up…"
+                progress_slot.progress(done / len(steps), text=f"{done} of {len(steps)} measured. {upcoming}")
+                with results_slot.container():
+                    _render(rows)
+    except Exception as err:  # noqa: BLE001 - the edge: RagErrors say why, anything else is logged as a bug
+        progress_slot.empty()
+        show_error(err)
+    else:
+        progress_slot.success(f"Done: {len(rows)} measurements.", icon=":material/check_circle:")
+    st.session_state[RESULT] = (rows, report)
+    with results_slot.container():
+        _render(rows, report)
+elif RESULT in st.session_state:
+    last_rows, last_report = st.session_state[RESULT]
+    with results_slot.container():
+        _render(last_rows, last_report)
+else:
+    results_slot.info("Choose what to measure and press Run; rows appear here as they are measured.")
+
+with st.expander("Where the speedup comes from", expanded=True):
+    st.markdown(EXPLANATION)

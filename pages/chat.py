@@ -1,0 +1,59 @@
+"""Chat: ask questions of your documents; answers stream in and cite their sources."""
+
+import streamlit as st
+
+from rag.conversations import StoredTurn
+from rag.errors import RagError
+from ui.resources import get_conversations
+from ui.state import session_id
+from ui.widgets import (
+    RETRIEVAL_ONLY_HINT,
+    answer_kwargs,
+    chat_sidebar,
+    conversation_actions,
+    document_filter,
+    md,
+    render_sources,
+    safe_stream,
+    service_or_stop,
+    show_error,
+)
+
+st.title("Chat")
+service = service_or_stop()
+sid = session_id()
+conversations = get_conversations(str(service.settings.data_dir))
+options = chat_sidebar(service)
+docs = service.documents()
+doc_ids = document_filter(docs)
+if service.mode != "llm":
+    st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
+if not docs:
+    st.info("No documents are indexed yet: add some on the Upload page first.", icon=":material/upload_file:")
+
+history = conversations.history(sid)
+for turn in history:
+    with st.chat_message(turn.role):
+        st.markdown(turn.safe_markdown)
+        render_sources(turn.sources)
+
+if question := st.chat_input("Ask a question about your documents", key="chat.question"):
+    with st.chat_message("user"):
+        st.markdown(md(question))
+    with st.chat_message("assistant"):
+        turns = [t.as_chat_turn() for t in history]
+        try:
+            stream = service.stream_answer(question, turns, doc_ids=doc_ids, **answer_kwargs(service, options))
+            st.write_stream(safe_stream(stream, service.mode))
+            answer = stream.answer
+        except RagError as err:
+            show_error(err)
+            answer = None
+        if answer is not None:
+            render_sources(answer.sources)
+            conversations.append(sid, StoredTurn(role="user", content=question))
+            conversations.append(
+                sid, StoredTurn(role="assistant", content=answer.answer, mode=answer.mode, sources=answer.sources)
+            )
+
+conversation_actions(conversations, sid)

@@ -1,0 +1,60 @@
+"""Documents: what is indexed; delete (after confirming) or re-index."""
+
+import streamlit as st
+
+from rag.errors import RagError
+from ui.state import PENDING_DELETE, session_id
+from ui.widgets import documents_table, service_or_stop, show_error
+
+st.title("Documents")
+service = service_or_stop()
+sid = session_id()
+if flash := st.session_state.pop("documents.flash", None):
+    st.success(flash, icon=":material/check_circle:")
+
+docs = service.documents()
+if not docs:
+    st.info("No documents are indexed yet.", icon=":material/info:")
+    st.page_link("pages/upload.py", label="Upload documents", icon=":material/upload_file:")
+    st.stop()
+
+st.dataframe(documents_table(docs), hide_index=True, width="stretch")
+names = {d.doc_id: d.file_name for d in docs}
+st.session_state["documents.selected"] = [i for i in st.session_state.get("documents.selected", []) if i in names]
+chosen = st.multiselect(
+    "Select documents",
+    list(names),
+    format_func=names.get,
+    key="documents.selected",
+    placeholder="Choose documents to re-index or delete",
+)
+reindex_col, delete_col = st.columns(2)
+if reindex_col.button("Re-index", key="documents.reindex", disabled=not chosen, icon=":material/refresh:"):
+    try:
+        for doc_id in chosen:
+            service.reindex_document(doc_id, owner=sid)
+        st.session_state["documents.flash"] = f"Re-indexing {len(chosen)} document(s); follow it on the Upload page."
+    except RagError as err:
+        show_error(err)
+    else:
+        st.rerun()
+if delete_col.button("Delete", key="documents.delete", disabled=not chosen, icon=":material/delete:"):
+    st.session_state[PENDING_DELETE] = list(chosen)
+
+pending = [i for i in st.session_state.get(PENDING_DELETE, []) if i in names]
+if pending:
+    st.warning(f"Delete {len(pending)} document(s) and all their chunks? This cannot be undone.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete", key="documents.confirm_delete", type="primary"):
+        st.session_state.pop(PENDING_DELETE, None)
+        try:
+            for doc_id in pending:
+                service.delete_document(doc_id)
+        except RagError as err:
+            show_error(err)
+        else:
+            st.session_state["documents.flash"] = f"Deleted {len(pending)} document(s)."
+            st.rerun()
+    if no.button("Cancel", key="documents.cancel_delete"):
+        st.session_state.pop(PENDING_DELETE, None)
+        st.rerun()

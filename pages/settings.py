@@ -1,0 +1,30 @@
+"""Settings: the effective configuration, with secrets masked."""
+
+import streamlit as st
+
+from rag.config import load_settings
+from rag.errors import RagError
+from ui.widgets import settings_table, show_error
+
+st.title("Settings")
+st.caption(
+    "The settings in effect. Change them with environment variables or a `.env` file in the working "
+    "directory, then restart the app. Secrets are never shown."
+)
+try:
+    settings = load_settings()
+except RagError as err:
+    show_error(err)
+    st.stop()
+
+st.dataframe(
+    settings_table(settings),
+    hide_index=True,
+    width="stretch",
+    height="content",
+    column_config={
+        "Setting": st.column_config.TextColumn(width="medium"),
+        "Value": st.column_config.TextColumn(width="medium"),
+        "Description": st.column_config.TextColumn(width="large"),
+    },
+)

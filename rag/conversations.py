@@ -1,0 +1,153 @@
+"""Conversations kept server-side, in SQLite inside the data dir, keyed by a browser session id.
+
+The web UI stores every question and answer (with its sources) here, so a conversation survives a
+browser refresh; one session id never reads another's turns. Thread-safe: one connection behind a
+lock, used from Streamlit's script threads.
+
+    store = ConversationStore(settings.data_dir / "conversations.sqlite3")
+    store.append("sid", StoredTurn(role="user", content="What is a zoo?"))
+    store.history("sid")       # [StoredTurn(...)]
+    store.to_markdown("sid")   # the conversation as a Markdown document
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from rag.query import ChatTurn, Source, escape_markdown
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sid        TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    mode       TEXT,
+    sources    TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_sid ON turns (sid, id);
+"""
+
+# Characters that would let model output (which may repeat document text) form links, images,
+# HTML or math in Markdown; escaped one by one, so it also works on streamed pieces.
+_ACTIVE = re.compile(r"([\\\[\]<>$])")
+
+
+def neutralize_markdown(text: str) -> str:
+    """Markdown from a language model made inert: no images, links, HTML or math; emphasis stays."""
+    return _ACTIVE.sub(r"\\\1", text)
+
+
+def escape_math(text: str) -> str:
+    """Already-escaped Markdown with its remaining `$` escaped too, so prices never turn into math."""
+    return re.sub(r"(?<!\\)\$", r"\\$", text)
+
+
+class StoredTurn(BaseModel, frozen=True):
+    """One message of a stored conversation; assistant turns carry their sources and mode."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    mode: str | None = None
+    sources: list[Source] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+
+    def as_chat_turn(self) -> ChatTurn:
+        """The turn as the engine's follow-up history wants it."""
+        return ChatTurn(role=self.role, content=self.content)
+
+    @property
+    def safe_markdown(self) -> str:
+        """The content as Markdown that renders as text: engine-escaped retrieval output as is."""
+        if self.role == "assistant" and self.mode == "retrieval-only":
+            return escape_math(self.content)  # the engine already escaped the document text it quotes
+        if self.role == "assistant":
+            return neutralize_markdown(self.content)
+        return escape_markdown(self.content).replace("$", "\\$")
+
+
+class ConversationStore:
+    """Per-session conversations in one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def append(self, sid: str, turn: StoredTurn | ChatTurn) -> None:
+        """Add a turn at the end of a session's conversation."""
+        if isinstance(turn, ChatTurn):
+            turn = StoredTurn(role=turn.role, content=turn.content)
+        sources = json.dumps([s.model_dump() for s in turn.sources])
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO turns (sid, role, content, mode, sources, created_at) VALUES (?,?,?,?,?,?)",
+                (sid, turn.role, turn.content, turn.mode, sources, turn.created_at),
+            )
+
+    def history(self, sid: str) -> list[StoredTurn]:
+        """A session's turns, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM turns WHERE sid=? ORDER BY id", (sid,)).fetchall()
+        return [
+            StoredTurn(
+                role=row["role"],
+                content=row["content"],
+                mode=row["mode"],
+                sources=[Source(**s) for s in json.loads(row["sources"] or "[]")],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    def chat_history(self, sid: str) -> list[ChatTurn]:
+        """A session's turns as the engine's follow-up history."""
+        return [t.as_chat_turn() for t in self.history(sid)]
+
+    def clear(self, sid: str) -> int:
+        """Forget a session's conversation; returns how many turns were removed."""
+        with self._lock:
+            return self._db.execute("DELETE FROM turns WHERE sid=?", (sid,)).rowcount
+
+    def to_markdown(self, sid: str, title: str = "Conversation") -> str:
+        """The conversation as a Markdown document; document passages are quoted as escaped text."""
+        turns = self.history(sid)
+        lines = [f"# {title}", ""]
+        if turns:
+            started = datetime.fromtimestamp(turns[0].created_at, tz=UTC).isoformat(timespec="seconds")
+            lines += [f"_Started {started}_", ""]
+        for turn in turns:
+            if turn.role == "user":
+                lines += ["## Question", "", turn.safe_markdown, ""]
+                continue
+            label = "Answer (retrieval-only)" if turn.mode == "retrieval-only" else "Answer"
+            lines += [f"### {label}", "", turn.safe_markdown, ""]
+            if turn.sources:
+                lines += ["**Sources**", ""]
+                for i, src in enumerate(turn.sources, start=1):
+                    passage = " ".join(src.text.split())
+                    excerpt = passage[:400] + ("…" if len(passage) > 400 else "")
+                    lines.append(f"{i}. {escape_markdown(src.label)} (score {src.score:.3f})")
+                    lines.append(f"   > {escape_markdown(excerpt)}")
+                lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+    def close(self) -> None:
+        """Close the database file."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,124 @@
+"""The upload page: live progress of the session's jobs, cancel, and the summary when a job ends.
+
+AppTest cannot drive st.file_uploader, so jobs are started through the same RagService the page
+uses, for the page's session id, as the upload form would.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from rag.config import Settings
+from tests.app.support import AppEnv, new_sid, page_text
+from ui.state import JOB_FILES
+
+pytestmark = pytest.mark.milvus
+
+UPLOAD = "pages/upload.py"
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_jobs_shows_only_the_form(app_env: AppEnv) -> None:
+    at = app_env.app(UPLOAD)
+    at.run()
+
+    assert not at.exception
+    assert at.title[0].value == "Upload documents"
+    assert not at.progress
+    limit = Settings.model_fields["max_file_mb"].default
+    assert f"{limit:g} MB each" in at.caption[0].value and ".pdf" in at.caption[0].value
+
+
+def test_a_running_job_shows_per_file_progress_and_can_be_cancelled(app_env: AppEnv, corpus: Path) -> None:
+    service = app_env.service()
+    job = service.start_job([corpus / "R-intro.pdf", corpus / "zoo.pdf"], owner=app_env.sid)
+
+    at = app_env.app(UPLOAD)
+    at.run()
+
+    assert not at.exception
+    texts = [p.proto.text for p in at.progress]
+    assert texts[0].startswith("**Indexing 2 file(s)**")
+    assert any("R-intro.pdf" in t for t in texts) and any("zoo.pdf" in t for t in texts)
+    cancel = at.button(key=f"upload.cancel.{job.id}")
+    cancel.click().run()
+
+    ended = service.wait_job(job.id, timeout=120)
+    assert ended.state == "cancelled"
+    at.run()
+    assert not at.button or all(b.key != f"upload.cancel.{job.id}" for b in at.button)
+    assert any("cancelled" in w.value.lower() for w in at.warning)
+    assert service.count_chunks() == sum(d.chunks for d in service.documents())
+
+
+def test_a_finished_job_shows_indexed_unchanged_and_failed_with_reasons(app_env: AppEnv, tmp_path: Path) -> None:
+    service = app_env.service()
+    good = _write(tmp_path / "src", "giraffes.txt", "Giraffes eat acacia leaves in the savanna. " * 30)
+    empty = _write(tmp_path / "src", "empty.txt", "")
+    odd = _write(tmp_path / "src", "table.xyz", "not a supported type")
+    first = service.start_job([good, empty, odd], owner=app_env.sid)
+    service.wait_job(first.id, timeout=120)
+
+    at = app_env.app(UPLOAD)
+    at.run()
+
+    assert not at.exception
+    summary = at.warning[0].value
+    assert "Indexed (1): giraffes.txt" in summary
+    failed = at.error[0].value
+    assert failed.startswith("Failed (2)")
+    assert "**empty.txt**: is empty" in failed
+    assert "**table.xyz**: has an unsupported type" in failed
+
+    again = service.start_job([good], owner=app_env.sid)
+    service.wait_job(again.id, timeout=120)
+    at.run()
+    assert "Already present (unchanged) (1): giraffes.txt" in at.success[0].value
+
+
+def test_jobs_live_in_the_engine_not_the_tab(app_env: AppEnv, corpus: Path) -> None:
+    service = app_env.service()
+    job = service.start_job([corpus / "R-intro.pdf"], owner=app_env.sid)
+    try:
+        first_tab = app_env.app(UPLOAD)
+        first_tab.run()
+        second_tab = app_env.app(UPLOAD)  # a refresh or a second tab: same sid, new Streamlit session
+        second_tab.run()
+        stranger = app_env.app(UPLOAD, sid=new_sid())
+        stranger.run()
+
+        for at in (first_tab, second_tab):
+            assert any("R-intro.pdf" in p.proto.text for p in at.progress)
+        assert not stranger.progress and "R-intro.pdf" not in page_text(stranger)
+        assert [j.id for j in service.list_jobs(owner=app_env.sid)] == [job.id]  # shown twice, started once
+    finally:
+        service.cancel_job(job.id)
+        service.wait_job(job.id, timeout=120)
+
+
+def test_temporary_upload_files_are_removed_when_their_job_ends(app_env: AppEnv) -> None:
+    from ui.widgets import stash_uploads
+
+    service = app_env.service()
+    stashed = stash_uploads([io.BytesIO(b"Zebras have stripes. " * 40)], app_env.data_dir)
+    assert stashed[0].parent == app_env.data_dir / "incoming"
+    job = service.start_job(stashed, ["zebras.txt"], owner=app_env.sid)
+    service.wait_job(job.id, timeout=120)
+
+    at = app_env.app(UPLOAD)
+    at.session_state[JOB_FILES] = {job.id: stashed}
+    at.run()
+
+    assert not stashed[0].exists()
+    assert [d.file_name for d in service.documents()] == ["zebras.txt"]
+    stored = Path(service.documents()[0].stored_path)
+    assert stored.exists() and stored.parent == app_env.data_dir / "uploads"

@@ -1,0 +1,134 @@
+"""End to end in headless Chromium: drop a file, watch it index, ask, and read a cited answer."""
+
+from __future__ import annotations
+
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import RunningApp
+
+pytestmark = [pytest.mark.browser, pytest.mark.milvus]
+
+QUESTION = "How do I create a zoo series from a numeric vector?"
+
+
+def _upload(page, app: RunningApp, *files: Path) -> None:  # noqa: ANN001
+    page.goto(f"{app.url}/upload")
+    page.wait_for_selector("input[type=file]", state="attached")
+    page.set_input_files("input[type=file]", [str(f) for f in files])
+    for f in files:
+        page.get_by_text(f.name, exact=True).first.wait_for()  # the upload reached the server
+    page.get_by_role("button", name="Index files").click()
+
+
+def _assert_routed(page) -> None:  # noqa: ANN001
+    """The sidebar is app.py's st.navigation, not a list built from the pages/ folder."""
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Home", exact=True).wait_for()
+    labels = [link.inner_text().split("\n")[-1].strip() for link in nav.get_by_role("link").all()]  # after the icon
+    assert labels[:4] == ["Home", "Upload", "Documents", "Chat"] and "app" not in labels, labels
+
+
+def _ask(page, question: str) -> None:  # noqa: ANN001
+    box = page.get_by_placeholder("Ask a question about your documents")
+    box.fill(question)
+    box.press("Enter")
+
+
+def test_drop_a_pdf_watch_it_index_and_chat_with_cited_sources(page, streamlit_app: RunningApp, corpus: Path) -> None:  # noqa: ANN001
+    _upload(page, streamlit_app, corpus / "zoo.pdf")  # a deep link is the server's first request
+    _assert_routed(page)
+
+    # live progress for the file, then the job's summary
+    page.get_by_text(re.compile(r"zoo\.pdf · (queued|reading|chunking|embedding|storing|done)")).first.wait_for()
+    page.get_by_text("Indexing 1 file(s)").first.wait_for()
+    summary = page.get_by_text(re.compile(r"Indexed \(1\): zoo\.pdf"))
+    summary.wait_for(timeout=240_000)
+    assert "chunk(s) written" in page.inner_text("body")
+    sid = re.search(r"sid=([\w-]+)", page.url)
+    assert sid, page.url
+
+    # the chat page, through the sidebar navigation
+    page.get_by_role("link", name="Chat", exact=True).click()
+    page.get_by_placeholder("Ask a question about your documents").wait_for()
+    _assert_routed(page)
+    _ask(page, QUESTION)
+
+    answer = page.get_by_text(re.compile(r"According to zoo\.pdf, p\. \d+")).first
+    answer.wait_for(timeout=120_000)
+    sources = page.get_by_text(re.compile(r"Sources: \[1\] zoo\.pdf, p\. \d+")).first
+    sources.wait_for()
+    cited_page = re.search(r"zoo\.pdf, p\. (\d+)", answer.inner_text()).group(1)
+    assert f"[1] zoo.pdf, p. {cited_page}" in sources.inner_text()
+
+    # the sources expander shows file, page, score and the passage as text
+    page.get_by_text(re.compile(r"^Sources \(\d+\)$")).first.click()
+    first_source = page.get_by_text(re.compile(rf"\[1\] zoo\.pdf, p\. {cited_page} · score 0\.\d+")).first
+    first_source.wait_for()
+
+    # a refresh keeps the session id and the conversation
+    page.reload()
+    page.get_by_text(QUESTION).first.wait_for()
+    page.get_by_text(re.compile(r"According to zoo\.pdf, p\. \d+")).first.wait_for()
+    assert f"sid={sid.group(1)}" in page.url
+
+
+class _Tracker:
+    """A loopback HTTP server counting every request (a stand-in for an outside host)."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        tracker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                tracker.hits.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hostile_document_text_neither_runs_nor_loads(page, streamlit_app: RunningApp, tmp_path: Path) -> None:  # noqa: ANN001
+    tracker = _Tracker()
+    try:
+        origin = f"http://127.0.0.1:{tracker.port}"
+        hostile = tmp_path / "pelicans.txt"
+        hostile.write_text(
+            f'![p]({origin}/md.png) <img src="{origin}/img.png" onerror="window.__pwned=1"> '
+            "<script>window.__pwned=2</script>\n" + "Pelicans store fish in their throat pouch. " * 12,
+            encoding="utf-8",
+        )
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        _upload(page, streamlit_app, hostile)
+        page.get_by_text(re.compile(r"Indexed \(1\): pelicans\.txt")).wait_for(timeout=240_000)
+
+        page.get_by_role("link", name="Chat", exact=True).click()
+        page.get_by_placeholder("Ask a question about your documents").wait_for()
+        _ask(page, "Where do pelicans store fish?")
+        answer = page.get_by_text(re.compile(r"According to pelicans\.txt")).first
+        answer.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"^Sources \(\d+\)$")).first.click()
+        page.get_by_text("Pelicans store fish", exact=False).first.wait_for()
+        page.wait_for_timeout(1500)
+
+        assert f"{origin}/md.png" in answer.inner_text()  # shown as text...
+        assert page.evaluate("window.__pwned") is None  # ...no script or handler ran
+        assert page.locator(f'img[src^="{origin}"]').count() == 0  # ...no image element was made
+        assert tracker.hits == [] and not [u for u in requests if u.startswith(origin)]  # ...nothing was fetched
+    finally:
+        tracker.close()
