@@ -70,7 +70,9 @@ def test_hybrid_finds_keyword_only_matches_on_milvus_lite(tmp_path: Path, embedd
     for i, text in enumerate(filler):
         (folder / f"manual{i}.txt").write_text(text * 3)
     (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
-    settings = load_settings(data_dir=tmp_path / "d", milvus_uri=str(tmp_path / "hybrid.db"), consistency_level="Strong")
+    settings = load_settings(
+        data_dir=tmp_path / "d", milvus_uri=str(tmp_path / "hybrid.db"), consistency_level="Strong"
+    )
     svc = RagService(settings, embedder=embedder)
     try:
         assert svc.features.keyword_search and svc.features.retrieval_modes == ("dense", "keyword", "hybrid")
