@@ -73,7 +73,7 @@ class StoredTurn(BaseModel, frozen=True):
             return escape_math(self.content)  # the engine already escaped the document text it quotes
         if self.role == "assistant":
             return neutralize_markdown(self.content)
-        return escape_markdown(self.content).replace("$", "\\$")
+        return escape_markdown(self.content)  # escapes `$` too, so no math
 
 
 class ConversationStore:
