@@ -43,11 +43,9 @@ from rag.errors import IngestError
 from rag.ingest import Ingestor, SourceFile, chunk_documents, make_splitter
 from rag.readers import READERS, file_type, read_file
 from rag.store import (
-    DOC_ID_FIELD,
-    EMBEDDING_FIELD,
-    TEXT_FIELD,
     Connection,
     DocumentStore,
+    collection_schema,
     map_milvus_errors,
     rows_for,
 )
@@ -241,15 +239,7 @@ async def _scratch_store(
     try:
         with map_milvus_errors("create a scratch collection"):
             store = MilvusVectorStore(
-                uri=connection.uri,
-                token=connection.token,
-                collection_name=name,
-                dim=dim,
-                embedding_field=EMBEDDING_FIELD,
-                text_key=TEXT_FIELD,
-                doc_id_field=DOC_ID_FIELD,
-                similarity_metric="COSINE",
-                consistency_level=consistency,
+                **collection_schema(connection, name, dim, consistency),
                 overwrite=True,
                 batch_size=batch_size,
                 use_async_client=not sync_only,

@@ -138,6 +138,21 @@ def map_milvus_errors(action: str) -> Iterator[None]:
         raise
 
 
+def collection_schema(connection: Connection, name: str, dim: int, consistency_level: str) -> dict[str, Any]:
+    """MilvusVectorStore arguments that fix a collection's fields and metric; the benchmarks use the same."""
+    return {
+        "uri": connection.uri,
+        "token": connection.token,
+        "collection_name": name,
+        "dim": dim,
+        "embedding_field": EMBEDDING_FIELD,
+        "text_key": TEXT_FIELD,
+        "doc_id_field": DOC_ID_FIELD,
+        "similarity_metric": "COSINE",
+        "consistency_level": consistency_level,
+    }
+
+
 def resolve_connection(settings: Settings, start: bool = True) -> Connection:
     """Pick the Milvus to use; with no MILVUS_URI, start (or reuse) the embedded server."""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
@@ -201,15 +216,7 @@ class DocumentStore:
             }
         with map_milvus_errors("open the collection"):
             store = MilvusVectorStore(
-                uri=connection.uri,
-                token=connection.token,
-                collection_name=name,
-                dim=dim,
-                embedding_field=EMBEDDING_FIELD,
-                text_key=TEXT_FIELD,
-                doc_id_field=DOC_ID_FIELD,
-                similarity_metric="COSINE",
-                consistency_level=consistency_level or settings.consistency_level,
+                **collection_schema(connection, name, dim, consistency_level or settings.consistency_level),
                 overwrite=overwrite,
                 batch_size=settings.insert_batch_size,
                 output_fields=list(_OUTPUT_FIELDS),
