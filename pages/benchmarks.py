@@ -36,17 +36,23 @@ requests but keeps them all in flight at once, so their waits, the time-tick wai
 What remains is the per-request cost on client and server, paid N times.
 
 **Project-async** is how this app writes and searches: a few large requests instead of N small ones
-(hundreds of rows per insert, many query vectors per search), with a bounded number in flight. The
-per-request cost is paid a few times instead of N times, and under Strong consistency all the
-searches share one time-tick wait.
+(hundreds of rows per insert, many query vectors per search), with a bounded number in flight. Its
+searches are N ordinary calls to the engine's own search, started together: the engine's store
+coalesces the calls made in one event-loop turn into a few multi-vector requests. The per-request cost
+is paid a few times instead of N times, and under Strong consistency all the searches share one
+time-tick wait.
 
 Switch the consistency level to **Session**, **Bounded** or **Eventually** and run the search again:
 searches no longer wait for a fresh time tick, the sync loop speeds up many times over, and most of
 the gain of the seed's async path goes with it. Batching still wins, because it removes requests
 rather than overlapping them.
 
-**Ingest** is bound by the embedding model, which runs on this machine's CPU. *Raw embedding* is the
-same chunks embedded with no reading and no Milvus at all: the ceiling for any pipeline here.
+**Ingest** is bound by the embedding model, which runs on this machine's CPU. *Sync* is a plain
+LlamaIndex pipeline: each file read, chunked, embedded with LlamaIndex's default settings (fp32,
+batches of 10) and added, one step after another. *Project-async* is the engine: reading the next file,
+embedding and Milvus writes overlap, and the model runs in bfloat16 where the CPU has AMX (see the
+note on the raw-embedding row). *Raw embedding* is the same chunks embedded the engine's way with no
+reading and no Milvus at all: the ceiling for the engine here.
 """
 
 

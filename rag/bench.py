@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
-from llama_index.core.vector_stores import VectorStoreQuery, VectorStoreQueryResult
+from llama_index.core.vector_stores import VectorStoreQuery
 from pydantic import BaseModel, Field, field_validator
 
 from rag.catalog import Catalog
 from rag.config import Settings
-from rag.embeddings import Embedder
+from rag.embeddings import Embedder, load_embedder
 from rag.errors import IngestError
 from rag.ingest import Ingestor, SourceFile, chunk_documents, make_splitter
 from rag.readers import READERS, file_type, read_file
@@ -47,7 +47,6 @@ from rag.store import (
     DocumentStore,
     collection_schema,
     map_milvus_errors,
-    rows_for,
 )
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,6 @@ MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
 INGEST_MODES: tuple[Mode, ...] = ("sync", "project-async", "raw-embedding")
 SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
 TOP_K = 3
-_MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
-_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _CORPUS_NOTES = "SOURCES.md"
 _THREAD_GRACE = 30.0  # seconds a cancelled sync loop gets to notice before its collection is dropped
 
@@ -277,24 +274,6 @@ def _query_vectors(count: int, dim: int) -> list[list[float]]:
     return [[0.5] * (dim - 1) + [rng.random()] for _ in range(count)]
 
 
-def _result_of(store: Any, hits: Sequence[dict[str, Any]]) -> VectorStoreQueryResult:
-    """One query's hits as the nodes and scores `aquery` returns, so both paths do the same work."""
-    from llama_index.core.vector_stores.utils import metadata_dict_to_node
-
-    nodes, scores, ids = [], [], []
-    for hit in hits:
-        entity = hit["entity"]
-        node = metadata_dict_to_node(
-            {"_node_content": entity.get("_node_content"), "_node_type": entity.get("_node_type")}
-        )
-        if store.text_key in entity:
-            node.text = entity[store.text_key]
-        nodes.append(node)
-        scores.append(hit["distance"])
-        ids.append(hit.get("id"))
-    return VectorStoreQueryResult(nodes=nodes, similarities=scores, ids=ids)
-
-
 async def _bounded(limit: int, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run coroutine factories with at most `limit` in flight."""
     gate = asyncio.Semaphore(limit)
@@ -321,15 +300,19 @@ async def _seed_async_add(store: Any, nodes: Sequence[BaseNode]) -> None:
     await asyncio.gather(*(store.async_add([node]) for node in nodes))
 
 
-async def _project_add(store: Any, nodes: Sequence[BaseNode], config: BenchConfig) -> None:
-    """Few large inserts, at most `concurrency` in flight; each batch is converted in its own task, so
-    converting the next batch overlaps the server's work on the previous one."""
+async def _project_add(engine: DocumentStore, nodes: Sequence[BaseNode], config: BenchConfig) -> None:
+    """The engine's own writes (`DocumentStore.aadd`: rows built directly, upserted) in batches of
+    `insert_batch`, at most `concurrency` in flight, so converting one batch overlaps the server's
+    work on the previous ones."""
     size = config.insert_batch
+    await _bounded(
+        config.concurrency, [lambda i=i: engine.aadd(nodes[i : i + size]) for i in range(0, len(nodes), size)]
+    )
 
-    async def _insert(batch: Sequence[BaseNode]) -> None:
-        await store.aclient.insert(store.collection_name, rows_for(store, batch))
 
-    await _bounded(config.concurrency, [lambda i=i: _insert(nodes[i : i + size]) for i in range(0, len(nodes), size)])
+def _engine(store: Any, connection: Connection, config: BenchConfig) -> DocumentStore:
+    """The engine's DocumentStore around a scratch MilvusVectorStore."""
+    return DocumentStore(store, connection, Settings(), search_requests=config.concurrency)
 
 
 async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[BenchRow]:
@@ -344,7 +327,7 @@ async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[Be
                 elif mode == "seed-async":
                     work = _seed_async_add(store, nodes)
                 else:
-                    work = _project_add(store, nodes, config)
+                    work = _project_add(_engine(store, connection, config), nodes, config)
                 with map_milvus_errors("insert benchmark rows"):
                     seconds, _ = await _timed(work)
                 if mode == "sync":
@@ -377,50 +360,38 @@ async def _seed_async_search(store: Any, vectors: Sequence[list[float]]) -> list
     )
 
 
-def _search_batch(n: int, dim: int, concurrency: int) -> int:
-    """Query vectors per request: all N in at most `concurrency` requests, so that under Strong
-    consistency they all wait for the same time tick (a second wave would wait for the next one)."""
-    cap = max(1, min(_MAX_NQ, _MAX_REQUEST_BYTES // (4 * dim)))
-    return max(1, min(cap, -(-n // concurrency)))
-
-
-async def _project_search(store: Any, vectors: Sequence[list[float]], config: BenchConfig) -> list[Any]:
-    size = _search_batch(len(vectors), config.dim, config.concurrency)
-    # Only the fields a node is rebuilt from; "*" would also ship every hit's vector back.
-    fields = [store.text_key, "_node_content", "_node_type"]
-
-    async def _one(batch: Sequence[list[float]]) -> list[VectorStoreQueryResult]:
-        hits = await store.aclient.search(
-            store.collection_name, data=list(batch), limit=TOP_K, anns_field=store.embedding_field, output_fields=fields
-        )
-        return [_result_of(store, h) for h in hits]
-
-    jobs = [lambda i=i: _one(vectors[i : i + size]) for i in range(0, len(vectors), size)]
-    return [result for batch in await _bounded(config.concurrency, jobs) for result in batch]
+async def _project_search(engine: DocumentStore, vectors: Sequence[list[float]]) -> list[Any]:
+    """The engine's own dense search, started for every query at once: its coalescer sends them as a few
+    multi-vector requests, so under Strong consistency they all wait for the same time tick."""
+    return await asyncio.gather(*(engine.asearch(v, TOP_K) for v in vectors))
 
 
 async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator[BenchRow]:
     sync_seconds: dict[int, float] = {}
     async with _scratch_store(connection, config.dim, config.consistency_level) as store:
+        engine = _engine(store, connection, config)
         with map_milvus_errors("insert benchmark rows"):
-            await _project_add(store, produce_nodes(SEARCH_ROWS, config.dim, random.Random(7)), config)
+            await _project_add(engine, produce_nodes(SEARCH_ROWS, config.dim, random.Random(7)), config)
         for mode in MILVUS_MODES:
             for n in config.counts:
                 vectors = _query_vectors(n, config.dim)
+                requests = engine.searches.calls
                 if mode == "sync":
                     work: Awaitable[list[Any]] = _in_thread(_sync_search(store, vectors))
                 elif mode == "seed-async":
                     work = _seed_async_search(store, vectors)
                 else:
-                    work = _project_search(store, vectors, config)
+                    work = _project_search(engine, vectors)
                 with map_milvus_errors("search"):
                     seconds, results = await _timed(work)
                 if mode == "sync":
                     sync_seconds[n] = seconds
                 if len(results) != n:
                     raise RuntimeError(f"{mode} search returned {len(results)} results for {n} queries")
-                size = _search_batch(n, config.dim, config.concurrency)
-                note = "one query per request" if mode != "project-async" else _batch_note(n, size, config)
+                note = "one query per request"
+                if mode == "project-async":
+                    sent = engine.searches.calls - requests
+                    note = f"{sent} request{'s' if sent > 1 else ''}, coalesced by the engine's store"
                 yield _row("search", mode, n, seconds, sync_seconds.get(n), note)
 
 
@@ -460,6 +431,18 @@ def _sync_pipeline(
         return chunks
 
     return _run
+
+
+def _plain_embedder(settings: Settings) -> Embedder:
+    """The same model as LlamaIndex's HuggingFaceEmbedding runs it by default: fp32, its default batch size.
+
+    The sync pipeline uses it, so that row is what a plain LlamaIndex script gets, not the engine's tuning.
+    """
+    from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
+
+    return load_embedder(
+        settings.model_copy(update={"embed_precision": "fp32", "embed_batch_size": DEFAULT_EMBED_BATCH_SIZE})
+    )
 
 
 def _raw_embedding(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], int]:
@@ -524,10 +507,12 @@ async def _aingest(
     if not files:
         raise IngestError(str(config.corpus_dir or default_corpus_dir()), "holds no readable documents")
     splitter = make_splitter(settings, embedder)
-    # Untimed: chunk once for the raw-embedding texts, warm the page cache and the model for every mode.
+    # Untimed: chunk once for the raw-embedding texts, warm the page cache and both models for every mode.
     chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
     texts = [t for nodes in chunked for t in _embed_texts(nodes)]
-    await asyncio.to_thread(embedder.embed, texts[: settings.embed_batch_size])
+    plain = await asyncio.to_thread(_plain_embedder, settings)
+    for model in (embedder, plain):
+        await asyncio.to_thread(model.embed, texts[: settings.embed_batch_size])
     size_mb = sum(p.stat().st_size for p in files) / 1048576
     note = f"{len(files)} files, {size_mb:.1f} MB"
 
@@ -535,15 +520,23 @@ async def _aingest(
         connection, embedder.dim, config.consistency_level, sync_only=True, batch_size=settings.insert_batch_size
     ) as store:
         with map_milvus_errors("store chunks"):
-            sync, chunks = await _timed(_in_thread(_sync_pipeline(settings, embedder, store, files, splitter)))
-    yield _row("ingest", "sync", chunks, sync, None, note)
+            sync, chunks = await _timed(_in_thread(_sync_pipeline(settings, plain, store, files, splitter)))
+    del plain
+    yield _row("ingest", "sync", chunks, sync, None, f"{note}; LlamaIndex's default embedding (fp32, batches of 10)")
 
     with map_milvus_errors("store chunks"):
         seconds, chunks = await _project_ingest(settings, connection, embedder, files, config.consistency_level)
     yield _row("ingest", "project-async", chunks, seconds, sync, note)
 
     seconds, chunks = await _timed(_in_thread(_raw_embedding(embedder, texts, settings.embed_batch_size)))
-    yield _row("ingest", "raw-embedding", chunks, seconds, sync, note + "; no Milvus")
+    yield _row(
+        "ingest",
+        "raw-embedding",
+        chunks,
+        seconds,
+        sync,
+        f"{note}; the engine's embedding ({embedder.precision}), no Milvus",
+    )
 
 
 # -- the run ----------------------------------------------------------------------------------------

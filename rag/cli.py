@@ -360,7 +360,7 @@ def bench(
                     speed = f"{item.speedup:.1f}x" if item.speedup else "-"
                     click.echo(
                         f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} "
-                        f"{item.ms_per_item:>9.3f} {speed:>8}"
+                        f"{item.ms_per_item:>9.3f} {speed:>8}  {item.note}"
                     )
             elif as_json:
                 click.echo(item.model_dump_json(indent=2))

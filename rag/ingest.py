@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, Document, MetadataMode, NodeRelationship, RelatedNodeInfo
@@ -146,13 +147,27 @@ def make_splitter(settings: Settings, embedder: Embedder) -> SentenceSplitter:
     """A sentence splitter that counts in the embedding model's own tokens and fits its window."""
     size = min(settings.chunk_size, embedder.max_tokens - _SPECIAL_TOKEN_MARGIN)
     overlap = min(settings.chunk_overlap, size // 4)
-    tokenizer = embedder.tokenizer
     return SentenceSplitter(
-        chunk_size=size,
-        chunk_overlap=overlap,
-        tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False),
-        include_prev_next_rel=False,
+        chunk_size=size, chunk_overlap=overlap, tokenizer=_token_ids(embedder.tokenizer), include_prev_next_rel=False
     )
+
+
+def _token_ids(tokenizer: Any) -> Callable[[str], list[int]]:
+    """The model's tokenization without special tokens or truncation, for counting chunk sizes.
+
+    The splitter counts tens of thousands of fragments per corpus; the Rust tokenizer underneath a fast
+    transformers tokenizer gives the same ids with a fifth less CPU, which the embedding needs on few cores.
+    Its copy is untruncated (the model's own caps at its window) so long fragments are counted in full.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda text: tokenizer.encode(text, add_special_tokens=False)
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_str(backend.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    return lambda text: counter.encode(text, add_special_tokens=False).ids
 
 
 def chunk_documents(
@@ -358,7 +373,10 @@ class Ingestor:
             )
         self.catalog.begin(record)
         try:
-            await self.store.adelete_doc(record.doc_id)  # leftovers of an interrupted run
+            if twin is not None:
+                # An earlier attempt that could not clean up kept its row, so only then can chunks be left
+                # over. A new document skips the delete: in Milvus 2.3 it is a query plus a delete, ~0.3 s.
+                await self.store.adelete_doc(record.doc_id)
             await self._embed_and_insert(nodes, prog, notify)
             replaced = [old for old in self.catalog.by_name(record.file_name) if old.doc_id != record.doc_id]
             self.catalog.finish(record.doc_id, len(nodes), record.pages)

@@ -25,6 +25,7 @@ from llama_index.core.vector_stores import (
 from llama_index.core.vector_stores.types import VectorStoreQueryMode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from rag.coalesce import Coalescer
 from rag.config import Settings
 from rag.errors import ConfigError, EmbeddingMismatchError, RagError, StoreUnavailableError
 from rag.milvus_server import EmbeddedMilvus
@@ -38,6 +39,8 @@ DOC_ID_FIELD = "doc_id"
 MODEL_KEY = "embed_model"
 # Milvus 2.3 leaves dynamic fields out of "*", so name the ones a search must return.
 _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", "chunk")
+_MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
+_MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 
 
 @dataclass(frozen=True)
@@ -178,12 +181,24 @@ class DocumentStore:
     """One collection of document chunks, used only from the runtime loop."""
 
     def __init__(
-        self, vector_store: Any, connection: Connection, settings: Settings, features: Features | None = None
+        self,
+        vector_store: Any,
+        connection: Connection,
+        settings: Settings,
+        features: Features | None = None,
+        search_requests: int = 4,
     ) -> None:
         self.vector_store = vector_store
         self.connection = connection
         self.settings = settings
         self.features = features or Features(version="?", keyword_search=False, reason="not probed")
+        dim = int(getattr(vector_store, "dim", None) or 0) or 1024
+        # Dense searches started together leave as a few multi-vector requests (see rag.coalesce).
+        self.searches: Coalescer[tuple[int, str], list[float], list[NodeWithScore]] = Coalescer(
+            self._adense_batch,
+            max_batch=max(1, min(_MAX_NQ, _MAX_REQUEST_BYTES // (4 * dim))),
+            max_requests=search_requests,
+        )
 
     @classmethod
     async def abuild(
@@ -277,12 +292,9 @@ class DocumentStore:
 
     async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
         """Insert embedded nodes (upserting by id, so a retried batch never duplicates)."""
-        entries = []
-        for node in nodes:
-            entries.append(node)
+        rows = rows_for(self.vector_store, nodes)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
-                rows = rows_for(self.vector_store, entries)
                 await self.aclient.upsert(self.name, rows)
         return [n.node_id for n in nodes]
 
@@ -315,6 +327,10 @@ class DocumentStore:
             raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
         if retrieval == "keyword":
             return await self._akeyword(query_text or "", top_k, doc_ids)
+        if retrieval == "dense":
+            if embedding is None:
+                raise ValueError("a dense search needs an embedding")
+            return await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
         filters = None
         if doc_ids:
             filters = MetadataFilters(
@@ -325,7 +341,7 @@ class DocumentStore:
             query_str=query_text,
             similarity_top_k=top_k,
             filters=filters,
-            mode=VectorStoreQueryMode.HYBRID if retrieval == "hybrid" else VectorStoreQueryMode.DEFAULT,
+            mode=VectorStoreQueryMode.HYBRID,
         )
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
@@ -335,11 +351,29 @@ class DocumentStore:
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
 
+    async def _adense_batch(self, key: tuple[int, str], vectors: list[list[float]]) -> list[list[NodeWithScore]]:
+        """One search request for many query vectors; each query's hits become nodes as `aquery` makes them."""
+        top_k, flt = key
+        async for attempt in self._retrying():
+            with attempt, map_milvus_errors("search"):
+                res = await self.aclient.search(
+                    self.name,
+                    data=vectors,
+                    anns_field=EMBEDDING_FIELD,
+                    limit=top_k,
+                    filter=flt,
+                    output_fields=[*_OUTPUT_FIELDS, TEXT_FIELD],
+                    search_params=self.vector_store.search_config,
+                )
+        return [self._hits_to_nodes(hits) for hits in res]
+
+    def _hits_to_nodes(self, hits: Any) -> list[NodeWithScore]:
+        nodes, scores, _ids = self.vector_store._parse_from_milvus_results([hits])
+        return [NodeWithScore(node=n, score=float(s)) for n, s in zip(nodes, scores)]
+
     async def _akeyword(self, text: str, top_k: int, doc_ids: Sequence[str] | None) -> list[NodeWithScore]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
-        flt = ""
-        if doc_ids:
-            flt = f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in doc_ids)}]"
+        flt = _doc_filter(doc_ids)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
                 res = await self.aclient.search(
@@ -351,8 +385,7 @@ class DocumentStore:
                     output_fields=list(_OUTPUT_FIELDS) + [TEXT_FIELD],
                     search_params={"metric_type": "BM25"},
                 )
-        nodes, scores, _ids = self.vector_store._parse_from_milvus_results(res)
-        return [NodeWithScore(node=n, score=abs(float(s))) for n, s in zip(nodes, scores)]
+        return [NodeWithScore(node=n.node, score=abs(n.score or 0.0)) for n in self._hits_to_nodes(res[0])]
 
     async def aversion(self) -> str:
         """The server's version string."""
@@ -370,6 +403,13 @@ class DocumentStore:
             await self.aclient.close()
         with contextlib.suppress(Exception):
             self.vector_store.client.close()
+
+
+def _doc_filter(doc_ids: Sequence[str] | None) -> str:
+    """A Milvus expression keeping only chunks of these documents ("" keeps all)."""
+    if not doc_ids:
+        return ""
+    return f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in doc_ids)}]"
 
 
 def _quote(value: str) -> str:

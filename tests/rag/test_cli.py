@@ -71,3 +71,18 @@ def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"], obj={}).output
     for command in ("ask", "bench", "docs", "ingest", "milvus"):
         assert command in out
+
+
+@pytest.mark.milvus
+def test_bench_prints_a_row_per_measurement_with_its_note(cli_env) -> None:  # noqa: ANN001
+    args = ["bench", "--counts", "3", "--dim", "8", "--consistency", "Session", "--experiments", "add,search"]
+    table = CliRunner().invoke(cli, args, obj={})
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split() == ["experiment", "mode", "N", "seconds", "ms/item", "speedup", "note"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [experiment, mode, "3"] for experiment in ("add", "search") for mode in ("sync", "seed-async", "project-async")
+    ]
+    assert lines[3].endswith("in flight") and lines[6].endswith("coalesced by the engine's store")
+    report = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj={}).stdout)
+    assert len(report["rows"]) == 6 and report["milvus_version"].startswith("v2.3") and report["machine"]["cpus"]

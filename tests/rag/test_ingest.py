@@ -36,6 +36,15 @@ def test_chunks_fit_the_embedding_window(embedder, make_settings, corpus: Path) 
         assert worst <= embedder.max_tokens, (name, worst)
 
 
+def test_chunk_sizes_are_counted_untruncated_in_the_models_tokens(embedder) -> None:  # noqa: ANN001
+    from rag.ingest import _token_ids
+
+    count = _token_ids(embedder.tokenizer)
+    for text in ("Giraffes eat acacia leaves.", "Tokenizers split words like unbelievability. " * 80):
+        assert len(count(text)) == embedder.count_tokens(text) - 2  # [CLS] and [SEP] are not counted
+    assert len(count("word " * 2000)) == 2000  # far past the model's window: nothing is cut
+
+
 def test_same_bytes_are_already_indexed(service, corpus: Path, tmp_path: Path) -> None:  # noqa: ANN001
     first = service.ingest([corpus / "paul_graham_essay.txt"]).files[0]
     copy = tmp_path / "renamed.txt"

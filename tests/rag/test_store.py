@@ -96,3 +96,35 @@ def test_keyword_search_is_unavailable_on_milvus_2_3(service) -> None:  # noqa: 
     with pytest.raises(ConfigError) as err:
         service.retrieve("anything", retrieval="hybrid")
     assert "unavailable" in err.value.user_message
+
+
+def test_searches_started_together_share_requests_and_match_single_searches(service, corpus: Path) -> None:  # noqa: ANN001
+    """A gather of dense searches leaves as a few multi-vector requests, and each caller gets exactly the
+    hits it would have got alone (also with a document filter, which is part of the batch key)."""
+    import asyncio
+
+    first = service.ingest([corpus / "zoo.pdf"]).files[0]
+    service.ingest([corpus / "paul_graham_essay.txt"])
+    questions = ["irregular time series", "painting and programming", "Lisp macros", "aggregating data", "Y Combinator"]
+    vectors = [service.embedder.embed_query_sync(q) for q in questions]
+    store = service.store
+
+    def ids(hits) -> list[str]:  # noqa: ANN001
+        return [h.node.node_id for h in hits]
+
+    alone = [ids(service.runtime.run(store.asearch(v, 4))) for v in vectors]
+    calls = store.searches.calls
+
+    async def together() -> list[list]:
+        return await asyncio.gather(
+            *(store.asearch(v, 4) for v in vectors), *(store.asearch(v, 4, doc_ids=[first.doc_id]) for v in vectors)
+        )
+
+    results = service.runtime.run(together())
+    assert [ids(r) for r in results[: len(vectors)]] == alone
+    assert len({tuple(a) for a in alone}) > 1  # different questions really found different passages
+    for hits in results[len(vectors) :]:
+        assert hits and {h.node.metadata["doc_id"] for h in hits} == {first.doc_id}
+        assert all(h.node.metadata["file_name"] == "zoo.pdf" and h.node.get_content() for h in hits)
+    sent = store.searches.calls - calls
+    assert 2 <= sent <= 2 * store.searches.max_requests < 2 * len(vectors)
