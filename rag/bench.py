@@ -3,11 +3,13 @@
 Shared by the Benchmarks page and `python -m rag bench`. Three experiments:
 
 - `add`: N nodes written one per call, as the seed tutorial did it (a sync loop, and a gather of
-  `async_add`), against this project's way (a few large inserts with bounded concurrency).
-- `search`: N top-3 searches: a sync loop, a gather of `aquery`, and coalesced requests carrying many
-  query vectors each.
-- `ingest`: real documents end to end: a plain sync LlamaIndex pipeline, the engine's `Ingestor`, and
-  the raw embedding of the same chunks with no Milvus at all (the ceiling on this machine).
+  `async_add`), against this project's way (the engine's `DocumentStore.aadd` on a few large batches,
+  a bounded number in flight).
+- `search`: N top-3 searches: a sync loop, a gather of `aquery`, and a gather of the engine's
+  `DocumentStore.asearch`, whose coalescer sends them as a few multi-vector requests.
+- `ingest`: real documents end to end: a plain sync LlamaIndex pipeline (LlamaIndex's default embedding
+  settings), the engine's `Ingestor`, and the engine's embedding of the same chunks with no Milvus at
+  all (the ceiling for the engine on this machine).
 
 Everything runs on the runtime loop; sync clients run in worker threads so the loop stays free.
 Every collection is a fresh `bench_<uuid8>` dropped in a `finally`, so the user's documents are never

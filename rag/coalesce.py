@@ -21,19 +21,25 @@ R = TypeVar("R")
 class Coalescer(Generic[K, Q, R]):
     """Collects items per key during one loop turn, then calls `run(key, items)` on them in batches.
 
-    `run` returns one result per item, in order. A batch holds at most `max_batch` items and one turn's
-    items are spread over at most `max_requests` concurrent calls. A failing call fails only its own
-    items; a caller that is cancelled simply stops waiting for its result.
+    `run` returns one result per item, in order. A batch holds at most `max_batch` items; one turn's
+    items are spread over at most `max_requests` concurrent calls (so the server can use several cores),
+    but a call is only split off once it has `min_batch` items. A failing call fails only its own items;
+    a caller that is cancelled simply stops waiting for its result.
     """
 
     def __init__(
-        self, run: Callable[[K, list[Q]], Awaitable[Sequence[R]]], max_batch: int, max_requests: int = 4
+        self,
+        run: Callable[[K, list[Q]], Awaitable[Sequence[R]]],
+        max_batch: int,
+        max_requests: int = 4,
+        min_batch: int = 1,
     ) -> None:
-        if max_batch < 1 or max_requests < 1:
-            raise ValueError("max_batch and max_requests must be at least 1")
+        if max_batch < 1 or max_requests < 1 or min_batch < 1:
+            raise ValueError("max_batch, max_requests and min_batch must be at least 1")
         self._run = run
         self.max_batch = max_batch
         self.max_requests = max_requests
+        self.min_batch = min(min_batch, max_batch)
         self._pending: dict[K, list[tuple[Q, asyncio.Future[R]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # batched calls made, for tests and benchmarks
@@ -49,10 +55,9 @@ class Coalescer(Generic[K, Q, R]):
         return await future
 
     def batch_sizes(self, n: int) -> list[int]:
-        """How `n` items of one turn are split: as few calls as `max_batch` allows, at most `max_requests`
-        at a time, in near-equal parts."""
-        per_call = max(1, min(self.max_batch, -(-n // self.max_requests)))
-        calls = -(-n // per_call)
+        """How `n` items of one turn are split: into up to `max_requests` near-equal calls of at least
+        `min_batch` items, more only when `max_batch` demands it."""
+        calls = max(min(self.max_requests, n // self.min_batch), -(-n // self.max_batch), 1)
         base, extra = divmod(n, calls)
         return [base + (1 if i < extra else 0) for i in range(calls)]
 

@@ -413,17 +413,25 @@ class Ingestor:
 
         prog.stage = Stage.EMBEDDING
         notify(prog)
-        size = self.settings.embed_batch_size
+        size, write_size = self.settings.embed_batch_size, self.settings.insert_batch_size
+        embedded = 0  # nodes[:embedded] have vectors; nodes[:written] are handed to inserts
+        written = 0
         try:
             for start in range(0, len(nodes), size):
                 batch = nodes[start : start + size]
                 vectors = await self.embedder.aembed([n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch])
                 for node, vector in zip(batch, vectors):
                     node.embedding = vector
+                embedded += len(batch)
                 prog.chunks_embedded += len(batch)
                 notify(prog)
-                await limit.acquire()
-                inserts.append(asyncio.create_task(insert(batch)))
+                # Writes go out in insert-sized batches, not per embedding batch: every upsert costs CPU
+                # on both sides (and is a delete plus an insert inside Milvus) that the embedding needs.
+                while embedded - written >= write_size or (embedded == len(nodes) and written < embedded):
+                    chunk = nodes[written : min(written + write_size, embedded)]
+                    written += len(chunk)
+                    await limit.acquire()
+                    inserts.append(asyncio.create_task(insert(chunk)))
                 failed = [t for t in inserts if t.done() and t.exception()]
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]

@@ -41,6 +41,7 @@ MODEL_KEY = "embed_model"
 _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", "chunk")
 _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
+_MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class DocumentStore:
             self._adense_batch,
             max_batch=max(1, min(_MAX_NQ, _MAX_REQUEST_BYTES // (4 * dim))),
             max_requests=search_requests,
+            min_batch=_MIN_QUERIES_PER_REQUEST,
         )
 
     @classmethod

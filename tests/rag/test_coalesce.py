@@ -59,6 +59,9 @@ def test_a_large_turn_is_split_within_the_batch_and_request_limits() -> None:
     assert coalescer.batch_sizes(10) == [3, 3, 2, 2]
     assert Coalescer(run, max_batch=100, max_requests=4).batch_sizes(10) == [3, 3, 2, 2]
     assert Coalescer(run, max_batch=100, max_requests=4).batch_sizes(1) == [1]
+    assert Coalescer(run, max_batch=100, max_requests=8, min_batch=32).batch_sizes(10) == [10]
+    assert Coalescer(run, max_batch=100, max_requests=8, min_batch=32).batch_sizes(100) == [34, 33, 33]
+    assert Coalescer(run, max_batch=20, max_requests=2, min_batch=32).batch_sizes(50) == [17, 17, 16]
 
     async def main() -> list[str]:
         return await asyncio.gather(*(coalescer.submit("k", str(i)) for i in range(10)))

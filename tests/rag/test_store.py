@@ -127,4 +127,4 @@ def test_searches_started_together_share_requests_and_match_single_searches(serv
         assert hits and {h.node.metadata["doc_id"] for h in hits} == {first.doc_id}
         assert all(h.node.metadata["file_name"] == "zoo.pdf" and h.node.get_content() for h in hits)
     sent = store.searches.calls - calls
-    assert 2 <= sent <= 2 * store.searches.max_requests < 2 * len(vectors)
+    assert sent == 2  # one request per filter: five queries are too few to split
