@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         5000,
         ge=1,
         validation_alias=AliasChoices("RAG_MAX_CHUNKS_PER_FILE", "max_chunks_per_file"),
-        description="Files whose text would make more chunks than this are refused (embedding runs ~30 chunks/s).",
+        description="Files whose text would make more chunks than this are refused (embedding: ~40-95 chunks/s).",
     )
     app_password: SecretStr | None = Field(
         None,
