@@ -4,7 +4,7 @@ import streamlit as st
 
 from rag.errors import RagError
 from ui.state import PENDING_DELETE, session_id
-from ui.widgets import documents_table, service_or_stop, show_error
+from ui.widgets import document_picker, documents_table, service_or_stop, show_error
 
 st.title("Documents")
 service = service_or_stop()
@@ -19,14 +19,8 @@ if not docs:
     st.stop()
 
 st.dataframe(documents_table(docs), hide_index=True, width="stretch")
-names = {d.doc_id: d.file_name for d in docs}
-st.session_state["documents.selected"] = [i for i in st.session_state.get("documents.selected", []) if i in names]
-chosen = st.multiselect(
-    "Select documents",
-    list(names),
-    format_func=names.get,
-    key="documents.selected",
-    placeholder="Choose documents to re-index or delete",
+chosen = document_picker(
+    docs, "Select documents", "documents.selected", placeholder="Choose documents to re-index or delete"
 )
 reindex_col, delete_col = st.columns(2)
 if reindex_col.button("Re-index", key="documents.reindex", disabled=not chosen, icon=":material/refresh:"):
@@ -41,6 +35,7 @@ if reindex_col.button("Re-index", key="documents.reindex", disabled=not chosen, 
 if delete_col.button("Delete", key="documents.delete", disabled=not chosen, icon=":material/delete:"):
     st.session_state[PENDING_DELETE] = list(chosen)
 
+names = {d.doc_id: d.file_name for d in docs}
 pending = [i for i in st.session_state.get(PENDING_DELETE, []) if i in names]
 if pending:
     st.warning(f"Delete {len(pending)} document(s) and all their chunks? This cannot be undone.")

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import streamlit as st
@@ -381,20 +381,25 @@ def safe_stream(pieces: Iterable[str], mode: str) -> Iterator[str]:
         yield escape_math(piece) if mode == "retrieval-only" else neutralize_markdown(piece)
 
 
+def document_picker(docs: Sequence[DocumentRecord], label: str, key: str, **options: Any) -> list[str]:
+    """A multiselect of documents by name returning their ids; ids of documents deleted meanwhile are
+    dropped from the widget's state first (Streamlit refuses a default that is not an option)."""
+    names = {d.doc_id: d.file_name for d in docs}
+    st.session_state[key] = [i for i in st.session_state.get(key, []) if i in names]
+    return list(st.multiselect(label, list(names), format_func=names.get, key=key, **options))
+
+
 def document_filter(docs: Sequence[DocumentRecord]) -> list[str] | None:
     """A sidebar selector limiting questions to chosen documents; None means all of them."""
-    names = {d.doc_id: d.file_name for d in docs}
-    st.session_state["chat.doc_ids"] = [i for i in st.session_state.get("chat.doc_ids", []) if i in names]
     with st.sidebar:
-        chosen = st.multiselect(
+        chosen = document_picker(
+            docs,
             "Only search these documents",
-            list(names),
-            format_func=names.get,
-            key="chat.doc_ids",
+            "chat.doc_ids",
             placeholder="All documents",
             help="Leave empty to search every indexed document.",
         )
-    return list(chosen) or None
+    return chosen or None
 
 
 def conversation_actions(conversations: ConversationStore, sid: str) -> None:
