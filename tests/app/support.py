@@ -37,6 +37,14 @@ class AppEnv:
         return get_service()
 
 
+def write_doc(folder: Path, name: str, text: str) -> Path:
+    """A UTF-8 text document `name` in `folder` (created if needed), to upload or ingest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def new_sid() -> str:
     """A session id in the app's format."""
     return uuid.uuid4().hex

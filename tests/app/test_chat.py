@@ -8,25 +8,19 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.support import AppEnv, new_sid, page_text
+from tests.app.support import AppEnv, new_sid, page_text, write_doc
 from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.milvus
 
 CHAT = "pages/chat.py"
+GIRAFFES = "Giraffes eat acacia leaves in the dry savanna. " * 20
 
 
 def _ingest(app_env: AppEnv, *paths: Path) -> dict[str, str]:
     report = app_env.service().ingest(list(paths))
     assert all(r.status == "indexed" for r in report.files), report
     return {r.file: r.doc_id for r in report.files}
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / "src" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def _ask(at: AppTest, question: str) -> AppTest:
@@ -46,7 +40,7 @@ def llm_env(app_env: AppEnv, monkeypatch: pytest.MonkeyPatch, fake_openai: FakeO
 
 
 def test_retrieval_only_mode_is_labelled_and_answers_with_sources(app_env: AppEnv, tmp_path: Path) -> None:
-    _ingest(app_env, _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20))
+    _ingest(app_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
     at = app_env.app(CHAT)
     at.run()
     assert any("Retrieval-only mode" in i.value and "OPENAI_BASE_URL" in i.value for i in at.info)
@@ -86,7 +80,7 @@ def test_llm_answer_streams_with_sources_naming_file_and_page(
 
 
 def test_follow_up_questions_carry_the_history(llm_env: AppEnv, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
-    _ingest(llm_env, _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20))
+    _ingest(llm_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
     at = llm_env.app(CHAT)
     at.run()
     fake_openai.enqueue("Acacia leaves [1].")
@@ -104,7 +98,7 @@ def test_follow_up_questions_carry_the_history(llm_env: AppEnv, tmp_path: Path, 
 
 
 def test_conversation_survives_a_refresh_and_stays_private(app_env: AppEnv, tmp_path: Path) -> None:
-    _ingest(app_env, _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20))
+    _ingest(app_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
     at = app_env.app(CHAT)
     at.run()
     _ask(at, "What do giraffes eat?")
@@ -122,7 +116,7 @@ def test_conversation_survives_a_refresh_and_stays_private(app_env: AppEnv, tmp_
 
 
 def test_clear_and_download(app_env: AppEnv, tmp_path: Path) -> None:
-    _ingest(app_env, _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20))
+    _ingest(app_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
     at = app_env.app(CHAT)
     at.run()
     assert at.button(key="chat.clear").disabled
@@ -142,8 +136,8 @@ def test_clear_and_download(app_env: AppEnv, tmp_path: Path) -> None:
 def test_a_question_can_be_limited_to_chosen_documents(app_env: AppEnv, tmp_path: Path) -> None:
     ids = _ingest(
         app_env,
-        _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20),
-        _write(tmp_path, "zebras.txt", "Zebras eat grass and have black and white stripes. " * 20),
+        write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES),
+        write_doc(tmp_path / "src", "zebras.txt", "Zebras eat grass and have black and white stripes. " * 20),
     )
     at = app_env.app(CHAT)
     at.run()
@@ -159,7 +153,9 @@ def test_a_question_can_be_limited_to_chosen_documents(app_env: AppEnv, tmp_path
 def test_top_k_from_the_sidebar(app_env: AppEnv, tmp_path: Path) -> None:
     _ingest(
         app_env,
-        _write(tmp_path, "long.txt", "\n\n".join(f"Paragraph {i} talks about topic {i}. " * 30 for i in range(12))),
+        write_doc(
+            tmp_path / "src", "long.txt", "\n\n".join(f"Paragraph {i} talks about topic {i}. " * 30 for i in range(12))
+        ),
     )
     at = app_env.app(CHAT)
     at.run()
@@ -177,7 +173,7 @@ def test_document_text_is_never_rendered_as_html_or_images(
         '![p](http://127.0.0.1:9/p.png) <img src="http://127.0.0.1:9/i.png"> <script>alert(1)</script>\n'
         "Pelicans store fish in their throat pouch. " * 10
     )
-    _ingest(llm_env, _write(tmp_path, "hostile.txt", hostile))
+    _ingest(llm_env, write_doc(tmp_path / "src", "hostile.txt", hostile))
     at = llm_env.app(CHAT)
     at.run()
 
@@ -193,7 +189,7 @@ def test_document_text_is_never_rendered_as_html_or_images(
 
 
 def test_an_llm_failure_is_shown_and_not_stored(llm_env: AppEnv, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
-    _ingest(llm_env, _write(tmp_path, "giraffes.txt", "Giraffes eat acacia leaves in the dry savanna. " * 20))
+    _ingest(llm_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
     at = llm_env.app(CHAT)
     at.run()
     fake_openai.fail_next = 401

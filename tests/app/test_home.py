@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.support import AppEnv, page_text
+from tests.app.support import AppEnv, page_text, write_doc
 
 pytestmark = pytest.mark.milvus
-
-
-def _write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_home_shows_what_is_connected(app_env: AppEnv) -> None:
@@ -37,7 +30,7 @@ def test_home_shows_what_is_connected(app_env: AppEnv) -> None:
 
 def test_home_counts_documents_and_chunks(app_env: AppEnv, tmp_path: Path) -> None:
     service = app_env.service()
-    report = service.ingest([_write(tmp_path / "src", "notes.txt", "Giraffes eat acacia leaves. " * 40)])
+    report = service.ingest([write_doc(tmp_path / "src", "notes.txt", "Giraffes eat acacia leaves. " * 40)])
     at = app_env.app()
     at.run()
 

@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 
 from rag.config import Settings
-from tests.app.support import AppEnv, new_sid, page_text
+from tests.app.support import AppEnv, new_sid, page_text, write_doc
 from ui.state import JOB_FILES
 
 pytestmark = pytest.mark.milvus
 
 UPLOAD = "pages/upload.py"
-
-
-def _write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_no_jobs_shows_only_the_form(app_env: AppEnv) -> None:
@@ -62,9 +55,9 @@ def test_a_running_job_shows_per_file_progress_and_can_be_cancelled(app_env: App
 
 def test_a_finished_job_shows_indexed_unchanged_and_failed_with_reasons(app_env: AppEnv, tmp_path: Path) -> None:
     service = app_env.service()
-    good = _write(tmp_path / "src", "giraffes.txt", "Giraffes eat acacia leaves in the savanna. " * 30)
-    empty = _write(tmp_path / "src", "empty.txt", "")
-    odd = _write(tmp_path / "src", "table.xyz", "not a supported type")
+    good = write_doc(tmp_path / "src", "giraffes.txt", "Giraffes eat acacia leaves in the savanna. " * 30)
+    empty = write_doc(tmp_path / "src", "empty.txt", "")
+    odd = write_doc(tmp_path / "src", "table.xyz", "not a supported type")
     first = service.start_job([good, empty, odd], owner=app_env.sid)
     service.wait_job(first.id, timeout=120)
 
