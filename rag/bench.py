@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores import VectorStoreQuery
 from pydantic import BaseModel, Field, field_validator
 
@@ -42,7 +42,7 @@ from rag.catalog import Catalog
 from rag.config import Settings
 from rag.embeddings import Embedder, load_embedder
 from rag.errors import IngestError
-from rag.ingest import Ingestor, SourceFile, chunk_documents, make_splitter
+from rag.ingest import Ingestor, SourceFile, chunk_documents, embed_texts, make_splitter
 from rag.readers import READERS, file_type, read_file
 from rag.store import (
     Connection,
@@ -322,6 +322,7 @@ async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[Be
     rng = random.Random(42)
     for mode in MILVUS_MODES:
         async with _scratch_store(connection, config.dim, config.consistency_level) as store:
+            engine = _engine(store, connection, config)
             for n in config.counts:
                 nodes = produce_nodes(n, config.dim, rng)
                 if mode == "sync":
@@ -329,7 +330,7 @@ async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[Be
                 elif mode == "seed-async":
                     work = _seed_async_add(store, nodes)
                 else:
-                    work = _project_add(_engine(store, connection, config), nodes, config)
+                    work = _project_add(engine, nodes, config)
                 with map_milvus_errors("insert benchmark rows"):
                     seconds, _ = await _timed(work)
                 if mode == "sync":
@@ -408,10 +409,6 @@ def _chunk_file(path: Path, splitter: Any, model_id: str) -> list[BaseNode]:
     return chunk_documents(docs, splitter, doc_id, model_id, file_type(path.name).lstrip("."))
 
 
-def _embed_texts(nodes: Sequence[BaseNode]) -> list[str]:
-    return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-
-
 def _sync_pipeline(
     settings: Settings, embedder: Embedder, store: Any, files: Sequence[Path], splitter: Any
 ) -> Callable[[threading.Event], int]:
@@ -426,7 +423,7 @@ def _sync_pipeline(
                 if stop.is_set():
                     raise _Stopped
                 batch = nodes[start : start + size]
-                for node, vector in zip(batch, embedder.embed(_embed_texts(batch))):
+                for node, vector in zip(batch, embedder.embed(embed_texts(batch))):
                     node.embedding = vector
                 store.add(batch)
             chunks += len(nodes)
@@ -511,7 +508,7 @@ async def _aingest(
     splitter = make_splitter(settings, embedder)
     # Untimed: chunk once for the raw-embedding texts, warm the page cache and both models for every mode.
     chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
-    texts = [t for nodes in chunked for t in _embed_texts(nodes)]
+    texts = [t for nodes in chunked for t in embed_texts(nodes)]
     plain = await asyncio.to_thread(_plain_embedder, settings)
     for model in (embedder, plain):
         await asyncio.to_thread(model.embed, texts[: settings.embed_batch_size])
@@ -523,8 +520,9 @@ async def _aingest(
     ) as store:
         with map_milvus_errors("store chunks"):
             sync, chunks = await _timed(_in_thread(_sync_pipeline(settings, plain, store, files, splitter)))
+    plain_setup = f"{plain.precision}, batches of {plain.model.embed_batch_size}"  # type: ignore[attr-defined]
     del plain
-    yield _row("ingest", "sync", chunks, sync, None, f"{note}; LlamaIndex's default embedding (fp32, batches of 10)")
+    yield _row("ingest", "sync", chunks, sync, None, f"{note}; LlamaIndex's default embedding ({plain_setup})")
 
     with map_milvus_errors("store chunks"):
         seconds, chunks = await _project_ingest(settings, connection, embedder, files, config.consistency_level)

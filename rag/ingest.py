@@ -170,6 +170,11 @@ def _token_ids(tokenizer: Any) -> Callable[[str], list[int]]:
     return lambda text: counter.encode(text, add_special_tokens=False).ids
 
 
+def embed_texts(nodes: Sequence[BaseNode]) -> list[str]:
+    """What the model embeds for each node: its text without metadata (metadata is excluded per node)."""
+    return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+
 def chunk_documents(
     docs: Sequence[Document], splitter: SentenceSplitter, doc_id: str, model_id: str, kind: str
 ) -> list[BaseNode]:
@@ -414,15 +419,14 @@ class Ingestor:
         prog.stage = Stage.EMBEDDING
         notify(prog)
         size, write_size = self.settings.embed_batch_size, self.settings.insert_batch_size
-        embedded = 0  # nodes[:embedded] have vectors; nodes[:written] are handed to inserts
-        written = 0
+        written = 0  # nodes[:written] are handed to inserts
         try:
             for start in range(0, len(nodes), size):
                 batch = nodes[start : start + size]
-                vectors = await self.embedder.aembed([n.get_content(metadata_mode=MetadataMode.EMBED) for n in batch])
+                vectors = await self.embedder.aembed(embed_texts(batch))
                 for node, vector in zip(batch, vectors):
                     node.embedding = vector
-                embedded += len(batch)
+                embedded = start + len(batch)  # nodes[:embedded] have vectors
                 prog.chunks_embedded += len(batch)
                 notify(prog)
                 # Writes go out in insert-sized batches, not per embedding batch: every upsert costs CPU
