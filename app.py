@@ -17,6 +17,7 @@ pages = [
     st.Page("pages/upload.py", title="Upload", icon=":material/upload_file:"),
     st.Page("pages/documents.py", title="Documents", icon=":material/folder_open:"),
     st.Page("pages/chat.py", title="Chat", icon=":material/forum:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
 ]
 if (Path(__file__).parent / "pages" / "benchmarks.py").exists():

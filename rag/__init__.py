@@ -11,6 +11,7 @@ from rag.errors import (
     ConfigError,
     DocumentNotFoundError,
     EmbeddingMismatchError,
+    EvalFileError,
     IngestError,
     JobCancelledError,
     ModelError,
@@ -18,6 +19,7 @@ from rag.errors import (
     RagError,
     StoreUnavailableError,
 )
+from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
 from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
 from rag.jobs import JobSnapshot, JobState
 from rag.milvus_server import EmbeddedMilvus
@@ -39,6 +41,9 @@ __all__ = [
     "DocumentRecord",
     "EmbeddedMilvus",
     "EmbeddingMismatchError",
+    "EvalFileError",
+    "EvalReport",
+    "EvalRow",
     "FileProgress",
     "FileResult",
     "FileStatus",
@@ -49,6 +54,7 @@ __all__ = [
     "JobState",
     "ModelError",
     "OperationTimeoutError",
+    "QAPair",
     "RagError",
     "RagService",
     "Runtime",
@@ -59,4 +65,5 @@ __all__ = [
     "StoreUnavailableError",
     "escape_markdown",
     "load_settings",
+    "parse_pairs",
 ]

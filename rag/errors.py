@@ -7,6 +7,7 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── CollectionNotFoundError  the named collection does not exist
 ├── DocumentNotFoundError    no document has that id
 ├── IngestError              one file failed (.path); the batch goes on and the report lists it
+├── EvalFileError            a labelled question file is malformed (.line names the line)
 ├── ModelError               the LLM or the embedding model failed or refused
 ├── JobCancelledError        an ingestion job was cancelled by its user
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
@@ -55,6 +56,16 @@ class IngestError(RagError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}", user_message=f"{path}: {reason}")
         self.path = path
+        self.reason = reason
+
+
+class EvalFileError(RagError):
+    """Raised for a question/evidence file that cannot be evaluated; nothing is asked or changed."""
+
+    def __init__(self, source: str, line: int, reason: str) -> None:
+        where = f"{source}, line {line}" if line else source
+        super().__init__(f"{where}: {reason}", user_message=f"{where}: {reason}")
+        self.line = line
         self.reason = reason
 
 

@@ -469,12 +469,15 @@ class Ingestor:
         )
 
     async def arecover(self) -> list[str]:
-        """Remove chunks of documents a crash left half-indexed; return their names."""
+        """Remove chunks of documents a crash left half-indexed, and bring the keyword index in step with
+        the catalog; return the names of the removed documents."""
         cleaned = []
-        for record in self.catalog.list(status="indexing"):
+        for record in await asyncio.to_thread(self.catalog.list, "indexing"):
             await self.store.adelete_doc(record.doc_id)
-            self.catalog.remove(record.doc_id)
+            await asyncio.to_thread(self.catalog.remove, record.doc_id)
             cleaned.append(record.file_name)
+        indexed = await asyncio.to_thread(self.catalog.list)
+        await self.store.areconcile_keywords({r.doc_id: r.chunks for r in indexed})
         return cleaned
 
     async def adelete(self, doc_id: str) -> DocumentRecord:

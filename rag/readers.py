@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 import zipfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llama_index.core import Document
@@ -71,6 +73,46 @@ def _strip_running_lines(pages: list[str]) -> list[str]:
         nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
         edges = set(nonblank[:2] + nonblank[-2:])
         cleaned.append("\n".join(ln for i, ln in enumerate(lines) if not (i in edges and key(ln) in running)))
+    return cleaned
+
+
+_SOFT_BREAK = re.compile(r"(\w+)(?:[\ufffe\u00ad]\s*|-[ \t]*\n[ \t]*)(\w+)")
+_SOFT_HYPHENS = re.compile(r"[\ufffe\u00ad]")
+_WORD = re.compile(r"\w+")
+_HYPHENATED = re.compile(r"\w+-\w+")
+_SPACES = re.compile(r"[^\S\n]+")
+_BLANK_LINES = re.compile(r"\n\s*\n\s*(?:\n\s*)+")
+
+
+def clean_texts(texts: Sequence[str]) -> list[str]:
+    """Text fit for chunking, search and display, for the pages of one file.
+
+    PDF extractors mark a hyphen at a line break (pypdfium2 writes U+FFFE, others a soft hyphen U+00AD or
+    a plain "-" and a newline). Such a word is rejoined ("obser-vations" -> "observations") unless the file
+    itself spells it with a hyphen elsewhere ("S-Plus", "FAA-approved") or the second half is capitalised;
+    the file's own vocabulary decides, so nothing needs a dictionary. Then Unicode is normalised (NFKC:
+    ligatures, full-width forms, non-breaking spaces), runs of spaces become one and runs of blank lines two.
+    """
+    plain = [_SOFT_HYPHENS.sub("", text) for text in texts]
+    words = Counter(w.lower() for text in plain for w in _WORD.findall(text))
+    hyphenated = {m.lower() for text in plain for m in _HYPHENATED.findall(text)}
+
+    def rejoin(match: re.Match[str]) -> str:
+        head, tail = match.group(1), match.group(2)
+        if tail[:1].isupper() or tail[:1].isdigit() or head[-1:].isdigit() or (len(head) > 1 and head.isupper()):
+            return f"{head}-{tail}"
+        if f"{head}-{tail}".lower() in hyphenated and not words.get((head + tail).lower()):
+            return f"{head}-{tail}"
+        return head + tail
+
+    cleaned = []
+    for text in texts:
+        text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
+        text = _SOFT_BREAK.sub(rejoin, text)
+        text = _SOFT_HYPHENS.sub("", text)
+        text = _SPACES.sub(" ", text)
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
+        cleaned.append(_BLANK_LINES.sub("\n\n", text).strip())
     return cleaned
 
 
@@ -241,6 +283,9 @@ def read_file(path: Path, name: str) -> list[Document]:
             f"has an unsupported type {file_type(name) or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
         )
     docs = reader().load_data(path, extra_info={"file_name": name})
+    for doc, text in zip(docs, clean_texts([doc.text for doc in docs])):
+        doc.set_content(text)
+    docs = [doc for doc in docs if doc.text.strip()]
     if not any(doc.text.strip() for doc in docs):
         raise IngestError(name, "contains no text")
     return docs

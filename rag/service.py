@@ -17,6 +17,7 @@ from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
 from rag.embeddings import Embedder, load_embedder
+from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import build_llm, describe_llm
@@ -253,6 +254,16 @@ class RagService:
     def mode(self) -> str:
         """`llm` or `retrieval-only`."""
         return self.engine.mode
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(
+        self, pairs: Sequence[QAPair], modes: Sequence[Retrieval], top_k: int | None = None
+    ) -> list[EvalReport]:
+        """hit@1/3/5 and MRR of each retrieval mode on labelled pairs; reads only, indexes nothing."""
+        check_files(pairs, {r.file_name for r in self.catalog.list()})
+        k = top_k or self.settings.top_k
+        timeout = 60 + 10 * len(pairs)
+        return [self.runtime.run(aevaluate(self.engine, pairs, mode, k), timeout=timeout) for mode in modes]
 
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:

@@ -1,8 +1,10 @@
 """The Milvus side: where to connect, the LlamaIndex MilvusVectorStore on the async client, admin.
 
-`DocumentStore.abuild` runs on the runtime's loop, so the AsyncMilvusClient inside the store is born
-on the loop it will always be used from. Milvus and gRPC exceptions are translated to RagErrors in
-`map_milvus_errors`, and transient failures are retried with backoff.
+`DocumentStore.abuild` runs on the runtime's loop: the blocking parts (the sync client's create, index
+and load calls inside MilvusVectorStore) run in a worker thread, and the AsyncMilvusClient, which
+connects on its first await, binds to the runtime loop it will always be used from. Milvus and gRPC
+exceptions are translated to RagErrors in `map_milvus_errors`, and transient failures are retried with
+backoff.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.schema import BaseNode, NodeWithScore
@@ -28,6 +31,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from rag.coalesce import Coalescer
 from rag.config import Settings
 from rag.errors import ConfigError, EmbeddingMismatchError, RagError, StoreUnavailableError
+from rag.keyword import KeywordHit, KeywordIndex, KeywordRow
 from rag.milvus_server import EmbeddedMilvus
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", 
 _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
+RRF_K = 60  # reciprocal rank fusion's constant, as Milvus's RRFRanker uses
+_FUSION_DEPTH = 4  # hybrid fuses this many times top_k candidates from each side (at least 20)
 
 
 @dataclass(frozen=True)
@@ -66,16 +72,26 @@ class StoreInfo:
 
 @dataclass(frozen=True)
 class Features:
-    """What the connected server and collection can do; the UI shows `reason` when a feature is missing."""
+    """What the connected server and collection can do; `reason` says why the server's BM25 is not used."""
 
     version: str
     keyword_search: bool
     reason: str | None = None
+    keyword_backend: str | None = None  # "milvus" (the server's BM25 function) or "local" (rag.keyword)
 
     @property
     def retrieval_modes(self) -> tuple[str, ...]:
         """The retrieval modes this collection supports."""
         return ("dense", "keyword", "hybrid") if self.keyword_search else ("dense",)
+
+    @property
+    def keyword_note(self) -> str:
+        """Where keyword search runs, for people."""
+        if self.keyword_backend == "milvus":
+            return f"Keyword (BM25) search runs in Milvus {self.version}."
+        if self.keyword_backend == "local":
+            return f"Keyword (BM25) search runs in a local SQLite FTS5 index beside Milvus ({self.reason})."
+        return f"Keyword search is unavailable: {self.reason}"
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -98,10 +114,10 @@ def probe_features(connection: Connection, collection: str, overwrite: bool = Fa
     lite = connection.kind == "lite" or version.startswith("milvus_lite")
     server_ok = lite or _version_tuple(version) >= (2, 5)
     if not server_ok:
-        return Features(version, False, f"Milvus {version} has no BM25 function; keyword and hybrid search need 2.5+")
+        return Features(version, False, f"Milvus {version} has no BM25 function")
     if exists and not any(f["name"] == SPARSE_FIELD for f in fields):
-        return Features(version, False, f"collection '{collection}' was created without a BM25 field; re-create it")
-    return Features(version, True)
+        return Features(version, False, f"collection '{collection}' was created without a BM25 field")
+    return Features(version, True, keyword_backend="milvus")
 
 
 class TransientStoreError(StoreUnavailableError):
@@ -188,11 +204,17 @@ class DocumentStore:
         settings: Settings,
         features: Features | None = None,
         search_requests: int = 4,
+        keyword: KeywordIndex | None = None,
     ) -> None:
         self.vector_store = vector_store
         self.connection = connection
         self.settings = settings
         self.features = features or Features(version="?", keyword_search=False, reason="not probed")
+        self.keyword = keyword
+        # A fresh client reads under Session consistency as if Eventually (it has written nothing yet), and a
+        # server that restarted may still be replaying recent writes: until one Strong read has returned, a
+        # search could miss chunks that are indexed. `_synced` is cleared by every transient failure.
+        self._synced = False
         dim = int(getattr(vector_store, "dim", None) or 0) or 1024
         # Dense searches started together leave as a few multi-vector requests (see rag.coalesce).
         self.searches: Coalescer[tuple[int, str], list[float], list[NodeWithScore]] = Coalescer(
@@ -212,14 +234,25 @@ class DocumentStore:
         collection: str | None = None,
         overwrite: bool = False,
         consistency_level: str | None = None,
+        local_keywords: bool = True,
     ) -> DocumentStore:
-        """Open (or create) the collection; refuse one built with another embedding model."""
+        """Open (or create) the collection; refuse one built with another embedding model.
+
+        Where the server (or an old collection) has no BM25 function, keyword search is served by a local
+        index beside Milvus (`rag.keyword`), unless `local_keywords` is False (scratch benchmark collections).
+        """
         from llama_index.vector_stores.milvus import MilvusVectorStore
 
         name = collection or settings.collection
         features = await asyncio.to_thread(probe_features, connection, name, overwrite)
+        keyword = None
+        if not features.keyword_search and local_keywords:
+            keyword = await asyncio.to_thread(KeywordIndex, Path(settings.data_dir) / "keyword.sqlite3", name)
+            if overwrite:
+                await asyncio.to_thread(keyword.clear)
+            features = Features(features.version, True, features.reason, keyword_backend="local")
         sparse: dict[str, Any] = {}
-        if features.keyword_search:
+        if features.keyword_backend == "milvus":
             from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
 
             sparse = {
@@ -232,7 +265,8 @@ class DocumentStore:
                 "hybrid_ranker_params": {"k": 60},
             }
         with map_milvus_errors("open the collection"):
-            store = MilvusVectorStore(
+            store = await asyncio.to_thread(
+                MilvusVectorStore,
                 **collection_schema(connection, name, dim, consistency_level or settings.consistency_level),
                 overwrite=overwrite,
                 batch_size=settings.insert_batch_size,
@@ -241,7 +275,7 @@ class DocumentStore:
                 timeout=30,
                 **sparse,
             )
-        self = cls(store, connection, settings, features)
+        self = cls(store, connection, settings, features, keyword=keyword)
         await self._check_model(dim, model_id)
         return self
 
@@ -249,6 +283,7 @@ class DocumentStore:
         """Retry transient failures with backoff; a collection found unloaded is loaded before the retry."""
 
         async def _reload(state: RetryCallState) -> None:
+            self._synced = False
             if isinstance(state.outcome and state.outcome.exception(), CollectionNotLoadedError):
                 with contextlib.suppress(Exception):
                     await self.aclient.load_collection(self.name)
@@ -272,14 +307,20 @@ class DocumentStore:
         return self.vector_store.aclient
 
     async def _check_model(self, dim: int, model_id: str) -> None:
-        with map_milvus_errors("describe the collection"):
-            desc = await self.aclient.describe_collection(self.name)
-            stored_dim = next(
-                (int(f.get("params", {}).get("dim", 0)) for f in desc["fields"] if f["name"] == EMBEDDING_FIELD), 0
-            )
-            rows = await self.aclient.query(
-                self.name, filter=f'{DOC_ID_FIELD} != ""', output_fields=[MODEL_KEY], limit=1
-            )
+        async for attempt in self._retrying():  # a collection found unloaded is loaded, then asked again
+            with attempt, map_milvus_errors("describe the collection"):
+                desc = await self.aclient.describe_collection(self.name)
+                rows = await self.aclient.query(
+                    self.name,
+                    filter=f'{DOC_ID_FIELD} != ""',
+                    output_fields=[MODEL_KEY],
+                    limit=1,
+                    consistency_level="Strong",  # also makes every chunk written before this open visible
+                )
+        stored_dim = next(
+            (int(f.get("params", {}).get("dim", 0)) for f in desc["fields"] if f["name"] == EMBEDDING_FIELD), 0
+        )
+        self._synced = True
         stored_model = rows[0].get(MODEL_KEY) if rows else None
         if (stored_dim and stored_dim != dim) or (stored_model and stored_model != model_id):
             raise EmbeddingMismatchError(
@@ -293,28 +334,94 @@ class DocumentStore:
             )
 
     async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
-        """Insert embedded nodes (upserting by id, so a retried batch never duplicates)."""
+        """Insert embedded nodes (upserting by id, so a retried batch never duplicates), and their keywords."""
         rows = rows_for(self.vector_store, nodes)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
                 await self.aclient.upsert(self.name, rows)
+        if self.keyword is not None:
+            await asyncio.to_thread(self.keyword.add, [_keyword_row(n) for n in nodes])
         return [n.node_id for n in nodes]
 
     async def adelete_doc(self, doc_id: str) -> None:
-        """Remove every chunk of a document."""
+        """Remove every chunk of a document, in Milvus and in the keyword index."""
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("delete chunks"):
                 await self.aclient.delete(self.name, filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"')
+        if self.keyword is not None:
+            await asyncio.to_thread(self.keyword.delete_doc, doc_id)
+
+    async def achunk_ids(self, doc_id: str | None = None) -> set[str]:
+        """Ids of the chunks Milvus holds (of one document, or all), read with Strong consistency."""
+        flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
+        with map_milvus_errors("list chunks"):
+            iterator = self.vector_store.client.query_iterator(
+                self.name, filter=flt, output_fields=["id"], batch_size=1000, consistency_level="Strong"
+            )
+        ids: set[str] = set()
+
+        def _drain() -> None:
+            with map_milvus_errors("list chunks"):
+                while batch := iterator.next():
+                    ids.update(str(row["id"]) for row in batch)
+                iterator.close()
+
+        await asyncio.to_thread(_drain)
+        return ids
+
+    async def areconcile_keywords(self, indexed: dict[str, int]) -> list[str]:
+        """Bring the local keyword index in step with Milvus after a crash or an upgrade.
+
+        `indexed` maps each indexed document to its chunk count (the catalog). Documents the index lacks
+        (collections built before the index existed, or a crash between the two writes) are read back from
+        Milvus; documents it holds that are not indexed are removed. Returns the documents that changed.
+        """
+        if self.keyword is None:
+            return []
+        changed = await asyncio.to_thread(self.keyword.delete_docs_except, indexed)
+        held = await asyncio.to_thread(self.keyword.counts)
+        for doc_id, chunks in indexed.items():
+            if held.get(doc_id) != chunks:
+                await asyncio.to_thread(self.keyword.delete_doc, doc_id)
+                await asyncio.to_thread(self.keyword.add, await self._aread_keyword_rows(doc_id))
+                changed.append(doc_id)
+        return changed
+
+    async def _aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
+        """A document's chunks as stored in Milvus, for the keyword index."""
+        fields = ["id", TEXT_FIELD, "file_name", "page", "chunk"]
+        with map_milvus_errors("read chunks"):
+            iterator = self.vector_store.client.query_iterator(
+                self.name,
+                filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"',
+                output_fields=fields,
+                batch_size=500,
+                consistency_level="Strong",
+            )
+        rows: list[KeywordRow] = []
+
+        def _drain() -> None:
+            with map_milvus_errors("read chunks"):
+                while batch := iterator.next():
+                    rows.extend(
+                        KeywordRow(
+                            chunk_id=str(r["id"]),
+                            doc_id=doc_id,
+                            file_name=str(r.get("file_name") or "?"),
+                            page=_int_or_none(r.get("page")),
+                            chunk=_int_or_none(r.get("chunk")),
+                            text=str(r.get(TEXT_FIELD) or ""),
+                        )
+                        for r in batch
+                    )
+                iterator.close()
+
+        await asyncio.to_thread(_drain)
+        return rows
 
     async def acount(self, doc_id: str | None = None) -> int:
         """Chunks stored (for one document, or all), read with Strong consistency."""
-        flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
-        async for attempt in self._retrying():
-            with attempt, map_milvus_errors("count chunks"):
-                rows = await self.aclient.query(
-                    self.name, filter=flt, output_fields=["count(*)"], consistency_level="Strong"
-                )
-        return int(rows[0]["count(*)"]) if rows else 0
+        return await self.acount_filtered([doc_id] if doc_id else None)
 
     async def asearch(
         self,
@@ -330,9 +437,13 @@ class DocumentStore:
         if retrieval == "keyword":
             return await self._akeyword(query_text or "", top_k, doc_ids)
         if retrieval == "dense":
-            if embedding is None:
-                raise ValueError("a dense search needs an embedding")
-            return await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
+            return await self._adense(embedding, top_k, doc_ids)
+        if self.keyword is not None:
+            depth = max(top_k * _FUSION_DEPTH, 20)
+            dense, keyword = await asyncio.gather(
+                self._adense(embedding, depth, doc_ids), self._akeyword(query_text or "", depth, doc_ids)
+            )
+            return fuse_rrf([dense, keyword], top_k)
         filters = None
         if doc_ids:
             filters = MetadataFilters(
@@ -352,6 +463,36 @@ class DocumentStore:
             NodeWithScore(node=node, score=float(score))
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
+
+    async def _adense(
+        self, embedding: list[float] | None, top_k: int, doc_ids: Sequence[str] | None
+    ) -> list[NodeWithScore]:
+        """A dense search that never answers "nothing" for chunks that are stored but not yet visible."""
+        if embedding is None:
+            raise ValueError("a dense search needs an embedding")
+        if not self._synced:
+            await self.async_visible()
+        hits = await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
+        if not hits and await self.acount_filtered(doc_ids):
+            # Stored chunks must come back from a nearest-neighbour search; an empty answer means the server
+            # had not caught up (restart, busy machine). The Strong count above waited until it had.
+            hits = await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
+        return hits
+
+    async def async_visible(self) -> None:
+        """Wait until every chunk written before now is visible to searches (one Strong read)."""
+        await self.acount_filtered(None)
+        self._synced = True
+
+    async def acount_filtered(self, doc_ids: Sequence[str] | None) -> int:
+        """Chunks stored (of some documents, or all), read with Strong consistency."""
+        flt = _doc_filter(doc_ids) or f'{DOC_ID_FIELD} != ""'
+        async for attempt in self._retrying():
+            with attempt, map_milvus_errors("count chunks"):
+                rows = await self.aclient.query(
+                    self.name, filter=flt, output_fields=["count(*)"], consistency_level="Strong"
+                )
+        return int(rows[0]["count(*)"]) if rows else 0
 
     async def _adense_batch(self, key: tuple[int, str], vectors: list[list[float]]) -> list[list[NodeWithScore]]:
         """One search request for many query vectors; each query's hits become nodes as `aquery` makes them."""
@@ -375,6 +516,9 @@ class DocumentStore:
 
     async def _akeyword(self, text: str, top_k: int, doc_ids: Sequence[str] | None) -> list[NodeWithScore]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
+        if self.keyword is not None:
+            hits = await asyncio.to_thread(self.keyword.search, text, top_k, doc_ids)
+            return [_keyword_node(hit) for hit in hits]
         flt = _doc_filter(doc_ids)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
@@ -398,6 +542,8 @@ class DocumentStore:
         """Drop the whole collection (scratch collections, tests)."""
         with map_milvus_errors("drop the collection"):
             await self.aclient.drop_collection(self.name)
+        if self.keyword is not None:
+            await asyncio.to_thread(self.keyword.clear)
 
     async def aclose(self) -> None:
         """Close both clients."""
@@ -405,6 +551,51 @@ class DocumentStore:
             await self.aclient.close()
         with contextlib.suppress(Exception):
             self.vector_store.client.close()
+        if self.keyword is not None:
+            self.keyword.close()
+
+
+def fuse_rrf(rankings: Sequence[Sequence[NodeWithScore]], top_k: int, k: int = RRF_K) -> list[NodeWithScore]:
+    """Reciprocal rank fusion: each list gives a node 1/(k + rank); the fused score is the sum."""
+    scores: dict[str, float] = {}
+    nodes: dict[str, NodeWithScore] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            key = hit.node.node_id
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            nodes.setdefault(key, hit)
+    best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
+    return [NodeWithScore(node=nodes[key].node, score=scores[key]) for key in best]
+
+
+def _keyword_row(node: BaseNode) -> KeywordRow:
+    meta = node.metadata
+    return KeywordRow(
+        chunk_id=node.node_id,
+        doc_id=str(meta.get(DOC_ID_FIELD) or node.ref_doc_id or ""),
+        file_name=str(meta.get("file_name") or "?"),
+        page=_int_or_none(meta.get("page")),
+        chunk=_int_or_none(meta.get("chunk")),
+        text=node.get_content(),
+    )
+
+
+def _keyword_node(hit: KeywordHit) -> NodeWithScore:
+    from llama_index.core.schema import TextNode
+
+    meta: dict[str, Any] = {"file_name": hit.file_name, DOC_ID_FIELD: hit.doc_id}
+    if hit.page is not None:
+        meta["page"] = hit.page
+    if hit.chunk is not None:
+        meta["chunk"] = hit.chunk
+    return NodeWithScore(node=TextNode(id_=hit.chunk_id, text=hit.text, metadata=meta), score=hit.score)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _doc_filter(doc_ids: Sequence[str] | None) -> str:

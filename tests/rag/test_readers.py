@@ -63,3 +63,15 @@ def test_zip_bomb_docx_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IngestError) as err:
         read_file(path, "bomb.docx")
     assert "zip bomb" in err.value.user_message
+
+
+def test_clean_texts_rejoins_line_break_hyphens_by_the_files_own_words() -> None:
+    from rag.readers import clean_texts
+
+    pages = [
+        "matrix of obser\ufffevations and more observations; the S\ufffePlus system",
+        "pack\u00adages of FAA\ufffeapproved parts; a well-\nknown well-known fact;  ﬁne   print\n\n\n\nend",
+    ]
+    first, second = clean_texts(pages)
+    assert first == "matrix of observations and more observations; the S-Plus system"
+    assert second == "packages of FAA-approved parts; a well-known well-known fact; fine print\n\nend"

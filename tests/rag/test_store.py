@@ -88,14 +88,11 @@ def test_hybrid_finds_keyword_only_matches_on_milvus_lite(tmp_path: Path, embedd
         svc.close()
 
 
-def test_keyword_search_is_unavailable_on_milvus_2_3(service) -> None:  # noqa: ANN001
-    from rag.errors import ConfigError
-
-    assert not service.features.keyword_search
-    assert "2.5" in (service.features.reason or "")
-    with pytest.raises(ConfigError) as err:
-        service.retrieve("anything", retrieval="hybrid")
-    assert "unavailable" in err.value.user_message
+def test_keyword_and_hybrid_run_locally_on_milvus_2_3(service) -> None:  # noqa: ANN001
+    """The embedded 2.3.5 has no BM25 function: keyword search comes from the local index instead."""
+    assert service.features.keyword_search and service.features.keyword_backend == "local"
+    assert service.features.retrieval_modes == ("dense", "keyword", "hybrid")
+    assert "2.3" in service.features.reason and "SQLite" in service.features.keyword_note
 
 
 def test_searches_started_together_share_requests_and_match_single_searches(service, corpus: Path) -> None:  # noqa: ANN001

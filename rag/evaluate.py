@@ -1,0 +1,161 @@
+"""Retrieval quality on labelled question/evidence pairs: hit@1/3/5 and MRR, per retrieval mode.
+
+A pair is `{"question", "file", "evidence"}`, the evidence a verbatim quote from that file. A returned
+passage is a hit when it comes from that file and holds at least 80% of the evidence's word 3-grams
+(words compared lower-cased, after the same Unicode clean-up the readers apply), so a quote cut across
+two chunks still counts when most of it is in one, and layout differences (line breaks, hyphens at
+line ends) do not matter. The rank of the first hit gives hit@k and the reciprocal rank.
+
+Evaluation only reads: it asks the engine the questions and indexes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+import unicodedata
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from rag.errors import EvalFileError
+
+Retrieval = Literal["dense", "keyword", "hybrid"]
+HIT_THRESHOLD = 0.8
+CUTOFFS = (1, 3, 5)
+_WORD = re.compile(r"\w+")
+_INVISIBLE = re.compile(r"[\u00ad\ufffe\u200b]")
+
+
+class QAPair(BaseModel, frozen=True):
+    """One labelled question: the file that answers it and a verbatim quote of the answer."""
+
+    question: str
+    file: str
+    evidence: str
+
+
+class Returned(BaseModel, frozen=True):
+    """A passage returned for a question (what the Evaluate page shows for a miss)."""
+
+    file_name: str
+    page: int | None
+    text: str
+
+
+class EvalRow(BaseModel, frozen=True):
+    """How one question fared: the rank of its first hit (None: not in the top k)."""
+
+    question: str
+    file: str
+    rank: int | None
+    seconds: float
+    returned: list[Returned]
+
+
+class EvalReport(BaseModel, frozen=True):
+    """hit@k and MRR of one retrieval mode over a set of pairs; the schema of `eval --json`."""
+
+    mode: Retrieval
+    top_k: int
+    n: int
+    hit_at: dict[str, float]
+    mrr: float
+    p50_ms: float
+    rows: list[EvalRow]
+
+    @property
+    def misses(self) -> list[EvalRow]:
+        """Questions whose evidence was not in the top k."""
+        return [row for row in self.rows if row.rank is None]
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a text, after Unicode clean-up (so PDF layout does not decide a hit)."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
+    text = re.sub(r"(\w)-\s*\n\s*(\w)", r"\1\2", text)
+    return _WORD.findall(text)
+
+
+def _grams(tokens: Sequence[str], n: int = 3) -> set[tuple[str, ...]]:
+    if len(tokens) < n:
+        return {tuple(tokens)} if tokens else set()
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def evidence_share(evidence: str, passage: str) -> float:
+    """The share of the evidence's word 3-grams found in the passage."""
+    wanted = _grams(words(evidence))
+    if not wanted:
+        return 0.0
+    tokens = words(passage)
+    if len(wanted) == 1 and len(next(iter(wanted))) < 3:  # a quote of one or two words
+        gram = next(iter(wanted))
+        return 1.0 if any(tuple(tokens[i : i + len(gram)]) == gram for i in range(len(tokens))) else 0.0
+    return len(wanted & _grams(tokens)) / len(wanted)
+
+
+def first_hit(pair: QAPair, returned: Sequence[Returned]) -> int | None:
+    """1-based rank of the first returned passage that holds the evidence, from the right file."""
+    for rank, passage in enumerate(returned, start=1):
+        if passage.file_name == pair.file and evidence_share(pair.evidence, passage.text) >= HIT_THRESHOLD:
+            return rank
+    return None
+
+
+def parse_pairs(text: str, source: str = "the evaluation file") -> list[QAPair]:
+    """Pairs from JSON Lines; a bad line fails the whole file with a message naming the line."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalFileError(source, number, f"is not JSON ({exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise EvalFileError(source, number, "is not a JSON object")
+        missing = [k for k in ("question", "file", "evidence") if not str(data.get(k) or "").strip()]
+        if missing:
+            raise EvalFileError(source, number, f"has no {', '.join(missing)}")
+        try:
+            pairs.append(QAPair(question=data["question"], file=data["file"], evidence=data["evidence"]))
+        except ValidationError as exc:
+            raise EvalFileError(source, number, f"is malformed ({exc.errors()[0]['msg']})") from exc
+    if not pairs:
+        raise EvalFileError(source, 0, "holds no question")
+    return pairs
+
+
+def check_files(pairs: Sequence[QAPair], known: set[str], source: str = "the evaluation file") -> None:
+    """Every pair must name an indexed file; the first that does not fails with its line."""
+    for number, pair in enumerate(pairs, start=1):
+        if pair.file not in known:
+            raise EvalFileError(
+                source, number, f"names the file {pair.file!r}, which is not indexed in this collection"
+            )
+
+
+def summarise(mode: Retrieval, top_k: int, rows: Sequence[EvalRow]) -> EvalReport:
+    """hit@k, MRR and median latency from per-question rows."""
+    n = len(rows)
+    hit_at = {str(k): round(sum(1 for r in rows if r.rank and r.rank <= k) / n, 4) for k in CUTOFFS}
+    mrr = round(sum(1 / r.rank for r in rows if r.rank) / n, 4)
+    p50 = statistics.median(r.seconds for r in rows) * 1000
+    return EvalReport(mode=mode, top_k=top_k, n=n, hit_at=hit_at, mrr=mrr, p50_ms=round(p50, 1), rows=list(rows))
+
+
+async def aevaluate(engine: object, pairs: Sequence[QAPair], mode: Retrieval, top_k: int) -> EvalReport:
+    """Ask every question in one mode, one at a time (so the latency is one question's), and score it."""
+    rows = []
+    for pair in pairs:
+        started = time.perf_counter()
+        sources = await engine.aretrieve(pair.question, top_k, None, mode)  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - started
+        returned = [Returned(file_name=s.file_name, page=s.page, text=s.text) for s in sources]
+        rank = first_hit(pair, returned)
+        rows.append(EvalRow(question=pair.question, file=pair.file, rank=rank, seconds=seconds, returned=returned))
+    return summarise(mode, top_k, rows)

@@ -1,0 +1,182 @@
+"""A BM25 keyword index beside Milvus, for servers that have no BM25 function (the embedded 2.3.5).
+
+Small embedding models rank numbers, dates and rare names poorly; BM25 ranks them well, and fusing
+both (reciprocal rank fusion) finds passages that either alone misses. Milvus 2.5+ and Milvus Lite
+compute BM25 in the server; for older servers this module keeps the same index in SQLite's FTS5
+(in the standard library: incremental, transactional, on disk), one row per chunk, written and
+deleted by `DocumentStore` in the same calls that write and delete the chunks in Milvus, so both
+always hold the same chunk ids.
+
+Calls block (SQLite), so the store runs them in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id         INTEGER PRIMARY KEY,
+    collection TEXT NOT NULL,
+    chunk_id   TEXT NOT NULL,
+    doc_id     TEXT NOT NULL,
+    file_name  TEXT NOT NULL,
+    page       INTEGER,
+    chunk      INTEGER,
+    text       TEXT NOT NULL,
+    UNIQUE (collection, chunk_id)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"""
+
+# Words too common to tell passages apart; leaving them out of the OR query keeps it fast on big indexes.
+_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being
+    below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
+    off on once only or other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up very was we were what
+    when where which while who whom why will with would you your yours yourself yourselves"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_TERM = re.compile(r"\w+")
+_MAX_TERMS = 64
+
+
+class KeywordHit(BaseModel, frozen=True):
+    """One chunk found by keywords, with what a source needs to be shown."""
+
+    chunk_id: str
+    doc_id: str
+    file_name: str
+    page: int | None
+    chunk: int | None
+    text: str
+    score: float
+
+
+class KeywordRow(BaseModel, frozen=True):
+    """One chunk as the index stores it."""
+
+    chunk_id: str
+    doc_id: str
+    file_name: str
+    page: int | None = None
+    chunk: int | None = None
+    text: str
+
+
+def match_query(text: str) -> str | None:
+    """An FTS5 query that matches any of the question's distinctive words (None when it has none)."""
+    terms: list[str] = []
+    for term in _TERM.findall(text.lower()):
+        if term not in _STOPWORDS and term not in terms:
+            terms.append(term)
+    if not terms:  # a question made only of common words still deserves an answer
+        terms = list(dict.fromkeys(_TERM.findall(text.lower())))
+    return " OR ".join(f'"{t}"' for t in terms[:_MAX_TERMS]) or None
+
+
+class KeywordIndex:
+    """BM25 over chunk text for one collection, in an SQLite file shared by all collections of a data dir."""
+
+    def __init__(self, path: Path, collection: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.collection = collection
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def add(self, rows: Sequence[KeywordRow]) -> None:
+        """Insert chunks, replacing any with the same id (writes are upserts, like Milvus's)."""
+        if not rows:
+            return
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "DELETE FROM chunks WHERE collection=? AND chunk_id=?", [(self.collection, r.chunk_id) for r in rows]
+            )
+            self._db.executemany(
+                "INSERT INTO chunks (collection, chunk_id, doc_id, file_name, page, chunk, text)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(self.collection, r.chunk_id, r.doc_id, r.file_name, r.page, r.chunk, r.text) for r in rows],
+            )
+
+    def delete_doc(self, doc_id: str) -> int:
+        """Remove every chunk of a document; returns how many were removed."""
+        with self._lock, self._db:
+            cursor = self._db.execute("DELETE FROM chunks WHERE collection=? AND doc_id=?", (self.collection, doc_id))
+            return cursor.rowcount
+
+    def delete_docs_except(self, keep: Iterable[str]) -> list[str]:
+        """Remove chunks of every document not in `keep` (left by a crash); returns the removed doc ids."""
+        stray = sorted(set(self.counts()) - set(keep))
+        for doc_id in stray:
+            self.delete_doc(doc_id)
+        return stray
+
+    def counts(self) -> dict[str, int]:
+        """Chunks held per document."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc_id, count(*) FROM chunks WHERE collection=? GROUP BY doc_id", (self.collection,)
+            ).fetchall()
+        return {doc_id: n for doc_id, n in rows}
+
+    def chunk_ids(self, doc_id: str | None = None) -> set[str]:
+        """The chunk ids held (of one document, or all)."""
+        sql, args = "SELECT chunk_id FROM chunks WHERE collection=?", [self.collection]
+        if doc_id:
+            sql, args = sql + " AND doc_id=?", [*args, doc_id]
+        with self._lock:
+            return {row[0] for row in self._db.execute(sql, args)}
+
+    def search(self, text: str, top_k: int, doc_ids: Sequence[str] | None = None) -> list[KeywordHit]:
+        """The chunks with the best BM25 score for the question's words (optionally of some documents)."""
+        query = match_query(text)
+        if not query:
+            return []
+        sql = (
+            "SELECT c.chunk_id, c.doc_id, c.file_name, c.page, c.chunk, c.text, bm25(chunks_fts) AS rank"
+            " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
+            " WHERE chunks_fts MATCH ? AND c.collection = ?"
+        )
+        args: list[object] = [query, self.collection]
+        if doc_ids:
+            sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
+            args += list(doc_ids)
+        sql += " ORDER BY rank LIMIT ?"
+        args.append(top_k)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [
+            KeywordHit(chunk_id=r[0], doc_id=r[1], file_name=r[2], page=r[3], chunk=r[4], text=r[5], score=-r[6])
+            for r in rows
+        ]
+
+    def clear(self) -> None:
+        """Forget every chunk of this collection (the collection was dropped)."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM chunks WHERE collection=?", (self.collection,))
+
+    def close(self) -> None:
+        """Close the database file."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,118 @@
+"""The local BM25 index: in step with Milvus through every change to a document, and fused with dense hits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from rag.keyword import KeywordIndex, KeywordRow, match_query
+from rag.service import RagService
+from rag.store import fuse_rrf
+
+pytestmark = pytest.mark.milvus
+
+
+def _in_step(svc: RagService) -> set[str]:
+    """Both indexes hold exactly the same chunk ids; returns them."""
+    milvus = svc.runtime.run(svc.store.achunk_ids())
+    keyword = svc.store.keyword.chunk_ids()
+    assert milvus == keyword
+    return milvus
+
+
+def test_keyword_index_follows_ingest_replace_delete_and_reindex(service, corpus: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    essay = service.ingest([corpus / "paul_graham_essay.txt"]).files[0]
+    ids = _in_step(service)
+    assert len(ids) == essay.chunks > 0
+    doc = tmp_path / "notes.txt"
+    doc.write_text("The warehouse stocks part QX7719ZK. " * 40)
+    first = service.ingest([doc]).files[0]
+    _in_step(service)
+    doc.write_text("The warehouse now stocks part ZB4410QA instead. " * 40)
+    second = service.ingest([doc]).files[0]
+    assert second.status == "replaced"
+    ids = _in_step(service)
+    assert not any(i.startswith(first.doc_id[:40]) for i in ids)
+    assert service.retrieve("ZB4410QA", retrieval="keyword")[0].file_name == "notes.txt"
+    assert not any("QX7719ZK" in s.text for s in service.retrieve("QX7719ZK", retrieval="keyword"))
+    snapshot = service.reindex_document(essay.doc_id)
+    service.wait_job(snapshot.id, timeout=300)
+    assert len(_in_step(service)) == essay.chunks + second.chunks
+    service.delete_document(essay.doc_id)
+    ids = _in_step(service)
+    assert len(ids) == second.chunks
+
+
+def test_recovery_brings_the_keyword_index_in_step(make_settings, embedder, corpus: Path) -> None:  # noqa: ANN001
+    """A crash between the two writes, and a collection indexed before the keyword index existed, both heal
+    at the next start."""
+    settings = make_settings()
+    svc = RagService(settings, embedder=embedder)
+    try:
+        result = svc.ingest([corpus / "pdfplumber_README.md"]).files[0]
+        index = svc.store.keyword
+        index.delete_doc(result.doc_id)  # as if the index was created after the document
+        index.add([KeywordRow(chunk_id="stray-1", doc_id="gone", file_name="gone.txt", text="left by a crash")])
+    finally:
+        svc.close()
+    svc = RagService(settings, embedder=embedder)
+    try:
+        assert len(_in_step(svc)) == result.chunks
+        assert svc.retrieve("extract tables from PDF pages", retrieval="keyword")[0].file_name == "pdfplumber_README.md"
+    finally:
+        svc.runtime.run(svc.store.adrop())
+        svc.close()
+
+
+def test_hybrid_finds_keyword_only_matches_on_the_embedded_server(service, tmp_path: Path) -> None:  # noqa: ANN001
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    filler = [
+        "Quarterly maintenance of the hydraulic pumps keeps the assembly line running smoothly.",
+        "Replace worn gaskets in the cooling system every six months to prevent leaks.",
+        "Operators should inspect conveyor belts for fraying before each shift begins.",
+        "Lubricate bearings on the packaging machine weekly with food-grade grease.",
+        "The air compressor filters need cleaning whenever pressure drops below the mark.",
+        "Calibrate the torque wrenches monthly against the reference standard in the lab.",
+    ]
+    for i, text in enumerate(filler):
+        (folder / f"manual{i}.txt").write_text(text * 3)
+    (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
+    service.ingest(sorted(folder.iterdir()))
+    question = "How often should QX7719ZK be lubricated, calibrated and inspected?"
+    assert service.retrieve(question, top_k=1, retrieval="keyword")[0].file_name == "parts.txt"
+    assert "parts.txt" in {s.file_name for s in service.retrieve(question, top_k=3, retrieval="hybrid")}
+    assert "parts.txt" not in {s.file_name for s in service.retrieve(question, top_k=3, retrieval="dense")}
+    only = service.documents()[-1].doc_id
+    hits = service.retrieve(question, top_k=5, doc_ids=[only], retrieval="hybrid")
+    assert hits and {s.doc_id for s in hits} == {only}
+
+
+def test_index_is_per_collection_and_upserts(tmp_path: Path) -> None:
+    a, b = KeywordIndex(tmp_path / "k.sqlite3", "a"), KeywordIndex(tmp_path / "k.sqlite3", "b")
+    row = KeywordRow(chunk_id="c1", doc_id="d1", file_name="f.txt", page=2, chunk=0, text="zebra crossing rules")
+    a.add([row])
+    a.add([row.model_copy(update={"text": "giraffe crossing rules"})])
+    assert [h.text for h in a.search("giraffe", 5)] == ["giraffe crossing rules"]
+    assert a.search("zebra", 5) == [] and b.search("giraffe", 5) == []
+    hit = a.search("What are the giraffe rules?", 5)[0]
+    assert (hit.page, hit.doc_id, hit.file_name) == (2, "d1", "f.txt") and hit.score > 0
+    assert a.search("giraffe", 5, doc_ids=["other"]) == []
+    assert a.delete_doc("d1") == 1 and a.chunk_ids() == set()
+
+
+def test_queries_keep_distinctive_words_and_quote_them() -> None:
+    assert match_query('What is "QX7719ZK" in the manual?') == '"qx7719zk" OR "manual"'
+    assert match_query("what is it") == '"what" OR "is" OR "it"'  # only common words: keep them
+    assert match_query("?!") is None
+
+
+def test_reciprocal_rank_fusion_rewards_agreement() -> None:
+    def hits(*ids: str) -> list[NodeWithScore]:
+        return [NodeWithScore(node=TextNode(id_=i, text=i), score=1.0) for i in ids]
+
+    fused = fuse_rrf([hits("a", "b", "c"), hits("c", "d", "a")], top_k=3)
+    assert [n.node.node_id for n in fused] == ["a", "c", "b"]
+    assert fused[0].score == pytest.approx(1 / 61 + 1 / 63)
