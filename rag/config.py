@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
 
 Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
+EmbedBackend = Literal["auto", "torch", "onnx", "onnx-int8"]
 
 
 class Settings(BaseSettings):
@@ -64,7 +65,15 @@ class Settings(BaseSettings):
     embed_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         validation_alias=AliasChoices("RAG_EMBED_PRECISION", "embed_precision"),
-        description="bf16 runs the model under bfloat16 autocast; auto picks it on CPUs with AMX, else fp32.",
+        description="torch backend: bf16 runs the model under bfloat16 autocast; auto picks it on CPUs with AMX.",
+    )
+    embed_backend: EmbedBackend = Field(
+        "auto",
+        validation_alias=AliasChoices("RAG_EMBED_BACKEND", "embed_backend"),
+        description=(
+            "What runs the embedding model: torch, onnx (ONNX Runtime, fused graph) or onnx-int8 (dynamic int8); "
+            "auto measures them once per machine and keeps the fastest whose vectors match torch fp32."
+        ),
     )
     chunk_size: int = Field(
         256,
@@ -152,11 +161,36 @@ class Settings(BaseSettings):
         return shown
 
 
+def _readable(exc: ValidationError) -> str:
+    """One line per bad setting, named by its environment variable, with the value that was given."""
+    names = {
+        name: next((a for a in field.validation_alias.choices if isinstance(a, str) and a.isupper()), name)
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.validation_alias, AliasChoices)
+    }
+    secret = {name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        where = names.get(field, field)
+        shown = (
+            "input" in error
+            and not isinstance(error["input"], dict)
+            and field not in secret
+            and where not in {names.get(s) for s in secret}
+        )
+        given = f" (got {error['input']!r})" if shown else ""
+        parts.append(f"{where}: {error['msg']}{given}")
+    return "Invalid configuration: " + "; ".join(parts)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment once, apply explicit overrides, and fail with a readable ConfigError."""
     clean = {key: value for key, value in overrides.items() if value is not None}
     try:
         settings = Settings(**clean)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}", user_message=_readable(exc)) from exc
     except ValueError as exc:
         raise ConfigError(f"Invalid configuration: {exc}", user_message=f"Invalid configuration: {exc}") from exc
     if settings.chunk_overlap >= settings.chunk_size:
