@@ -90,9 +90,9 @@ class Settings(BaseSettings):
         4, ge=1, le=64, validation_alias=AliasChoices("RAG_INSERT_CONCURRENCY", "insert_concurrency")
     )
     retrieval_mode: Literal["dense", "keyword", "hybrid"] = Field(
-        "dense",
+        "hybrid",
         validation_alias=AliasChoices("RAG_RETRIEVAL", "retrieval_mode"),
-        description="dense (vectors), keyword (BM25, Milvus 2.5+ or Lite) or hybrid (both, fused by RRF).",
+        description="dense (vectors), keyword (BM25) or hybrid (both, fused by RRF; measured best, see BENCHMARKS.md).",
     )
     top_k: int = Field(5, ge=1, le=50, validation_alias=AliasChoices("RAG_TOP_K", "top_k"))
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))

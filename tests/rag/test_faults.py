@@ -5,6 +5,7 @@ These stop the shared server, so they run in their own pytest pass (`-m restart`
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -45,3 +46,21 @@ def test_milvus_stopped_mid_ingestion_then_retry_is_exact(service, milvus_server
     assert retry.status == FileStatus.INDEXED
     assert service.count_chunks(retry.doc_id) == retry.chunks == service.count_chunks()
     assert [d.file_name for d in service.documents()] == [big.name]
+
+
+def test_ask_at_once_after_a_restart_finds_indexed_chunks(make_settings, embedder, milvus_server, corpus: Path) -> None:  # noqa: ANN001
+    """After Milvus restarts, a new process that asks at once either finds the chunks or waits; it never
+    answers that no document matches."""
+    from rag.service import RagService
+    from tests.rag.test_visibility import run_cli
+
+    settings = make_settings(consistency_level="Session")
+    svc = RagService(settings, embedder=embedder)
+    svc.ingest([corpus / "zoo.pdf"])
+    svc.close()
+    milvus_server.stop()
+    milvus_server.start()
+    asked = run_cli(settings, "ask", "Which R package provides a class for irregular time series?", "--json")
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    sources = json.loads(asked.stdout)["sources"]
+    assert sources and all(s["file_name"] == "zoo.pdf" for s in sources)
