@@ -50,7 +50,9 @@ def test_a_new_process_finds_what_ingest_just_indexed(make_settings, corpus: Pat
         ingested = run_cli(settings, "ingest", str(corpus / "python3.11-doc_whatsnew_3.1.html"), "--json")
         assert ingested.returncode == 0, ingested.stderr[-2000:]
         assert json.loads(ingested.stdout)["status"] == "indexed"
-        asked = run_cli(settings, "ask", "Which new dictionary class remembers the order in which keys were inserted?", "--json")
+        asked = run_cli(
+            settings, "ask", "Which new dictionary class remembers the order in which keys were inserted?", "--json"
+        )
         assert asked.returncode == 0, asked.stderr[-2000:]
         sources = json.loads(asked.stdout)["sources"]
         assert sources and sources[0]["file_name"] == "python3.11-doc_whatsnew_3.1.html"
