@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from rag.config import Settings, load_settings
+from rag.config import Settings, load_settings, redact_url
 from rag.errors import RagError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +85,7 @@ def milvus_start(ctx: click.Context) -> None:
     Example: python -m rag milvus start
     """
     state = _embedded(ctx).start()
-    click.echo(f"Milvus running at {state.uri} (pid {state.pid}, health port {state.health_port})")
+    click.echo(f"Milvus running at {redact_url(state.uri)} (pid {state.pid}, health port {state.health_port})")
 
 
 @milvus.command("stop")
@@ -113,14 +113,15 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
     payload = {
         "running": status.running,
         "healthy": status.healthy,
-        "uri": status.uri,
+        "uri": redact_url(status.uri) if status.uri else None,
         "pid": status.state.pid if status.state else None,
         "data_dir": str(status.data_dir),
     }
     if as_json:
         click.echo(json.dumps(payload))
     elif status.running:
-        click.echo(f"running at {status.uri} (pid {payload['pid']}), {'healthy' if status.healthy else 'NOT healthy'}")
+        health = "healthy" if status.healthy else "NOT healthy"
+        click.echo(f"running at {payload['uri']} (pid {payload['pid']}), {health}")
     else:
         click.echo("not running")
     if not status.healthy:

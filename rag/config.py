@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,13 +145,44 @@ class Settings(BaseSettings):
         return bool(self.openai_api_key and self.openai_api_key.get_secret_value()) or bool(self.openai_base_url)
 
     def public_dict(self) -> dict[str, object]:
-        """Settings as shown to people: secrets masked."""
+        """Settings as shown to people: secrets masked, URLs without credentials."""
         shown: dict[str, object] = {}
         for name, value in self.model_dump().items():
             if isinstance(getattr(self, name), SecretStr):
                 value = "••••••" if getattr(self, name).get_secret_value() else ""
+            elif name in _URL_FIELDS and isinstance(value, str):
+                value = redact_url(value)
             shown[name] = str(value) if isinstance(value, Path) else value
         return shown
+
+
+_URL_FIELDS = ("milvus_uri", "openai_base_url")
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to display: no `user:password@`, and query values that look like credentials masked.
+
+        redact_url("http://bob:s3cret@llm.example:8080/v1")  # 'http://llm.example:8080/v1'
+        redact_url("https://h/v1?api_key=sk-1&x=2")          # 'https://h/v1?api_key=***&x=2'
+
+    Anything that is not a URL with a host (a Milvus Lite path, an empty value) comes back unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed port or bracket: drop whatever stands before an `@`
+        return re.sub(r"^([^/]*//)?[^/]*@", r"\1", url)
+    if not parts.netloc:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = (f"[{host}]" if host and ":" in host else host or "") + (f":{port}" if port else "")
+    query = "&".join(
+        f"{field.split('=', 1)[0]}=***" if _SECRET_PARAM.search(unquote(field.split("=", 1)[0])) else field
+        for field in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import load_settings
+from rag.config import load_settings, redact_url
 from rag.errors import ConfigError
 
 
@@ -30,3 +30,27 @@ def test_invalid_settings_raise_config_error(bad: dict) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(**bad)
     assert "configuration" in err.value.user_message.lower() or "RAG_CHUNK_OVERLAP" in err.value.user_message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+        ("https://bob@llm.example/v1", "https://llm.example/v1"),
+        ("http://u:p@[::1]:8080/v1", "http://[::1]:8080/v1"),
+        ("https://llm.example/v1?api_key=s3cret&region=eu", "https://llm.example/v1?api_key=***&region=eu"),
+        ("http://u:s3cret@host:bad/v1", "http://host:bad/v1"),  # a malformed port still loses its password
+        ("http://localhost:11434/v1", "http://localhost:11434/v1"),
+        ("./data/milvus.db", "./data/milvus.db"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_public_dict_shows_urls_without_credentials() -> None:
+    s = load_settings(openai_base_url="http://user:s3cret@127.0.0.1:9/v1", milvus_uri="https://root:s3cret@db:19530")
+    shown = s.public_dict()
+    assert shown["openai_base_url"] == "http://127.0.0.1:9/v1" and shown["milvus_uri"] == "https://db:19530"
+    assert "s3cret" not in str(shown)
