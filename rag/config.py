@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -183,6 +184,37 @@ def redact_url(url: str) -> str:
         for field in parts.query.split("&")
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory only its owner may enter (0700), or tighten an existing one we own."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create a file (if missing) only its owner may read and write (0600), or tighten an existing one.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so a database created through
+    this helper keeps its journal private too.
+    """
+    path = Path(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except FileExistsError:  # pragma: no cover - O_CREAT without O_EXCL does not raise it
+        pass
+    _chmod(path, 0o600)
+    return path
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except PermissionError:  # a mounted volume owned by someone else: leave it as its owner set it
+        pass
 
 
 def load_settings(**overrides: object) -> Settings:

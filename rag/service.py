@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import Catalog, DocumentRecord
-from rag.config import Settings
+from rag.config import Settings, private_dir
 from rag.embeddings import Embedder, load_embedder
 from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
 from rag.jobs import JobManager, JobSnapshot
@@ -63,6 +63,7 @@ class RagService:
         self._own_runtime = runtime is None
         self.runtime = runtime or Runtime()
         try:
+            private_dir(Path(settings.data_dir))  # uploads, the catalog and conversations: this user's alone
             self.connection = resolve_connection(settings)
             self.embedder = embedder or load_embedder(settings)
             self.store: DocumentStore = self.runtime.run(

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import load_settings, redact_url
+from rag.config import load_settings, private_dir, private_file, redact_url
 from rag.errors import ConfigError
 
 
@@ -54,3 +54,17 @@ def test_public_dict_shows_urls_without_credentials() -> None:
     shown = s.public_dict()
     assert shown["openai_base_url"] == "http://127.0.0.1:9/v1" and shown["milvus_uri"] == "https://db:19530"
     assert "s3cret" not in str(shown)
+
+
+def test_private_dir_and_file(tmp_path: Path) -> None:
+    folder = private_dir(tmp_path / "a" / "data")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    assert private_dir(loose).stat().st_mode & 0o777 == 0o700  # an existing folder is tightened
+    made = private_file(folder / "db.sqlite3")
+    assert made.stat().st_mode & 0o777 == 0o600 and made.read_bytes() == b""
+    shared = tmp_path / "shared.txt"
+    shared.write_text("kept")
+    shared.chmod(0o644)
+    assert private_file(shared).stat().st_mode & 0o777 == 0o600 and shared.read_text() == "kept"
