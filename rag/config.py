@@ -124,6 +124,16 @@ class Settings(BaseSettings):
     milvus_start_timeout: float = Field(
         120.0, gt=0, validation_alias=AliasChoices("RAG_MILVUS_START_TIMEOUT", "milvus_start_timeout")
     )
+    max_running_jobs: int = Field(
+        2,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("RAG_MAX_RUNNING_JOBS", "max_running_jobs"),
+        description=(
+            "Most ingestion jobs running at once, for all users together; each user runs one job at a time "
+            "and the others take turns (round robin)."
+        ),
+    )
 
     @field_validator("openai_base_url", "milvus_uri")
     @classmethod

@@ -71,7 +71,7 @@ class RagService:
             )
             self.catalog = Catalog(Path(settings.data_dir) / "catalog.sqlite3", settings.collection)
             self.ingestor = Ingestor(settings, self.embedder, self.store, self.catalog)
-            self.jobs = JobManager(self.ingestor, self.runtime.loop)
+            self.jobs = JobManager(self.ingestor, self.runtime.loop, max_running=settings.max_running_jobs)
             self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
             llm = self.runtime.run(self._abuild_llm(), timeout=30)
             self.engine = QueryEngine(settings, self.embedder, self.store, llm)
@@ -139,23 +139,21 @@ class RagService:
         return self.jobs.list(owner)
 
     def cancel_job(self, job_id: str, owner: str | None = None) -> bool:
-        """Stop a running job."""
+        """Stop a queued or running job."""
         return self.jobs.cancel(job_id, owner)
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until a job ends (tests and scripts)."""
-        import asyncio
+        import concurrent.futures
 
-        async def _wait() -> None:
-            task = self.jobs.future(job_id)
-            while task is None:
-                await asyncio.sleep(0.01)
-                task = self.jobs.future(job_id)
-            await asyncio.gather(task, return_exceptions=True)
+        from rag.errors import OperationTimeoutError
 
-        self.runtime.run(_wait(), timeout)
-        snapshot = self.jobs.get(job_id)
-        assert snapshot is not None
+        try:
+            snapshot = self.jobs.wait(job_id, timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise OperationTimeoutError(f"job {job_id} still running after {timeout} s") from exc
+        if snapshot is None:
+            raise KeyError(job_id)
         return snapshot
 
     # -- documents --------------------------------------------------------------------------

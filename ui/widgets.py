@@ -260,6 +260,19 @@ def render_running_job(job: JobSnapshot) -> None:
         st.progress(value, text=" · ".join(parts))
 
 
+def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
+    """A job waiting for its turn: what it holds and why it waits (the owner's other job, or a free slot)."""
+    names = ", ".join(md(f.file) for f in job.files[:5])
+    if len(job.files) > 5:
+        names += f" and {len(job.files) - 5} more"
+    if any(j.active and j.created_at < job.created_at for j in jobs):
+        why = "starts when your upload above has finished"  # one job per person at a time
+    else:
+        why = "starts as soon as other people's uploads leave a free slot"
+    st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)** · {why}")
+    st.caption(names)
+
+
 def render_job_summary(job: JobSnapshot) -> None:
     """How a finished job ended: indexed, already present, replaced, failed (each with its reason)."""
     when = time.strftime("%H:%M:%S", time.localtime(job.created_at))

@@ -56,6 +56,14 @@ def test_public_dict_shows_urls_without_credentials() -> None:
     assert "s3cret" not in str(shown)
 
 
+def test_max_running_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().max_running_jobs == 2
+    monkeypatch.setenv("RAG_MAX_RUNNING_JOBS", "3")
+    assert load_settings().max_running_jobs == 3
+    with pytest.raises(ConfigError):
+        load_settings(max_running_jobs=0)
+
+
 def test_private_dir_and_file(tmp_path: Path) -> None:
     folder = private_dir(tmp_path / "a" / "data")
     assert folder.stat().st_mode & 0o777 == 0o700
