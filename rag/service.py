@@ -255,10 +255,30 @@ class RagService:
 
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
-        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands."""
-        from rag.bench import aiter_bench
+        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands.
 
-        return self.runtime.iterate(aiter_bench(self.settings, self.connection, self.embedder, config))
+        One benchmark runs at a time per data dir (web sessions and the CLI alike): a second one raises
+        BenchmarkBusyError when iteration starts. Close the iterator to stop a run early.
+        """
+        from filelock import FileLock, Timeout
+
+        from rag.bench import aiter_bench
+        from rag.errors import BenchmarkBusyError
+
+        # One lock file, a new handle per run: handles conflict with each other across threads and processes.
+        lock = FileLock(str(Path(self.settings.data_dir) / "bench.lock"), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise BenchmarkBusyError(
+                "the benchmark lock is held",
+                user_message="A benchmark is already running (from another session or the command line); "
+                "try again when it has finished.",
+            ) from exc
+        try:
+            yield from self.runtime.iterate(aiter_bench(self.settings, self.connection, self.embedder, config))
+        finally:
+            lock.release()
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> ServiceStatus:

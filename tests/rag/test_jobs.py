@@ -1,5 +1,5 @@
 """Fair ingestion jobs against the real Milvus: one running job per owner, round robin between owners,
-a cap on running jobs, cancelling a queued job, and the same file in two jobs at once.
+a cap on running jobs, cancelling a queued job, the same file in two jobs at once, and one benchmark at a time.
 
 Order is checked from the jobs' own start and end times, never from wall-clock thresholds.
 """
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rag.bench import BenchConfig, BenchRow
+from rag.errors import BenchmarkBusyError
 from rag.ingest import FileStatus
 from rag.jobs import JobSnapshot, JobState
 from rag.service import RagService
@@ -169,3 +171,18 @@ def test_cancelling_one_owner_does_not_spoil_the_same_file_for_another(
     [record] = service.documents()
     assert record.status == "indexed"
     assert service.count_chunks() == record.chunks == done.report.files[0].chunks
+
+
+def test_a_second_benchmark_is_refused_while_one_runs(service_with) -> None:  # noqa: ANN001
+    service = service_with()
+    config = BenchConfig(experiments=["add"], counts=[2], dim=8, consistency_level="Session")
+    first = service.bench(config)
+    assert isinstance(next(first), BenchRow)  # the first run holds the lock from its first row on
+
+    with pytest.raises(BenchmarkBusyError) as refused:
+        next(service.bench(config))
+    assert "a benchmark is already running" in refused.value.user_message.lower()
+
+    first.close()  # stopping the run frees the lock
+    rows = [item for item in service.bench(config) if isinstance(item, BenchRow)]
+    assert [r.mode for r in rows] == ["sync", "seed-async", "project-async"]
