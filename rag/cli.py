@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -129,13 +130,13 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object per file (file, status, doc_id, chunks, error)."
 )
 @click.pass_context
 @_edge
-def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     """Index files (folders are walked). Same bytes again are skipped; a changed file replaces its old version.
 
     Example: python -m rag ingest ../shared/corpus
@@ -144,11 +145,16 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     from rag.readers import SUPPORTED_EXTENSIONS
 
     files: list[Path] = []
-    for path in paths:
+    given: list[str] = []  # each file as written on the command line; a folder's files as the folder joined with them
+    for typed in paths:
+        path = Path(typed)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            files += found
+            given += [os.path.join(typed, str(p.relative_to(path))) for p in found]
         else:
             files.append(path)
+            given.append(typed)
     if not files:
         raise click.ClickException("No supported files found.")
     service = _service(_settings(ctx))
@@ -171,12 +177,15 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     finally:
         service.close()
     assert report is not None
-    for result in report.files:
+    # The report lists files in the order they were given; its `file` is the display name (no folders, long
+    # names shortened), so each row takes back the path the user wrote.
+    named = zip(given, report.files) if len(given) == len(report.files) else ((r.file, r) for r in report.files)
+    for typed, result in named:
         if as_json:
-            click.echo(json.dumps(result.model_dump(mode="json", exclude={"seconds"})))
+            click.echo(json.dumps({**result.model_dump(mode="json", exclude={"seconds"}), "file": typed}))
         else:
             detail = result.error if result.status == FileStatus.FAILED else f"{result.chunks} chunks"
-            click.echo(f"{result.status.value:10} {result.file}  {detail}")
+            click.echo(f"{result.status.value:10} {typed}  {detail}")
     if not as_json:
         click.echo(f"{report.chunks} chunks written in {report.seconds:.1f} s", err=True)
     if report.count(FileStatus.FAILED):
