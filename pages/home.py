@@ -2,8 +2,9 @@
 
 import streamlit as st
 
+from rag.config import redact_url
 from rag.errors import RagError
-from ui.widgets import RETRIEVAL_ONLY_HINT, code, display_uri, md, milvus_fix, service_or_stop, show_error
+from ui.widgets import RETRIEVAL_ONLY_HINT, code, md, milvus_fix, service_or_stop, show_error
 
 st.title("Ask your documents")
 st.caption("Upload documents, then ask questions about them. Every answer cites the passages it comes from.")
@@ -26,7 +27,7 @@ mode.metric("Answers", "LLM" if status.mode == "llm" else "Retrieval-only", bord
 
 st.subheader("Connected")
 st.markdown(
-    f"- **Milvus**: {code(display_uri(status.store.uri))} ({kind}), server version {md(status.store.version)}, "
+    f"- **Milvus**: {code(redact_url(status.store.uri))} ({kind}), server version {md(status.store.version)}, "
     f"collection {code(status.store.collection)}\n"
     f"- **Embedding model**: {code(status.embed_model)} ({status.embed_dim} dimensions)\n"
     f"- **Language model**: {md(status.llm)}"

@@ -8,6 +8,7 @@ from ui.state import JOB_FILES, session_id
 from ui.widgets import (
     discard_files,
     render_job_summary,
+    render_queued_job,
     render_running_job,
     service_or_stop,
     show_error,
@@ -38,18 +39,21 @@ elif submitted:
     except RagError as err:
         show_error(err)
 
-watching = {job.id for job in service.list_jobs(owner=sid) if job.state == "running"}
+watching = {job.id for job in service.list_jobs(owner=sid) if job.active}
 
 
 @st.fragment(run_every=1 if watching else None)
 def jobs_panel() -> None:
     jobs = service.list_jobs(owner=sid)
-    for job in (j for j in jobs if j.state == "running"):
+    for job in reversed([j for j in jobs if j.active]):  # oldest first: the order they run in
         with st.container(border=True):
-            render_running_job(job)
+            if job.state == "queued":
+                render_queued_job(job, jobs)
+            else:
+                render_running_job(job)
             if st.button("Cancel", key=f"upload.cancel.{job.id}", icon=":material/cancel:"):
                 service.cancel_job(job.id, owner=sid)
-    finished = [j for j in jobs if j.state != "running"]
+    finished = [j for j in jobs if not j.active]
     for job in finished:
         discard_files(st.session_state.get(JOB_FILES, {}).pop(job.id, []))
     if any(job.id in watching for job in finished):

@@ -7,6 +7,7 @@ from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import DocumentRecord
 from rag.config import Settings, load_settings
 from rag.errors import (
+    BenchmarkBusyError,
     CollectionNotFoundError,
     ConfigError,
     DocumentNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "BenchConfig",
     "BenchReport",
     "BenchRow",
+    "BenchmarkBusyError",
     "ChatTurn",
     "CollectionNotFoundError",
     "ConfigError",

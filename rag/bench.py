@@ -237,9 +237,12 @@ async def _scratch_store(
     store = None
     try:
         with map_milvus_errors("create a scratch collection"):
+            # Creating a collection waits for its index (seconds on a busy server) in sync calls: that runs in a
+            # worker thread, so other users' questions on the loop are not held up; opening it is quick.
+            await asyncio.to_thread(_create_collection, connection, name, dim, consistency)
             store = MilvusVectorStore(
                 **collection_schema(connection, name, dim, consistency),
-                overwrite=True,
+                overwrite=False,
                 batch_size=batch_size,
                 use_async_client=not sync_only,
                 timeout=60,
@@ -255,6 +258,15 @@ async def _scratch_store(
                 store.client.close()
         else:  # the constructor may have created the collection before it failed
             await _drop_by_name(connection, name)
+
+
+def _create_collection(connection: Connection, name: str, dim: int, consistency: str) -> None:
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    creator = MilvusVectorStore(
+        **collection_schema(connection, name, dim, consistency), overwrite=True, use_async_client=False
+    )
+    creator.client.close()
 
 
 # -- the seed's node shapes -------------------------------------------------------------------------
@@ -324,7 +336,7 @@ async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[Be
         async with _scratch_store(connection, config.dim, config.consistency_level) as store:
             engine = _engine(store, connection, config)
             for n in config.counts:
-                nodes = produce_nodes(n, config.dim, rng)
+                nodes = await asyncio.to_thread(produce_nodes, n, config.dim, rng)  # off the loop: N pydantic nodes
                 if mode == "sync":
                     work: Awaitable[Any] = _in_thread(_sync_add(store, nodes))
                 elif mode == "seed-async":
@@ -374,7 +386,8 @@ async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator
     async with _scratch_store(connection, config.dim, config.consistency_level) as store:
         engine = _engine(store, connection, config)
         with map_milvus_errors("insert benchmark rows"):
-            await _project_add(engine, produce_nodes(SEARCH_ROWS, config.dim, random.Random(7)), config)
+            rows = await asyncio.to_thread(produce_nodes, SEARCH_ROWS, config.dim, random.Random(7))
+            await _project_add(engine, rows, config)
         for mode in MILVUS_MODES:
             for n in config.counts:
                 vectors = _query_vectors(n, config.dim)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from rag.config import private_dir, private_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     collection TEXT NOT NULL,
@@ -56,7 +58,7 @@ class Catalog:
     """Thread-safe access to the catalog file of one collection."""
 
     def __init__(self, path: Path, collection: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(path.parent) / path.name)  # 0700 folder, 0600 database (its -wal and -shm follow)
         self.collection = collection
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)

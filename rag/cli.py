@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from rag.config import Settings, load_settings
+from rag.config import Settings, load_settings, redact_url
 from rag.errors import RagError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +86,7 @@ def milvus_start(ctx: click.Context) -> None:
     Example: python -m rag milvus start
     """
     state = _embedded(ctx).start()
-    click.echo(f"Milvus running at {state.uri} (pid {state.pid}, health port {state.health_port})")
+    click.echo(f"Milvus running at {redact_url(state.uri)} (pid {state.pid}, health port {state.health_port})")
 
 
 @milvus.command("stop")
@@ -113,14 +114,15 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
     payload = {
         "running": status.running,
         "healthy": status.healthy,
-        "uri": status.uri,
+        "uri": redact_url(status.uri) if status.uri else None,
         "pid": status.state.pid if status.state else None,
         "data_dir": str(status.data_dir),
     }
     if as_json:
         click.echo(json.dumps(payload))
     elif status.running:
-        click.echo(f"running at {status.uri} (pid {payload['pid']}), {'healthy' if status.healthy else 'NOT healthy'}")
+        health = "healthy" if status.healthy else "NOT healthy"
+        click.echo(f"running at {payload['uri']} (pid {payload['pid']}), {health}")
     else:
         click.echo("not running")
     if not status.healthy:
@@ -128,13 +130,13 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object per file (file, status, doc_id, chunks, error)."
 )
 @click.pass_context
 @_edge
-def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     """Index files (folders are walked). Same bytes again are skipped; a changed file replaces its old version.
 
     Example: python -m rag ingest ../shared/corpus
@@ -143,11 +145,16 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     from rag.readers import SUPPORTED_EXTENSIONS
 
     files: list[Path] = []
-    for path in paths:
+    given: list[str] = []  # each file as written on the command line; a folder's files as the folder joined with them
+    for typed in paths:
+        path = Path(typed)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            files += found
+            given += [os.path.join(typed, str(p.relative_to(path))) for p in found]
         else:
             files.append(path)
+            given.append(typed)
     if not files:
         raise click.ClickException("No supported files found.")
     service = _service(_settings(ctx))
@@ -170,12 +177,15 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     finally:
         service.close()
     assert report is not None
-    for result in report.files:
+    # The report lists files in the order they were given; its `file` is the display name (no folders, long
+    # names shortened), so each row takes back the path the user wrote.
+    named = zip(given, report.files) if len(given) == len(report.files) else ((r.file, r) for r in report.files)
+    for typed, result in named:
         if as_json:
-            click.echo(json.dumps(result.model_dump(mode="json", exclude={"seconds"})))
+            click.echo(json.dumps({**result.model_dump(mode="json", exclude={"seconds"}), "file": typed}))
         else:
             detail = result.error if result.status == FileStatus.FAILED else f"{result.chunks} chunks"
-            click.echo(f"{result.status.value:10} {result.file}  {detail}")
+            click.echo(f"{result.status.value:10} {typed}  {detail}")
     if not as_json:
         click.echo(f"{report.chunks} chunks written in {report.seconds:.1f} s", err=True)
     if report.count(FileStatus.FAILED):

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -130,6 +133,16 @@ class Settings(BaseSettings):
     milvus_start_timeout: float = Field(
         120.0, gt=0, validation_alias=AliasChoices("RAG_MILVUS_START_TIMEOUT", "milvus_start_timeout")
     )
+    max_running_jobs: int = Field(
+        2,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("RAG_MAX_RUNNING_JOBS", "max_running_jobs"),
+        description=(
+            "Most ingestion jobs running at once, for all users together; each user runs one job at a time "
+            "and the others take turns (round robin)."
+        ),
+    )
 
     @field_validator("openai_base_url", "milvus_uri")
     @classmethod
@@ -152,11 +165,13 @@ class Settings(BaseSettings):
         return bool(self.openai_api_key and self.openai_api_key.get_secret_value()) or bool(self.openai_base_url)
 
     def public_dict(self) -> dict[str, object]:
-        """Settings as shown to people: secrets masked."""
+        """Settings as shown to people: secrets masked, URLs without credentials."""
         shown: dict[str, object] = {}
         for name, value in self.model_dump().items():
             if isinstance(getattr(self, name), SecretStr):
                 value = "••••••" if getattr(self, name).get_secret_value() else ""
+            elif name in _URL_FIELDS and isinstance(value, str):
+                value = redact_url(value)
             shown[name] = str(value) if isinstance(value, Path) else value
         return shown
 
@@ -182,6 +197,66 @@ def _readable(exc: ValidationError) -> str:
         given = f" (got {error['input']!r})" if shown else ""
         parts.append(f"{where}: {error['msg']}{given}")
     return "Invalid configuration: " + "; ".join(parts)
+
+
+_URL_FIELDS = ("milvus_uri", "openai_base_url")
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to display: no `user:password@`, and query values that look like credentials masked.
+
+        redact_url("http://bob:s3cret@llm.example:8080/v1")  # 'http://llm.example:8080/v1'
+        redact_url("https://h/v1?api_key=sk-1&x=2")          # 'https://h/v1?api_key=***&x=2'
+
+    Anything that is not a URL with a host (a Milvus Lite path, an empty value) comes back unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed port or bracket: drop whatever stands before an `@`
+        return re.sub(r"^([^/]*//)?[^/]*@", r"\1", url)
+    if not parts.netloc:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = (f"[{host}]" if host and ":" in host else host or "") + (f":{port}" if port else "")
+    query = "&".join(
+        f"{field.split('=', 1)[0]}=***" if _SECRET_PARAM.search(unquote(field.split("=", 1)[0])) else field
+        for field in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory only its owner may enter (0700), or tighten an existing one we own."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create a file (if missing) only its owner may read and write (0600), or tighten an existing one.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so a database created through
+    this helper keeps its journal private too.
+    """
+    path = Path(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except FileExistsError:  # pragma: no cover - O_CREAT without O_EXCL does not raise it
+        pass
+    _chmod(path, 0o600)
+    return path
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except PermissionError:  # a mounted volume owned by someone else: leave it as its owner set it
+        pass
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -10,6 +10,7 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── EvalFileError            a labelled question file is malformed (.line names the line)
 ├── ModelError               the LLM or the embedding model failed or refused
 ├── JobCancelledError        an ingestion job was cancelled by its user
+├── BenchmarkBusyError       a benchmark was started while another one runs
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
 """
 
@@ -79,6 +80,12 @@ class JobCancelledError(RagError):
     """Raised inside an ingestion job that its user cancelled."""
 
     default_message = "The job was cancelled."
+
+
+class BenchmarkBusyError(RagError):
+    """Raised when a benchmark is started while another one runs (one at a time per data dir)."""
+
+    default_message = "A benchmark is already running; try again when it has finished."
 
 
 class OperationTimeoutError(RagError):

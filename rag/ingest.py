@@ -200,6 +200,7 @@ class _Prepared:
     record: DocumentRecord | None = None
     nodes: list[BaseNode] | None = None
     result: FileResult | None = None
+    begun: bool = False  # this job wrote the catalog row, so what is stored under the doc id is its own
 
 
 class Ingestor:
@@ -212,6 +213,7 @@ class Ingestor:
         self.catalog = catalog
         self.splitter = make_splitter(settings, embedder)
         self.uploads = Path(settings.data_dir) / "uploads"
+        self._writers: dict[str, tuple[asyncio.Lock, int]] = {}  # doc id -> (its lock, jobs using it)
 
     async def aingest(
         self,
@@ -240,7 +242,7 @@ class Ingestor:
         current: _Prepared | None = None
         try:
             while (current := await queue.get()) is not None:
-                results.append(await self._store(current, notify))
+                results.append(await self._store_alone(current, notify))
                 current = None
             await producer
         except asyncio.CancelledError:
@@ -352,12 +354,35 @@ class Ingestor:
         self.uploads.mkdir(parents=True, exist_ok=True)
         target = self.uploads / f"{doc_id}{file_type(name)[:16]}"
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # one per writer
             with open(path, "rb") as src, open(tmp, "wb") as dst:
                 for block in iter(lambda: src.read(1 << 20), b""):
                     dst.write(block)
             os.replace(tmp, target)
         return target, doc_id
+
+    async def _store_alone(self, item: _Prepared, notify: ProgressCallback) -> FileResult:
+        """`_store` with one writer per document: jobs running side by side with the same bytes take turns
+        (the second finds it indexed), and a cancelled writer removes its chunks before the next one starts."""
+        if item.record is None:
+            return await self._store(item, notify)
+        doc_id = item.record.doc_id
+        lock, users = self._writers.get(doc_id, (asyncio.Lock(), 0))
+        self._writers[doc_id] = (lock, users + 1)
+        try:
+            async with lock:
+                try:
+                    return await self._store(item, notify)
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._discard(item))
+                    item.begun = False  # removed already: aingest's cleanup must not remove a later writer's
+                    raise
+        finally:
+            lock, users = self._writers[doc_id]
+            if users > 1:
+                self._writers[doc_id] = (lock, users - 1)
+            else:
+                del self._writers[doc_id]
 
     async def _store(self, item: _Prepared, notify: ProgressCallback) -> FileResult:
         """Embed and write one prepared file; on any failure remove what was written."""
@@ -377,6 +402,7 @@ class Ingestor:
                 error=f"already indexed as {twin.file_name}",
             )
         self.catalog.begin(record)
+        item.begun = True
         try:
             if twin is not None:
                 # An earlier attempt that could not clean up kept its row, so only then can chunks be left
@@ -449,8 +475,8 @@ class Ingestor:
             raise
 
     async def _discard(self, item: _Prepared) -> None:
-        """Remove every chunk and the catalog row of a file that did not finish."""
-        if item.record is None:
+        """Remove every chunk and the catalog row of a file this job began writing but did not finish."""
+        if item.record is None or not item.begun:
             return
         try:
             await self.store.adelete_doc(item.record.doc_id)

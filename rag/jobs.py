@@ -1,16 +1,27 @@
-"""Ingestion jobs that live in the engine, not in a browser tab.
+"""Ingestion jobs that live in the engine, not in a browser tab, and take turns fairly.
 
 A job runs on the runtime loop; pages and the CLI read snapshots of it by id, so refreshing the page,
 leaving it or opening a second tab neither loses nor duplicates the work. Each job has an owner (a
 browser session id) and only its owner lists it.
+
+Scheduling, so that nobody's upload stalls anybody else's:
+
+- at most `max_running` jobs run at once, for all owners together (RAG_MAX_RUNNING_JOBS);
+- an owner runs one job at a time: their next job waits, `queued`, until the previous one ends;
+- when a slot frees up, it goes to the waiting owner served longest ago (round robin between owners),
+  so one person queueing ten uploads cannot get ahead of someone who queued one;
+- cancelling a queued job removes it from the queue: it never ran, so it left nothing to clean up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from enum import StrEnum
 
@@ -19,14 +30,22 @@ from pydantic import BaseModel
 from rag.errors import RagError
 from rag.ingest import FileProgress, FileStatus, Ingestor, IngestReport, SourceFile, Stage, clean_name
 
+log = logging.getLogger(__name__)
+
 
 class JobState(StrEnum):
     """Where a job is."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
     FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: the job has not ended yet."""
+        return self in (JobState.QUEUED, JobState.RUNNING)
 
 
 class JobSnapshot(BaseModel, frozen=True):
@@ -39,6 +58,13 @@ class JobSnapshot(BaseModel, frozen=True):
     files: list[FileProgress]
     report: IngestReport | None = None
     error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.state.active
 
     @property
     def chunks_done(self) -> int:
@@ -66,12 +92,16 @@ class _Job:
         self.id = uuid.uuid4().hex[:12]
         self.owner = owner
         self.created_at = time.time()
+        self.sources = list(files)
         self.files = [FileProgress(file=clean_name(f.name)) for f in files]
-        self.state = JobState.RUNNING
+        self.state = JobState.QUEUED
         self.report: IngestReport | None = None
         self.error: str | None = None
-        self.task: asyncio.Task[IngestReport] | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.task: asyncio.Task[None] | None = None
         self.cancel_requested = False
+        self.ended: concurrent.futures.Future[None] = concurrent.futures.Future()  # set once, from any thread
 
     def snapshot(self, lock: threading.Lock) -> JobSnapshot:
         with lock:
@@ -83,59 +113,103 @@ class _Job:
                 files=[f.model_copy() for f in self.files],
                 report=self.report,
                 error=self.error,
+                started_at=self.started_at,
+                finished_at=self.finished_at,
             )
 
 
 class JobManager:
-    """Starts, lists and cancels ingestion jobs; every method is safe from any thread."""
+    """Starts, lists and cancels ingestion jobs, and decides which waiting job runs next.
 
-    def __init__(self, ingestor: Ingestor, loop: asyncio.AbstractEventLoop, keep: int = 50) -> None:
+    Every public method is safe from any thread; the state lives behind one lock, and tasks are created
+    on the loop.
+    """
+
+    def __init__(
+        self, ingestor: Ingestor, loop: asyncio.AbstractEventLoop, max_running: int = 2, keep: int = 50
+    ) -> None:
         self._ingestor = ingestor
         self._loop = loop
-        self._jobs: dict[str, _Job] = {}
-        self._lock = threading.Lock()
+        self._max_running = max(1, max_running)
         self._keep = keep
-        self._serial = asyncio.Lock()  # one job writes at a time; others queue
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._waiting: dict[str, deque[_Job]] = {}  # owner -> their queued jobs, oldest first
+        self._running: dict[str, _Job] = {}  # owner -> their running job (one each)
+        self._served: dict[str, int] = {}  # owner -> turn number of their last start (round robin)
+        self._turns = 0
+
+    @property
+    def max_running(self) -> int:
+        """Most jobs running at once."""
+        return self._max_running
 
     def start(self, files: Sequence[SourceFile], owner: str = "cli") -> JobSnapshot:
-        """Queue a job on the loop and return at once."""
+        """Queue a job and return at once; it starts when its owner's previous job ended and a slot is free."""
         job = _Job(owner, files)
         with self._lock:
             self._jobs[job.id] = job
+            self._waiting.setdefault(owner, deque()).append(job)
             self._trim()
-
-        def _create() -> None:
-            job.task = self._loop.create_task(self._run(job, list(files)), name=f"ingest-{job.id}")
-            if job.cancel_requested:
-                job.task.cancel()
-
-        self._loop.call_soon_threadsafe(_create)
+        self._loop.call_soon_threadsafe(self._dispatch)
         return job.snapshot(self._lock)
 
-    async def _run(self, job: _Job, files: list[SourceFile]) -> IngestReport:
+    def _dispatch(self) -> None:
+        """Start waiting jobs while slots are free (runs on the loop)."""
+        with self._lock:
+            chosen = self._choose()
+        for job in chosen:
+            job.task = self._loop.create_task(self._run(job), name=f"ingest-{job.id}")
+
+    def _choose(self) -> list[_Job]:
+        """Jobs to start now, marked running; the caller holds the lock."""
+        chosen = []
+        while len(self._running) < self._max_running:
+            owners = [o for o, queue in self._waiting.items() if queue and o not in self._running]
+            if not owners:
+                break
+            # The owner served longest ago goes first (never served: first of all); ties go to the older job.
+            owner = min(owners, key=lambda o: (self._served.get(o, 0), self._waiting[o][0].created_at))
+            job = self._waiting[owner].popleft()
+            if not self._waiting[owner]:
+                del self._waiting[owner]
+            self._turns += 1
+            self._served[owner] = self._turns
+            self._running[owner] = job
+            job.state, job.started_at = JobState.RUNNING, time.time()
+            chosen.append(job)
+        if len(self._served) > 10_000:  # forget owners with nothing queued or running, oldest turns first
+            idle = sorted((t, o) for o, t in self._served.items() if o not in self._waiting and o not in self._running)
+            for _turn, owner in idle[: len(self._served) - 10_000]:
+                del self._served[owner]
+        return chosen
+
+    async def _run(self, job: _Job) -> None:
         try:
-            async with self._serial:
-                report = await self._ingestor.aingest(files, progress=job.files)
+            report = await self._ingestor.aingest(job.sources, progress=job.files)
         except asyncio.CancelledError:
             with self._lock:
                 job.state = JobState.CANCELLED
-                for progress in job.files:
-                    if progress.status is None:
-                        progress.stage, progress.status = Stage.CANCELLED, FileStatus.CANCELLED
-            raise
+                _mark_cancelled(job)
         except RagError as exc:
             with self._lock:
                 job.state, job.error = JobState.FAILED, exc.user_message
-            raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the queue down with it
+            log.exception("ingestion job %s failed", job.id)
             with self._lock:
                 job.state, job.error = JobState.FAILED, f"Unexpected error: {type(exc).__name__}"
-            raise
-        with self._lock:
-            job.report = report
-            cancelled = job.cancel_requested or any(f.status == "cancelled" for f in report.files)
-            job.state = JobState.CANCELLED if cancelled else JobState.DONE
-        return report
+        else:
+            with self._lock:
+                job.report = report
+                cancelled = job.cancel_requested or any(f.status == FileStatus.CANCELLED for f in report.files)
+                job.state = JobState.CANCELLED if cancelled else JobState.DONE
+        finally:
+            with self._lock:
+                job.finished_at = time.time()
+                if self._running.get(job.owner) is job:
+                    del self._running[job.owner]
+            job.ended.set_result(None)
+            self._dispatch()
 
     def get(self, job_id: str, owner: str | None = None) -> JobSnapshot | None:
         """A snapshot of one job (None if unknown, or owned by someone else)."""
@@ -152,12 +226,23 @@ class JobManager:
         return sorted((j.snapshot(self._lock) for j in jobs), key=lambda s: s.created_at, reverse=True)
 
     def cancel(self, job_id: str, owner: str | None = None) -> bool:
-        """Ask a running job to stop; what it stored for unfinished files is removed."""
+        """Stop a job: a queued one leaves the queue untouched by it; a running one stops and what it stored
+        for unfinished files is removed."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or (owner is not None and job.owner != owner) or job.state != JobState.RUNNING:
+            if job is None or (owner is not None and job.owner != owner) or not job.state.active:
                 return False
             job.cancel_requested = True
+            if job.state == JobState.QUEUED:
+                queue = self._waiting.get(job.owner)
+                if queue is not None and job in queue:
+                    queue.remove(job)
+                    if not queue:
+                        del self._waiting[job.owner]
+                job.state, job.finished_at = JobState.CANCELLED, time.time()
+                _mark_cancelled(job)
+                job.ended.set_result(None)
+                return True
 
         def _cancel() -> None:
             if job.task is not None:
@@ -166,13 +251,32 @@ class JobManager:
         self._loop.call_soon_threadsafe(_cancel)
         return True
 
-    def future(self, job_id: str) -> asyncio.Task[IngestReport] | None:
-        """The job's task (for awaiting on the loop)."""
+    def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot | None:
+        """Block until a job ends and return its final snapshot (None if unknown); TimeoutError after `timeout`."""
         with self._lock:
             job = self._jobs.get(job_id)
-        return job.task if job else None
+        if job is None:
+            return None
+        job.ended.result(timeout)
+        return job.snapshot(self._lock)
+
+    async def ajoin(self, job_id: str) -> JobSnapshot | None:
+        """Await a job's end on the loop and return its final snapshot (None if unknown)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        await asyncio.wrap_future(job.ended)
+        return job.snapshot(self._lock)
 
     def _trim(self) -> None:
-        finished = [j for j in self._jobs.values() if j.state != JobState.RUNNING]
+        finished = [j for j in self._jobs.values() if not j.state.active]
         for job in sorted(finished, key=lambda j: j.created_at)[: max(0, len(self._jobs) - self._keep)]:
             del self._jobs[job.id]
+
+
+def _mark_cancelled(job: _Job) -> None:
+    """Every file that had not ended is cancelled (the caller holds the lock)."""
+    for progress in job.files:
+        if progress.status is None:
+            progress.stage, progress.status = Stage.CANCELLED, FileStatus.CANCELLED

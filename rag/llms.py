@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from rag.config import Settings
+from rag.config import Settings, redact_url
 from rag.errors import ModelError, RagError
 
 
@@ -39,10 +39,10 @@ def build_llm(settings: Settings, temperature: float | None = None) -> Any | Non
 
 
 def describe_llm(settings: Settings) -> str:
-    """A one-line description for status displays; never includes the key."""
+    """A one-line description for status displays; never includes the key or a password in the URL."""
     if not settings.llm_enabled:
         return "none (retrieval-only mode)"
-    where = settings.openai_base_url or "OpenAI"
+    where = redact_url(settings.openai_base_url) if settings.openai_base_url else "OpenAI"
     return f"{settings.llm_model} via {where}"
 
 

@@ -4,7 +4,8 @@ The `milvus` wrapper only renders a config and unpacks the binary; this module o
 that start and stop are idempotent across processes (a file lock), the ports the wrapper chose are
 recorded in a state file, and stop waits for the old process to exit before a new one may start.
 The server listens on every interface, so it runs with Milvus authentication on and a generated
-root password kept in the data dir with mode 0600.
+root password kept in the data dir with mode 0600. The process gets only the environment it needs
+(`milvus_environment`): never the app's API keys, tokens or passwords.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -19,11 +21,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from rag.config import private_dir
 from rag.errors import StoreUnavailableError
 
 _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
@@ -34,6 +38,45 @@ _NO_BINARY = (
     "On this platform run Milvus with `docker compose up -d standalone` and set MILVUS_URI=http://localhost:19530, "
     "or use Milvus Lite with MILVUS_URI=./data/milvus.db."
 )
+
+
+_CHILD_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "GOMAXPROCS",
+    "GOMEMLIMIT",
+    "GOGC",
+    "GODEBUG",
+    "GOTRACEBACK",
+)
+_CHILD_ENV_PREFIXES = ("LC_",)
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def milvus_environment(parent: Mapping[str, str], exe_dir: Path, health_port: int, run_dir: Path) -> dict[str, str]:
+    """The environment of the Milvus process: an allowlist of the parent's (search path, home, locale, temp
+    dir, library path, Go runtime knobs) plus what the `milvus` wrapper sets for the binary. Nothing whose
+    name looks like a credential passes, so OPENAI_API_KEY, MILVUS_TOKEN or APP_PASSWORD never reach it."""
+    env = {
+        name: value
+        for name, value in parent.items()
+        if (name in _CHILD_ENV or name.startswith(_CHILD_ENV_PREFIXES)) and not _SECRET_NAME.search(name)
+    }
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        DEPLOY_MODE="STANDALONE",
+        METRICS_PORT=str(health_port),
+        MILVUS_RUN_DIR=str(run_dir),
+        LD_LIBRARY_PATH=f"{exe_dir}:{env.get('LD_LIBRARY_PATH', '')}",
+    )
+    return env
 
 
 @dataclass(frozen=True)
@@ -147,7 +190,7 @@ class EmbeddedMilvus:
         """Start the server unless a healthy one already runs for this data dir; return its state."""
         if not embedded_available():
             raise StoreUnavailableError(_NO_BINARY)
-        self.base.mkdir(parents=True, exist_ok=True)
+        self._make_base()
         with self._lock:
             status = self.status()
             if status.healthy and status.state:
@@ -165,7 +208,7 @@ class EmbeddedMilvus:
 
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the server and wait until its process is gone; False when none was running."""
-        self.base.mkdir(parents=True, exist_ok=True)
+        self._make_base()
         with self._lock:
             state = self._read_state()
             if state is None or not _pid_alive(state.pid):
@@ -176,9 +219,14 @@ class EmbeddedMilvus:
             return True
 
     # -- internals --------------------------------------------------------------------------
+    def _make_base(self) -> None:
+        """The data dir and the server's folder in it, private to this user (0700)."""
+        private_dir(self.base.parent)
+        private_dir(self.base)
+
     def _secret(self) -> str:
         if not self._secret_file.exists():
-            self.base.mkdir(parents=True, exist_ok=True)
+            self._make_base()
             fd = os.open(self._secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(secrets.token_urlsafe(24))
@@ -260,13 +308,7 @@ class EmbeddedMilvus:
         sock.close()
         chosen = {k: int(config.get(k)) for k in config.configurable_items if k.endswith("_port")}
         exe = self.base / "bin" / "milvus"
-        env = dict(
-            os.environ,
-            DEPLOY_MODE="STANDALONE",
-            METRICS_PORT=str(health_port),
-            MILVUS_RUN_DIR=str(self.base / "run"),
-            LD_LIBRARY_PATH=f"{exe.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}",
-        )
+        env = milvus_environment(os.environ, exe.parent, health_port, self.base / "run")
         log = open(self.base / "logs" / "milvus-stdout.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import Catalog, DocumentRecord
-from rag.config import Settings
+from rag.config import Settings, private_dir
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
@@ -64,6 +64,7 @@ class RagService:
         self._own_runtime = runtime is None
         self.runtime = runtime or Runtime()
         try:
+            private_dir(Path(settings.data_dir))  # uploads, the catalog and conversations: this user's alone
             self.connection = resolve_connection(settings)
             self.embedder = embedder or load_embedder(settings)
             self.store: DocumentStore = self.runtime.run(
@@ -71,7 +72,7 @@ class RagService:
             )
             self.catalog = Catalog(Path(settings.data_dir) / "catalog.sqlite3", settings.collection)
             self.ingestor = Ingestor(settings, self.embedder, self.store, self.catalog)
-            self.jobs = JobManager(self.ingestor, self.runtime.loop)
+            self.jobs = JobManager(self.ingestor, self.runtime.loop, max_running=settings.max_running_jobs)
             self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
             llm = self.runtime.run(self._abuild_llm(), timeout=30)
             self.engine = QueryEngine(settings, self.embedder, self.store, llm)
@@ -139,23 +140,21 @@ class RagService:
         return self.jobs.list(owner)
 
     def cancel_job(self, job_id: str, owner: str | None = None) -> bool:
-        """Stop a running job."""
+        """Stop a queued or running job."""
         return self.jobs.cancel(job_id, owner)
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until a job ends (tests and scripts)."""
-        import asyncio
+        import concurrent.futures
 
-        async def _wait() -> None:
-            task = self.jobs.future(job_id)
-            while task is None:
-                await asyncio.sleep(0.01)
-                task = self.jobs.future(job_id)
-            await asyncio.gather(task, return_exceptions=True)
+        from rag.errors import OperationTimeoutError
 
-        self.runtime.run(_wait(), timeout)
-        snapshot = self.jobs.get(job_id)
-        assert snapshot is not None
+        try:
+            snapshot = self.jobs.wait(job_id, timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise OperationTimeoutError(f"job {job_id} still running after {timeout} s") from exc
+        if snapshot is None:
+            raise KeyError(job_id)
         return snapshot
 
     # -- documents --------------------------------------------------------------------------
@@ -267,10 +266,30 @@ class RagService:
 
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
-        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands."""
-        from rag.bench import aiter_bench
+        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands.
 
-        return self.runtime.iterate(aiter_bench(self.settings, self.connection, self.embedder, config))
+        One benchmark runs at a time per data dir (web sessions and the CLI alike): a second one raises
+        BenchmarkBusyError when iteration starts. Close the iterator to stop a run early.
+        """
+        from filelock import FileLock, Timeout
+
+        from rag.bench import aiter_bench
+        from rag.errors import BenchmarkBusyError
+
+        # One lock file, a new handle per run: handles conflict with each other across threads and processes.
+        lock = FileLock(str(Path(self.settings.data_dir) / "bench.lock"), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise BenchmarkBusyError(
+                "the benchmark lock is held",
+                user_message="A benchmark is already running (from another session or the command line); "
+                "try again when it has finished.",
+            ) from exc
+        try:
+            yield from self.runtime.iterate(aiter_bench(self.settings, self.connection, self.embedder, config))
+        finally:
+            lock.release()
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> ServiceStatus:

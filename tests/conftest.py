@@ -44,6 +44,7 @@ _ENV_NAMES = (
     "RAG_MAX_FILE_MB",
     "RAG_MAX_FILES",
     "APP_PASSWORD",
+    "RAG_MAX_RUNNING_JOBS",
 )
 
 

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit, urlunsplit
 
 import streamlit as st
 
 from rag.catalog import DocumentRecord
-from rag.config import Settings
+from rag.config import Settings, redact_url
 from rag.conversations import ConversationStore, escape_math, neutralize_markdown
 from rag.errors import RagError
 from rag.jobs import JobSnapshot
@@ -59,16 +58,6 @@ def show_error(err: BaseException) -> None:
         st.error("Something unexpected went wrong; the details are in the server log.", icon=":material/error:")
 
 
-def display_uri(uri: str) -> str:
-    """A URI without any user:password part."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
-
-
 def milvus_fix(settings: Settings | None) -> str:
     """How to get Milvus back, for the kind of Milvus configured."""
     if settings is None or settings.embedded_milvus:
@@ -79,7 +68,7 @@ def milvus_fix(settings: Settings | None) -> str:
     if settings.milvus_lite:
         return f"Check that the Milvus Lite file {code(settings.milvus_uri)} (`MILVUS_URI`) can be opened."
     return (
-        f"Check that Milvus is running at {code(display_uri(settings.milvus_uri))} (`MILVUS_URI`) and that "
+        f"Check that Milvus is running at {code(redact_url(settings.milvus_uri))} (`MILVUS_URI`) and that "
         "`MILVUS_TOKEN` is right, or unset `MILVUS_URI` to use the embedded server; then reload this page."
     )
 
@@ -271,6 +260,19 @@ def render_running_job(job: JobSnapshot) -> None:
         st.progress(value, text=" · ".join(parts))
 
 
+def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
+    """A job waiting for its turn: what it holds and why it waits (the owner's other job, or a free slot)."""
+    names = ", ".join(md(f.file) for f in job.files[:5])
+    if len(job.files) > 5:
+        names += f" and {len(job.files) - 5} more"
+    if any(j.active and j.created_at < job.created_at for j in jobs):
+        why = "starts when your upload above has finished"  # one job per person at a time
+    else:
+        why = "starts as soon as other people's uploads leave a free slot"
+    st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)** · {why}")
+    st.caption(names)
+
+
 def render_job_summary(job: JobSnapshot) -> None:
     """How a finished job ended: indexed, already present, replaced, failed (each with its reason)."""
     when = time.strftime("%H:%M:%S", time.localtime(job.created_at))
@@ -355,15 +357,13 @@ def discard_files(paths: Sequence[Path]) -> None:
 
 
 def settings_table(settings: Settings) -> list[dict[str, str]]:
-    """Rows for the settings page: environment name, value (secrets masked, URIs without passwords)."""
+    """Rows for the settings page: environment name, value (secrets masked, URLs without credentials)."""
     shown = settings.public_dict()
     rows = []
     for name, field in type(settings).model_fields.items():
         alias = field.validation_alias
         env = str(alias.choices[0]) if alias is not None and hasattr(alias, "choices") else name.upper()
         value = shown.get(name)
-        if name in ("milvus_uri", "openai_base_url") and isinstance(value, str):
-            value = display_uri(value)
         rows.append(
             {
                 "Setting": env,

@@ -64,3 +64,22 @@ def test_the_ingest_options_appear_only_for_ingest(app_env: AppEnv) -> None:
     at.multiselect(key="bench.experiments").set_value(["ingest"]).run()
     assert at.radio(key="bench.source").value == "Shared corpus"
     assert at.number_input(key="bench.max_files").value == 0
+
+
+def test_a_second_run_is_refused_while_one_runs(app_env: AppEnv) -> None:
+    from rag.bench import BenchConfig
+
+    running = app_env.service().bench(BenchConfig(experiments=["add"], counts=[2], dim=8, consistency_level="Session"))
+    next(running)  # another session's run, in the middle of measuring
+    try:
+        at = app_env.app(PAGE)
+        at.run()
+        at.multiselect(key="bench.counts").set_value([1])
+        at.number_input(key="bench.dim").set_value(8)
+        at.button(key="bench.run").click().run(timeout=300)
+
+        assert not at.exception
+        assert any("A benchmark is already running" in e.value for e in at.error)
+        assert not at.dataframe
+    finally:
+        running.close()

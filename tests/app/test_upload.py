@@ -115,3 +115,32 @@ def test_temporary_upload_files_are_removed_when_their_job_ends(app_env: AppEnv)
     assert [d.file_name for d in service.documents()] == ["zebras.txt"]
     stored = Path(service.documents()[0].stored_path)
     assert stored.exists() and stored.parent == app_env.data_dir / "uploads"
+
+
+def test_a_second_job_waits_its_turn_visibly_and_can_be_cancelled(
+    app_env: AppEnv, corpus: Path, tmp_path: Path
+) -> None:
+    service = app_env.service()
+    first = service.start_job([corpus / "R-intro.pdf"], owner=app_env.sid)
+    second = service.start_job(
+        [write_doc(tmp_path / "src", "later.txt", "Okapis live in forests. " * 30)], owner=app_env.sid
+    )
+    try:
+        at = app_env.app(UPLOAD)
+        at.run()
+
+        assert not at.exception
+        texts = [p.proto.text for p in at.progress]
+        assert texts[0].startswith("**Indexing 1 file(s)**")  # the running job first, then the one waiting
+        assert any(t.startswith("**Queued: 1 file(s)**") and "your upload above" in t for t in texts)
+        assert "later.txt" in page_text(at)
+        at.button(key=f"upload.cancel.{second.id}").click().run()
+
+        assert service.job(second.id).state == "cancelled"
+        assert service.job(first.id).state == "running"
+        at.run()
+        assert not any(t.startswith("**Queued") for t in (p.proto.text for p in at.progress))
+    finally:
+        service.cancel_job(first.id)
+        service.wait_job(first.id, timeout=120)
+    assert service.documents() == [] and service.count_chunks() == 0

@@ -124,6 +124,57 @@ def published_container_ports(svc: dict[str, Any]) -> set[tuple[str, int]]:
     return out
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def with_defaults(value: str) -> str:
+    """A compose value as it is when no variable is set: `${X:-d}` is d, `${X}` and `${X:?msg}` are empty."""
+    return _VARIABLE.sub(lambda m: m.group(3) if m.group(2) in (":-", "-") else "", value)
+
+
+def host_bindings(svc: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(host_ip, host_port, container_port) of each published port with no variable set; host_ip '' = all."""
+    out: list[tuple[str, str, int]] = []
+    for port in svc.get("ports") or []:
+        if isinstance(port, dict):
+            out.append(
+                (with_defaults(str(port.get("host_ip", ""))), str(port.get("published", "")), int(port["target"]))
+            )
+            continue
+        spec = with_defaults(str(port)).split("/", 1)[0]
+        ip, _, rest = spec.rpartition("]:") if spec.startswith("[") else ("", "", spec)
+        parts = rest.split(":")
+        if ip:
+            out.append((ip.lstrip("["), parts[0], int(parts[-1])))
+        elif len(parts) == 3:
+            out.append((parts[0], parts[1], int(parts[2])))
+        elif len(parts) == 2:
+            out.append(("", parts[0], int(parts[1])))
+        else:
+            out.append(("", "", int(parts[0])))  # a random host port on every interface
+    return out
+
+
+def open_to_all(compose: Compose) -> list[str]:
+    """Ports published on every interface when no variable is set (an empty, 0.0.0.0 or :: host address)."""
+    return [
+        f"{name}: {host}:{target}"
+        for name, svc in services(compose).items()
+        for ip, host, target in host_bindings(svc)
+        if ip in ("", "0.0.0.0", "::")
+    ]
+
+
+def default_credentials(compose: Compose, names: tuple[str, ...]) -> list[str]:
+    """Credential variables of the named services that get a value without the operator giving one."""
+    bad: list[str] = []
+    for name in names:
+        for var, value in environment(services(compose).get(name, {})).items():
+            if re.search("USER|PASSWORD|KEY|SECRET", var) and not re.fullmatch(r"\$\{\w+:\?[^}]+\}", value):
+                bad.append(f"{name}: {var}={value}")
+    return bad
+
+
 def milvus_major_minor(image: str) -> tuple[int, int] | None:
     """(major, minor) of a milvusdb/milvus:vX.Y.Z image, else None."""
     m = re.fullmatch(r"milvusdb/milvus:v(\d+)\.(\d+)\.\d+\S*", image)
@@ -206,12 +257,28 @@ def test_app_environment(compose: Compose) -> None:
     uri = urlsplit(env["MILVUS_URI"])
     assert (uri.hostname, uri.port) == ("standalone", 19530)
     assert env["RAG_DATA_DIR"] == "/data"
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_MODEL"):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_MODEL", "APP_PASSWORD"):
         assert env[var] == f"${{{var}:-}}"
 
 
 def test_app_port_published(compose: Compose) -> None:
     assert ("8501", 8501) in published_container_ports(services(compose)["app"])
+
+
+def test_nothing_is_published_on_all_interfaces_by_default(compose: Compose) -> None:
+    assert open_to_all(compose) == []
+    assert host_bindings(services(compose)["app"]) == [("127.0.0.1", "8501", 8501)]
+    assert services(compose)["app"]["ports"] == ["${APP_BIND:-127.0.0.1}:8501:8501"]  # opened only on purpose
+
+
+def test_minio_has_no_default_credentials(compose: Compose) -> None:
+    svcs = services(compose)
+    assert default_credentials(compose, ("minio", "standalone")) == []
+    minio, milvus = environment(svcs["minio"]), environment(svcs["standalone"])
+    assert {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(minio)
+    assert milvus["MINIO_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]  # Milvus logs in as the user MinIO was given
+    assert milvus["MINIO_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    assert "minioadmin" not in COMPOSE_PATH.read_text(encoding="utf-8")
 
 
 # --- the checkers can fail ---
@@ -232,6 +299,29 @@ def test_checkers_flag_bad_compose(bad: Compose) -> None:
     ]
     assert milvus_major_minor("milvusdb/milvus:v2.5.16") == (2, 5)
     assert milvus_major_minor("milvusdb/milvus:latest") is None
+
+
+def test_exposure_checkers_flag_open_ports_and_default_credentials() -> None:
+    compose = load_compose(
+        """
+services:
+  web: {image: w:1, ports: ["8501:8501", "${BIND:-0.0.0.0}:80:80", "${BIND:-127.0.0.1}:81:81", "9000"]}
+  db: {image: d:1, ports: [{target: 5432, published: 5432}, {target: 1, published: 2, host_ip: 127.0.0.1}]}
+  minio:
+    image: m:1
+    environment: {MINIO_ROOT_USER: minioadmin, MINIO_ROOT_PASSWORD: "${PW:-minioadmin}", MINIO_REGION: x}
+"""
+    )
+    assert open_to_all(compose) == ["web: 8501:8501", "web: 80:80", "web: :9000", "db: 5432:5432"]
+    assert default_credentials(compose, ("minio",)) == [
+        "minio: MINIO_ROOT_USER=minioadmin",
+        "minio: MINIO_ROOT_PASSWORD=${PW:-minioadmin}",
+    ]
+    assert with_defaults("${A:-x}-${B}-${C:?must}-${D-y}") == "x---y"
+    assert host_bindings({"ports": ["[::1]:80:8080", "127.0.0.1:9000:9000/tcp"]}) == [
+        ("::1", "80", 8080),
+        ("127.0.0.1", "9000", 9000),
+    ]
 
 
 def test_helpers_parse_variants() -> None:

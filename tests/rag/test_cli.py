@@ -86,3 +86,23 @@ def test_bench_prints_a_row_per_measurement_with_its_note(cli_env) -> None:  # n
     assert lines[3].endswith("in flight") and lines[6].endswith("coalesced by the engine's store")
     report = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj={}).stdout)
     assert len(report["rows"]) == 6 and report["milvus_version"].startswith("v2.3") and report["machine"]["cpus"]
+
+
+def test_ingest_json_echoes_each_file_as_given(cli_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    long_name = "a" * 200 + ".txt"  # 204 characters: the display name would be shortened with an ellipsis
+    (folder / long_name).write_text("Giraffes eat acacia leaves. " * 30, encoding="utf-8")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "zebras.md").write_text("Zebras have stripes. " * 30, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    given = [f"./docs/{long_name}", "docs//sub/"]
+
+    result = CliRunner().invoke(cli, ["ingest", *given, "--json"], obj={})
+
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["file"] for r in rows] == [f"./docs/{long_name}", "docs//sub/zebras.md"]
+    assert [r["status"] for r in rows] == ["indexed", "indexed"]
+    shown = {d["file_name"] for d in json.loads(CliRunner().invoke(cli, ["docs", "list", "--json"], obj={}).stdout)}
+    assert "zebras.md" in shown and any(len(n) == 200 and n.endswith("….txt") for n in shown)  # display names

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import load_settings
+from rag.config import load_settings, private_dir, private_file, redact_url
 from rag.errors import ConfigError
 
 
@@ -30,3 +30,49 @@ def test_invalid_settings_raise_config_error(bad: dict) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(**bad)
     assert "configuration" in err.value.user_message.lower() or "RAG_CHUNK_OVERLAP" in err.value.user_message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+        ("https://bob@llm.example/v1", "https://llm.example/v1"),
+        ("http://u:p@[::1]:8080/v1", "http://[::1]:8080/v1"),
+        ("https://llm.example/v1?api_key=s3cret&region=eu", "https://llm.example/v1?api_key=***&region=eu"),
+        ("http://u:s3cret@host:bad/v1", "http://host:bad/v1"),  # a malformed port still loses its password
+        ("http://localhost:11434/v1", "http://localhost:11434/v1"),
+        ("./data/milvus.db", "./data/milvus.db"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_public_dict_shows_urls_without_credentials() -> None:
+    s = load_settings(openai_base_url="http://user:s3cret@127.0.0.1:9/v1", milvus_uri="https://root:s3cret@db:19530")
+    shown = s.public_dict()
+    assert shown["openai_base_url"] == "http://127.0.0.1:9/v1" and shown["milvus_uri"] == "https://db:19530"
+    assert "s3cret" not in str(shown)
+
+
+def test_max_running_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().max_running_jobs == 2
+    monkeypatch.setenv("RAG_MAX_RUNNING_JOBS", "3")
+    assert load_settings().max_running_jobs == 3
+    with pytest.raises(ConfigError):
+        load_settings(max_running_jobs=0)
+
+
+def test_private_dir_and_file(tmp_path: Path) -> None:
+    folder = private_dir(tmp_path / "a" / "data")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    assert private_dir(loose).stat().st_mode & 0o777 == 0o700  # an existing folder is tightened
+    made = private_file(folder / "db.sqlite3")
+    assert made.stat().st_mode & 0o777 == 0o600 and made.read_bytes() == b""
+    shared = tmp_path / "shared.txt"
+    shared.write_text("kept")
+    shared.chmod(0o644)
+    assert private_file(shared).stat().st_mode & 0o777 == 0o600 and shared.read_text() == "kept"
