@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAG_MAX_FILES", "max_files"),
         description="Most files accepted in one ingestion job.",
     )
+    model_cache_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("RAG_MODEL_CACHE", "model_cache_dir"),
+        description="Where exported embedding models (ONNX) are kept; empty: <data dir>/models.",
+    )
     milvus_start_timeout: float = Field(
         120.0, gt=0, validation_alias=AliasChoices("RAG_MILVUS_START_TIMEOUT", "milvus_start_timeout")
     )
@@ -148,6 +153,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if isinstance(value, str) else value
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built embedding models are cached (shared by data dirs when RAG_MODEL_CACHE is set)."""
+        return self.model_cache_dir or Path(self.data_dir) / "models"
 
     @property
     def embedded_milvus(self) -> bool:

@@ -48,13 +48,18 @@ _ENV_NAMES = (
 )
 
 
+MODEL_CACHE = Path(os.environ.get("RAG_TEST_MODEL_CACHE", REPO / ".pytest-models"))
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's settings; `.env` lookups happen in an empty folder."""
+    """No test sees the developer's settings; `.env` lookups happen in an empty folder. Every data dir shares
+    one cache of exported models, so the ONNX export runs once per machine, not once per test."""
     for name in _ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RAG_MODEL_CACHE", str(MODEL_CACHE))
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +86,7 @@ def milvus_state(milvus_server: EmbeddedMilvus) -> ServerState:
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The bundled embedding model, loaded once."""
-    return load_embedder(load_settings(data_dir=Path("/tmp")))
+    return load_embedder(load_settings(data_dir=Path("/tmp"), model_cache_dir=MODEL_CACHE))
 
 
 @pytest.fixture(scope="session")
