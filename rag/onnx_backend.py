@@ -13,7 +13,8 @@ Running (`OnnxModel`) needs only onnxruntime, tokenizers and numpy: the model's 
 sentence-transformers config names (mean over the attention mask for all-MiniLM-L6-v2), and L2
 normalisation, as the torch path does.
 
-The cache lives in `<RAG_MODEL_CACHE or data_dir/models>/<name>-<key>/`, where the key hashes the model's weight, config and
+The cache lives in `<RAG_MODEL_CACHE or data_dir/models>/<name>-<key>/`, where the key hashes the
+model's weight, config and
 tokenizer files and the versions of the exporting libraries, so a changed model or toolchain gets a new
 build. A build happens in a temporary folder under a file lock and is renamed into place when complete,
 so no process ever sees half a model.
