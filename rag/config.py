@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="dense (vectors), keyword (BM25) or hybrid (both, fused by RRF; measured best, see BENCHMARKS.md).",
     )
     top_k: int = Field(5, ge=1, le=50, validation_alias=AliasChoices("RAG_TOP_K", "top_k"))
+    context_chunks: int = Field(
+        1,
+        ge=0,
+        le=3,
+        validation_alias=AliasChoices("RAG_CONTEXT_CHUNKS", "context_chunks"),
+        description="Neighbouring chunks (each side, same page) shown with every passage found; 0 shows the hit alone.",
+    )
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
         None,

@@ -29,7 +29,7 @@ from rag.config import Settings
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.readers import file_type, read_file
-from rag.store import MODEL_KEY, DocumentStore
+from rag.store import MODEL_KEY, DocumentStore, chunk_id
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def chunk_documents(
     nodes = splitter.get_nodes_from_documents(list(docs))
     nodes = [n for n in nodes if n.get_content().strip()]
     for position, node in enumerate(nodes):
-        node.id_ = f"{doc_id[:40]}-{position:06d}"
+        node.id_ = chunk_id(doc_id, position)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update({"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id})
         node.excluded_embed_metadata_keys = list(node.metadata)

@@ -148,6 +148,18 @@ class KeywordIndex:
         with self._lock:
             return {row[0] for row in self._db.execute(sql, args)}
 
+    def texts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """Text and page of these chunks (those held), by chunk id."""
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT chunk_id, text, page FROM chunks WHERE collection=? AND chunk_id IN ({marks})",
+                [self.collection, *chunk_ids],
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def search(self, text: str, top_k: int, doc_ids: Sequence[str] | None = None) -> list[KeywordHit]:
         """The chunks with the best BM25 score for the question's words (optionally of some documents)."""
         query = match_query(text)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from rag.config import Settings
 from rag.embeddings import Embedder
 from rag.llms import map_provider_errors
-from rag.store import DocumentStore
+from rag.store import DocumentStore, chunk_id
 
 Mode = Literal["llm", "retrieval-only"]
 Retrieval = Literal["dense", "keyword", "hybrid"]
@@ -95,6 +95,31 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / norm if norm else 0.0
 
 
+def _with_context(
+    text: str, doc_id: str, position: int, page: int | None, width: int, around: dict[str, tuple[str, int | None]]
+) -> str:
+    """A hit's text with its neighbouring chunks on the same page (so a cited page stays true), overlaps merged.
+
+    A passage often straddles two chunks; showing the neighbours gives the reader (and the LLM) the whole of it.
+    """
+    for step in range(1, width + 1):
+        before = around.get(chunk_id(doc_id, position - step)) if position - step >= 0 else None
+        after = around.get(chunk_id(doc_id, position + step))
+        if before and before[1] == page:
+            text = _merge(before[0], text)
+        if after and after[1] == page:
+            text = _merge(text, after[0])
+    return text
+
+
+def _merge(first: str, second: str, longest: int = 2000) -> str:
+    """Join two consecutive chunks, dropping the overlap the splitter repeated at the start of the second."""
+    for size in range(min(len(first), len(second), longest), 15, -1):
+        if first.endswith(second[:size]):
+            return first + second[size:]
+    return f"{first}\n{second}"
+
+
 def _history_text(history: Sequence[ChatTurn], turns: int = 6) -> str:
     return "\n".join(f"{t.role}: {t.content[:1500]}" for t in history[-turns:])
 
@@ -124,18 +149,25 @@ class QueryEngine:
         retrieval = retrieval or self.settings.retrieval_mode
         embedding = None if retrieval == "keyword" else await self.embedder.aembed_query(question)
         hits = await self.store.asearch(embedding, top_k or self.settings.top_k, doc_ids, retrieval, question)
+        width = self.settings.context_chunks
+        around = await self.store.aneighbours(hits, width) if width else {}
         sources = []
         for hit in hits:
             meta = hit.node.metadata
             page = meta.get("page")
+            page = int(page) if page not in (None, "") else None
+            text = hit.node.get_content()
+            doc_id, position = meta.get("doc_id"), meta.get("chunk")
+            if around and doc_id and position is not None:
+                text = _with_context(text, doc_id, int(position), page, width, around)
             sources.append(
                 Source(
                     file_name=str(meta.get("file_name", "?")),
-                    page=int(page) if page not in (None, "") else None,
+                    page=page,
                     score=round(float(hit.score or 0.0), 4),
-                    text=hit.node.get_content(),
-                    doc_id=meta.get("doc_id"),
-                    chunk=meta.get("chunk"),
+                    text=text,
+                    doc_id=doc_id,
+                    chunk=position,
                 )
             )
         return sources

@@ -46,8 +46,13 @@ _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", 
 _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
-RRF_K = 60  # reciprocal rank fusion's constant, as Milvus's RRFRanker uses
-_FUSION_DEPTH = 4  # hybrid fuses this many times top_k candidates from each side (at least 20)
+RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelled sets (BENCHMARKS.md)
+_FUSION_DEPTH = 10  # hybrid fuses this many times top_k candidates from each side (at least 50)
+
+
+def chunk_id(doc_id: str, position: int) -> str:
+    """A chunk's id: stable for the same bytes, so retried writes are upserts and neighbours can be named."""
+    return f"{doc_id[:40]}-{position:06d}"
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ class DocumentStore:
                     input_field_names=TEXT_FIELD, output_field_names=SPARSE_FIELD
                 ),
                 "hybrid_ranker": "RRFRanker",
-                "hybrid_ranker_params": {"k": 60},
+                "hybrid_ranker_params": {"k": RRF_K},
             }
         with map_milvus_errors("open the collection"):
             store = await asyncio.to_thread(
@@ -439,7 +444,7 @@ class DocumentStore:
         if retrieval == "dense":
             return await self._adense(embedding, top_k, doc_ids)
         if self.keyword is not None:
-            depth = max(top_k * _FUSION_DEPTH, 20)
+            depth = max(top_k * _FUSION_DEPTH, 50)
             dense, keyword = await asyncio.gather(
                 self._adense(embedding, depth, doc_ids), self._akeyword(query_text or "", depth, doc_ids)
             )
@@ -463,6 +468,26 @@ class DocumentStore:
             NodeWithScore(node=node, score=float(score))
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
+
+    async def aneighbours(self, hits: Sequence[NodeWithScore], width: int) -> dict[str, tuple[str, int | None]]:
+        """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
+        wanted: set[str] = set()
+        for hit in hits:
+            meta = hit.node.metadata
+            doc_id, position = meta.get(DOC_ID_FIELD), _int_or_none(meta.get("chunk"))
+            if doc_id and position is not None:
+                wanted.update(
+                    chunk_id(doc_id, position + d) for d in range(-width, width + 1) if d and position + d >= 0
+                )
+        if not wanted:
+            return {}
+        if self.keyword is not None:
+            return await asyncio.to_thread(self.keyword.texts, sorted(wanted))
+        ids = ", ".join(f'"{_quote(i)}"' for i in sorted(wanted))
+        async for attempt in self._retrying():
+            with attempt, map_milvus_errors("read chunks"):
+                rows = await self.aclient.query(self.name, filter=f"id in [{ids}]", output_fields=[TEXT_FIELD, "page"])
+        return {str(r["id"]): (str(r.get(TEXT_FIELD) or ""), _int_or_none(r.get("page"))) for r in rows}
 
     async def _adense(
         self, embedding: list[float] | None, top_k: int, doc_ids: Sequence[str] | None
