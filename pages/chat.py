@@ -30,6 +30,17 @@ if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
 if not docs:
     st.info("No documents are indexed yet: add some on the Upload page first.", icon=":material/upload_file:")
+else:
+    try:
+        state = service.collection_state()
+    except RagError as err:
+        state = err.user_message
+    if state != "loaded":
+        st.warning(
+            f"Milvus is not ready yet ({md(state)}), as after a restart: a question waits until the documents "
+            "can be searched.",
+            icon=":material/hourglass_top:",
+        )
 
 history = conversations.history(sid)
 for turn in history:

@@ -182,6 +182,10 @@ class RagService:
         self.catalog.remove(record.doc_id)
         return record
 
+    def collection_state(self) -> str:
+        """Whether Milvus has the collection loaded (`loaded`), is loading it after a restart, or not."""
+        return self.runtime.run(self.store.aload_state(), timeout=30)
+
     def count_chunks(self, doc_id: str | None = None) -> int:
         """Chunks in Milvus (for one document or all)."""
         return self.runtime.run(self.store.acount(doc_id), timeout=60)

@@ -469,6 +469,13 @@ class DocumentStore:
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
 
+    async def aload_state(self) -> str:
+        """`loaded`, `loading` or `not loaded`: what a restart can leave the collection in for a while."""
+        with map_milvus_errors("report the collection's state"):
+            state = (await self.aclient.get_load_state(self.name)).get("state")
+        name = getattr(state, "name", str(state))
+        return {"Loaded": "loaded", "Loading": "loading", "NotLoad": "not loaded"}.get(name, name.lower())
+
     async def aneighbours(self, hits: Sequence[NodeWithScore], width: int) -> dict[str, tuple[str, int | None]]:
         """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
         wanted: set[str] = set()

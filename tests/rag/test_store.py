@@ -36,6 +36,7 @@ def test_server_version_is_reported(service) -> None:  # noqa: ANN001
     status = service.status()
     assert status.store.version.startswith("v2.3") and status.mode == "retrieval-only"
     assert status.embed_dim == 384
+    assert service.collection_state() == "loaded"
 
 
 def test_milvus_lite_path(tmp_path: Path, embedder, corpus: Path) -> None:  # noqa: ANN001
