@@ -75,6 +75,11 @@ class Settings(BaseSettings):
             "auto measures them once per machine and keeps the fastest whose vectors match torch fp32."
         ),
     )
+    embed_cache_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("RAG_EMBED_CACHE_DIR", "embed_cache_dir"),
+        description="Where the built ONNX models and auto's backend decision are kept; empty: <RAG_DATA_DIR>/models.",
+    )
     chunk_size: int = Field(
         256,
         ge=32,
@@ -135,6 +140,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if isinstance(value, str) else value
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where built embedding models live (RAG_EMBED_CACHE_DIR, else the data dir's models/)."""
+        return Path(self.embed_cache_dir) if self.embed_cache_dir else Path(self.data_dir) / "models"
 
     @property
     def embedded_milvus(self) -> bool:
