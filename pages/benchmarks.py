@@ -19,8 +19,8 @@ from ui.widgets import service_or_stop, show_error
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
 
-MODE_ORDER = ["sync", "seed-async", "project-async", "raw-embedding"]
-LABELS = {"add": "Add nodes", "search": "Search", "ingest": "Ingest documents"}
+MODE_ORDER = ["sync", "seed-async", "project-async", "raw-embedding", "torch-fp32", "torch-bf16", "onnx", "onnx-int8"]
+LABELS = {"add": "Add nodes", "search": "Search", "ingest": "Ingest documents", "embed": "Embedding backends"}
 COUNT_OPTIONS = [1, 10, 50, 100, 500, 1000, 2000, 5000]
 CORPUS, UPLOADS = "Shared corpus", "My uploaded documents"
 
@@ -53,6 +53,14 @@ batches of 10) and added, one step after another. *Project-async* is the engine:
 embedding and Milvus writes overlap, and the model runs in bfloat16 where the CPU has AMX (see the
 note on the raw-embedding row). *Raw embedding* is the same chunks embedded the engine's way with no
 reading and no Milvus at all: the ceiling for the engine here.
+
+**Embedding backends** embeds the same corpus chunks with every backend this machine has: *torch-fp32*
+(sentence-transformers, the baseline), *torch-bf16* (only on CPUs with AMX), *onnx* (ONNX Runtime with
+the model's attention and layer-norm subgraphs fused) and *onnx-int8* (the same with dynamic int8 matrix
+products). Each is warmed by one batch, the timed rounds are interleaved so a busy machine slows all of
+them alike, and each bar is the median of the rounds, its whisker the slowest and fastest round. The
+cosine columns say how close each backend's vectors stay to torch fp32's; the engine's own backend
+(`RAG_EMBED_BACKEND`, `auto` by default) is marked *chosen*.
 """
 
 
@@ -92,6 +100,30 @@ def _ingest_chart(frame: pd.DataFrame) -> alt.Chart:
     )
 
 
+def _embed_chart(frame: pd.DataFrame) -> alt.Chart:
+    data = frame[frame["experiment"] == "embed"].assign(
+        fastest=lambda d: d["n"] / d["seconds_min"],
+        slowest=lambda d: d["n"] / d["seconds_max"],
+        role=lambda d: d["chosen"].map({True: "the engine's backend", False: "measured"}),
+    )
+    base = alt.Chart(data, title="Embedding: chunks per second (median, whiskers: slowest–fastest round)")
+    bars = base.mark_bar().encode(
+        x=alt.X("mode:N", sort=MODE_ORDER, title=None),
+        y=alt.Y("chunks_per_s:Q", title="chunks per second"),
+        color=alt.Color("role:N", title=None, legend=alt.Legend(orient="bottom")),
+        tooltip=[
+            "mode",
+            "n",
+            alt.Tooltip("chunks_per_s:Q", format=".1f"),
+            alt.Tooltip("speedup:Q", format=".2f"),
+            alt.Tooltip("cosine_mean:Q", format=".5f"),
+            alt.Tooltip("cosine_min:Q", format=".5f"),
+        ],
+    )
+    whiskers = base.mark_rule().encode(x=alt.X("mode:N", sort=MODE_ORDER), y="slowest:Q", y2="fastest:Q")
+    return (bars + whiskers).properties(height=320)
+
+
 def _find(rows: list[BenchRow], experiment: str, mode: str, n: int | None = None) -> BenchRow | None:
     return next((r for r in rows if r.experiment == experiment and r.mode == mode and (n is None or r.n == n)), None)
 
@@ -110,6 +142,11 @@ def _metrics(rows: list[BenchRow]) -> None:
         if project and project.speedup:
             vs_seed = f"{seed.seconds / project.seconds:.1f}× seed-async" if seed else None
             cards.append((f"{LABELS[experiment]}, N={n}: project-async", f"{project.speedup:.1f}× sync", vs_seed, ""))
+    chosen = next((r for r in rows if r.experiment == "embed" and r.chosen), None)
+    if chosen is not None:
+        speed = f"{chosen.speedup:.2f}× torch fp32" if chosen.speedup else "the baseline"
+        cosine = f"cosine {chosen.cosine_mean:.4f} mean, {chosen.cosine_min:.4f} min"
+        cards.append((f"Embedding: {chosen.mode} (the engine's)", speed, cosine, "median chunks per second"))
     project, raw = _find(rows, "ingest", "project-async"), _find(rows, "ingest", "raw-embedding")
     if project and project.speedup:
         share = f"{raw.seconds / project.seconds:.0%} of raw embedding" if raw else None
@@ -119,6 +156,30 @@ def _metrics(rows: list[BenchRow]) -> None:
 
 
 def _table(frame: pd.DataFrame) -> None:
+    embed = frame[frame["experiment"] == "embed"]
+    frame = frame[frame["experiment"] != "embed"]
+    if not embed.empty:
+        st.dataframe(
+            embed.assign(
+                spread=lambda d: [
+                    f"{n / hi:.1f}–{n / lo:.1f}" for n, lo, hi in zip(d["n"], d["seconds_min"], d["seconds_max"])
+                ]
+            )[["mode", "n", "seconds", "chunks_per_s", "spread", "speedup", "cosine_mean", "cosine_min", "chosen"]],
+            hide_index=True,
+            key="bench.embed_table",
+            column_config={
+                "n": st.column_config.NumberColumn("chunks"),
+                "seconds": st.column_config.NumberColumn("seconds (median)", format="%.2f"),
+                "chunks_per_s": st.column_config.NumberColumn("chunks per second", format="%.1f"),
+                "spread": st.column_config.TextColumn("slowest–fastest round"),
+                "speedup": st.column_config.NumberColumn("speedup vs torch fp32", format="%.2f×"),
+                "cosine_mean": st.column_config.NumberColumn("cosine mean", format="%.5f"),
+                "cosine_min": st.column_config.NumberColumn("cosine min", format="%.5f"),
+                "chosen": st.column_config.CheckboxColumn("the engine's"),
+            },
+        )
+    if frame.empty:
+        return
     st.dataframe(
         frame[["experiment", "mode", "n", "seconds", "ms_per_item", "speedup", "note"]],
         hide_index=True,
@@ -140,15 +201,22 @@ def _render(rows: list[BenchRow], report: BenchReport | None = None) -> None:
     _metrics(rows)
     shown = [e for e in EXPERIMENTS if e in set(frame["experiment"])]
     for column, experiment in zip(st.columns(len(shown)), shown):
-        chart = _ingest_chart(frame) if experiment == "ingest" else _speed_chart(frame, experiment)
+        if experiment == "embed":
+            chart = _embed_chart(frame)
+        else:
+            chart = _ingest_chart(frame) if experiment == "ingest" else _speed_chart(frame, experiment)
         column.altair_chart(chart, width="stretch")
     _table(frame)
     if report is not None:
         versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+        server = f"Milvus {report.milvus_version} · " if report.milvus_version else ""
+        embedding = ""
+        if "embed" in report.config.experiments:
+            embedding = f" · embedding: median of {report.config.repeat} rounds, {report.machine.get('cpu', '')}"
         st.caption(
-            f"Milvus {report.milvus_version} · {report.machine.get('cpus', '?')} CPUs · {versions} · "
+            f"{server}{report.machine.get('cpus', '?')} CPUs · {versions} · "
             f"{report.config.consistency_level} consistency, dimension {report.config.dim}, "
-            f"concurrency {report.config.concurrency} · {report.seconds:.0f} s in all · {report.started_at}"
+            f"concurrency {report.config.concurrency}{embedding} · {report.seconds:.0f} s in all · {report.started_at}"
         )
         st.download_button(
             "Download CSV",
@@ -194,7 +262,17 @@ concurrency = right.slider(
 corpus_dir: Path | None = None
 max_files = 0
 missing_documents = False
-if "ingest" in experiments:
+embed_chunks, repeat = 256, 3
+if "embed" in experiments:
+    embed_chunks = left.number_input(
+        "Chunks to embed (spread over the documents; 0 = all)",
+        min_value=0,
+        max_value=100_000,
+        value=256,
+        key="bench.embed_chunks",
+    )
+    repeat = left.number_input("Timed rounds per backend", min_value=1, max_value=20, value=3, key="bench.repeat")
+if "ingest" in experiments or "embed" in experiments:
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
     corpus_dir = default_corpus_dir() if source == CORPUS else Path(service.settings.data_dir) / "uploads"
     missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
@@ -206,7 +284,10 @@ if "ingest" in experiments:
     max_files = right.number_input(
         "At most this many files (by name; 0 = all)", min_value=0, max_value=500, value=0, key="bench.max_files"
     )
-    right.caption("The whole shared corpus (about 2,500 chunks) takes over a minute per mode on 2 CPU cores.")
+    right.caption(
+        "The whole shared corpus (about 2,500 chunks) takes over a minute per mode on 2 CPU cores; "
+        "the embedding experiment takes `Chunks to embed` from it."
+    )
 if "search" in experiments and consistency == "Strong" and counts and max(counts) >= 1000:
     st.caption(
         f"Under Strong consistency the sync search loop waits for a time tick on every query: N={max(counts)} "
@@ -218,7 +299,7 @@ run = st.button(
     key="bench.run",
     type="primary",
     icon=":material/speed:",
-    disabled=not experiments or (not counts and experiments != ["ingest"]) or missing_documents,
+    disabled=not experiments or (not counts and bool({"add", "search"} & set(experiments))) or missing_documents,
 )
 progress_slot = st.empty()
 results_slot = st.empty()
@@ -227,12 +308,14 @@ if run:
     try:
         config = BenchConfig(
             experiments=experiments,
-            counts=counts or [10],  # only the ingest experiment, which has no N
+            counts=counts or [10],  # only the ingest or embed experiments, which have no N
             dim=int(dim),
             consistency_level=consistency,
             concurrency=int(concurrency),
             corpus_dir=str(corpus_dir) if corpus_dir else None,
             max_files=int(max_files) or None,
+            embed_chunks=int(embed_chunks) or None,
+            repeat=int(repeat),
         )
     except ValueError as err:
         st.error(f"Invalid options: {err}")

@@ -10,6 +10,10 @@ Shared by the Benchmarks page and `python -m rag bench`. Three experiments:
 - `ingest`: real documents end to end: a plain sync LlamaIndex pipeline (LlamaIndex's default embedding
   settings), the engine's `Ingestor`, and the engine's embedding of the same chunks with no Milvus at
   all (the ceiling for the engine on this machine).
+- `embed`: the corpus chunks embedded by every backend available here (torch fp32, the baseline; torch
+  bf16 on AMX; ONNX Runtime fp32 and int8), each warmed by one batch, the rounds interleaved and repeated
+  `repeat` times, reported as the median with its spread, plus each backend's cosine to torch fp32. The
+  engine's own backend is marked `chosen`. No Milvus is needed.
 
 Everything runs on the runtime loop; sync clients run in worker threads so the loop stays free.
 Every collection is a fresh `bench_<uuid8>` dropped in a `finally`, so the user's documents are never
@@ -25,6 +29,7 @@ import logging
 import platform
 import random
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -40,9 +45,18 @@ from pydantic import BaseModel, Field, field_validator
 
 from rag.catalog import Catalog
 from rag.config import Settings
-from rag.embeddings import Embedder, load_embedder
+from rag.embeddings import (
+    Embedder,
+    cosines,
+    cpu_description,
+    cpu_has_amx,
+    load_embedder,
+    load_onnx_embedder,
+    load_torch_embedder,
+)
 from rag.errors import IngestError
 from rag.ingest import Ingestor, SourceFile, chunk_documents, embed_texts, make_splitter
+from rag.onnx_backend import OnnxUnavailableError
 from rag.readers import READERS, file_type, read_file
 from rag.store import (
     Connection,
@@ -55,10 +69,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Experiment = Literal["add", "search", "ingest"]
-Mode = Literal["sync", "seed-async", "project-async", "raw-embedding"]
+Experiment = Literal["add", "search", "ingest", "embed"]
+Mode = Literal["sync", "seed-async", "project-async", "raw-embedding", "torch-fp32", "torch-bf16", "onnx", "onnx-int8"]
 
-EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest")
+EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest", "embed")
+MILVUS_EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest")
 MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
 INGEST_MODES: tuple[Mode, ...] = ("sync", "project-async", "raw-embedding")
 SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
@@ -85,6 +100,10 @@ class BenchConfig(BaseModel, frozen=True):
         None, ge=1, description="Ingest only the first files of the corpus (by name); None: every file."
     )
     insert_batch: int = Field(250, ge=1, le=10_000, description="Rows per insert request on the project path.")
+    repeat: int = Field(3, ge=1, le=50, description="Timed rounds per embedding backend; rows show the median.")
+    embed_chunks: int | None = Field(
+        512, ge=1, description="Corpus chunks the embed experiment embeds, spread evenly over the corpus; None: all."
+    )
 
     @field_validator("counts")
     @classmethod
@@ -100,7 +119,8 @@ class BenchConfig(BaseModel, frozen=True):
 
 
 class BenchRow(BaseModel, frozen=True):
-    """One measurement."""
+    """One measurement. The embed experiment fills the fields after `note`: seconds is then the median of
+    `repeats` rounds, seconds_min/max their spread, and speedup is against torch fp32."""
 
     experiment: Experiment
     mode: Mode
@@ -109,6 +129,14 @@ class BenchRow(BaseModel, frozen=True):
     ms_per_item: float
     speedup: float | None = None
     note: str = ""
+    chunks: int | None = None
+    chunks_per_s: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    seconds_min: float | None = None
+    seconds_max: float | None = None
+    repeats: int | None = None
+    chosen: bool | None = None
 
 
 class BenchReport(BaseModel, frozen=True):
@@ -132,6 +160,7 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
     }
 
 
@@ -140,7 +169,14 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("pymilvus", "llama-index-core", "llama-index-vector-stores-milvus", "sentence-transformers", "torch"):
+    for name in (
+        "pymilvus",
+        "llama-index-core",
+        "llama-index-vector-stores-milvus",
+        "sentence-transformers",
+        "torch",
+        "onnxruntime",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
@@ -152,6 +188,8 @@ def plan(config: BenchConfig) -> list[tuple[Experiment, Mode, int | None]]:
     for experiment in config.experiments:
         if experiment == "ingest":
             steps += [(experiment, mode, None) for mode in INGEST_MODES]
+        elif experiment == "embed":
+            steps += [(experiment, mode, None) for mode in embed_modes()]
         else:
             steps += [(experiment, mode, n) for mode in MILVUS_MODES for n in config.counts]
     return steps
@@ -452,9 +490,7 @@ def _plain_embedder(settings: Settings) -> Embedder:
     """
     from llama_index.core.constants import DEFAULT_EMBED_BATCH_SIZE
 
-    return load_embedder(
-        settings.model_copy(update={"embed_precision": "fp32", "embed_batch_size": DEFAULT_EMBED_BATCH_SIZE})
-    )
+    return load_torch_embedder(settings.model_copy(update={"embed_batch_size": DEFAULT_EMBED_BATCH_SIZE}), "fp32")
 
 
 def _raw_embedding(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], int]:
@@ -552,6 +588,100 @@ async def _aingest(
     )
 
 
+# -- embed ------------------------------------------------------------------------------------------
+def embed_modes() -> list[Mode]:
+    """The embedding backends this machine can measure: torch fp32 first (the baseline)."""
+    import importlib.util
+
+    modes: list[Mode] = ["torch-fp32"]
+    if cpu_has_amx():
+        modes.append("torch-bf16")
+    with contextlib.suppress(ImportError, ValueError):
+        if importlib.util.find_spec("onnxruntime") is not None:
+            modes += ["onnx", "onnx-int8"]
+    return modes
+
+
+def _spread(texts: Sequence[str], limit: int | None) -> list[str]:
+    """At most `limit` texts taken evenly from the whole list, so every document is represented."""
+    if not limit or limit >= len(texts):
+        return list(texts)
+    return [texts[i * len(texts) // limit] for i in range(limit)]
+
+
+def _load_backends(settings: Settings, engine: Embedder, modes: Sequence[Mode]) -> dict[str, Embedder]:
+    """One embedder per mode; the engine's own is reused for its mode. A backend that cannot be built is
+    left out (the run still measures the others)."""
+    loaded: dict[str, Embedder] = {}
+    for mode in modes:
+        if engine.backend == mode:
+            loaded[mode] = engine
+        elif mode.startswith("torch-"):
+            loaded[mode] = load_torch_embedder(settings, mode.removeprefix("torch-"))  # type: ignore[arg-type]
+        else:
+            try:
+                loaded[mode] = load_onnx_embedder(settings, mode)
+            except OnnxUnavailableError as exc:
+                log.warning("embed benchmark: %s is not available here: %s", mode, exc)
+    return loaded
+
+
+def _embed_round(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], Any]:
+    def _run(stop: threading.Event) -> tuple[float, list[list[float]]]:
+        vectors: list[list[float]] = []
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch):
+            if stop.is_set():
+                raise _Stopped
+            vectors.extend(embedder.embed(list(texts[start : start + batch])))
+        return time.perf_counter() - started, vectors
+
+    return _run
+
+
+async def _aembed(settings: Settings, embedder: Embedder, config: BenchConfig) -> AsyncIterator[BenchRow]:
+    files = corpus_files(config)
+    if not files:
+        raise IngestError(str(config.corpus_dir or default_corpus_dir()), "holds no readable documents")
+    splitter = make_splitter(settings, embedder)
+    chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
+    every = [t for nodes in chunked for t in embed_texts(nodes)]
+    texts = _spread(every, config.embed_chunks)
+    batch = settings.embed_batch_size
+    backends = await asyncio.to_thread(_load_backends, settings, embedder, embed_modes())
+    for model in backends.values():  # warmed alike: one untimed batch each
+        await asyncio.to_thread(model.embed, texts[:batch])
+    seconds: dict[str, list[float]] = {mode: [] for mode in backends}
+    vectors: dict[str, list[list[float]]] = {}
+    for _ in range(config.repeat):  # interleaved, so a busy neighbour slows every backend alike
+        for mode, model in backends.items():
+            elapsed, vectors[mode] = await _in_thread(_embed_round(model, texts, batch))
+            seconds[mode].append(elapsed)
+    base = statistics.median(seconds["torch-fp32"])
+    note = f"{len(texts)} of {len(every)} corpus chunks from {len(files)} files, batches of {batch}"
+    for mode, times in seconds.items():
+        median = statistics.median(times)
+        cos = cosines(vectors[mode], vectors["torch-fp32"])
+        chosen = mode == embedder.backend
+        yield BenchRow(
+            experiment="embed",
+            mode=mode,  # type: ignore[arg-type]
+            n=len(texts),
+            seconds=median,
+            ms_per_item=median * 1000 / len(texts),
+            speedup=base / median if mode != "torch-fp32" else None,
+            note=note + ("; the engine's backend" if chosen else ""),
+            chunks=len(texts),
+            chunks_per_s=len(texts) / median,
+            cosine_mean=float(cos.mean()),
+            cosine_min=float(cos.min()),
+            seconds_min=min(times),
+            seconds_max=max(times),
+            repeats=len(times),
+            chosen=chosen,
+        )
+
+
 # -- the run ----------------------------------------------------------------------------------------
 async def _aversion(connection: Connection) -> str:
     from pymilvus import MilvusClient
@@ -568,19 +698,30 @@ async def _aversion(connection: Connection) -> str:
 
 
 async def aiter_bench(
-    settings: Settings, connection: Connection, embedder: Embedder, config: BenchConfig
+    settings: Settings, connection: Connection | None, embedder: Embedder | None, config: BenchConfig
 ) -> AsyncIterator[BenchRow | BenchReport]:
-    """Yield each BenchRow as it is measured, then the BenchReport."""
+    """Yield each BenchRow as it is measured, then the BenchReport.
+
+    `connection` may be None when only the embed experiment runs (it needs no Milvus); `embedder` None
+    loads the configured one.
+    """
     started, clock = datetime.now(UTC), time.perf_counter()
-    version = await _aversion(connection)
+    needs_milvus = any(e in MILVUS_EXPERIMENTS for e in config.experiments)
+    if needs_milvus and connection is None:
+        raise ValueError("the add, search and ingest experiments need a Milvus connection")
+    version = await _aversion(connection) if connection is not None and needs_milvus else ""
+    if embedder is None:
+        embedder = await asyncio.to_thread(load_embedder, settings)
     rows: list[BenchRow] = []
     for experiment in config.experiments:
         if experiment == "add":
-            measured = _aadd(connection, config)
+            measured = _aadd(connection, config)  # type: ignore[arg-type]
         elif experiment == "search":
-            measured = _asearch(connection, config)
+            measured = _asearch(connection, config)  # type: ignore[arg-type]
+        elif experiment == "ingest":
+            measured = _aingest(settings, connection, embedder, config)  # type: ignore[arg-type]
         else:
-            measured = _aingest(settings, connection, embedder, config)
+            measured = _aembed(settings, embedder, config)
         try:
             async for row in measured:
                 rows.append(row)

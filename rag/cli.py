@@ -366,15 +366,25 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
     type=click.IntRange(1, 256),
     help="Requests in flight for the project's async path.",
 )
-@click.option("--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest.")
-@click.option("--corpus", type=click.Path(exists=True, file_okay=False), help="Folder of documents for `ingest`.")
-@click.option("--max-files", type=click.IntRange(1), help="Use only the first N corpus files for `ingest`.")
+@click.option("--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest,embed.")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False), help="Folder of documents for ingest/embed.")
+@click.option("--max-files", type=click.IntRange(1), help="Use only the first N corpus files for ingest/embed.")
 @click.option(
     "--insert-batch",
     default=250,
     show_default=True,
     type=click.IntRange(1, 100_000),
     help="Rows per insert request on the project's async path.",
+)
+@click.option(
+    "--repeat", default=3, show_default=True, type=click.IntRange(1, 50), help="Timed rounds per embedding backend."
+)
+@click.option(
+    "--chunks",
+    default=512,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Corpus chunks to embed in the embed experiment, spread over the corpus (0: all).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (rows, Milvus version, machine).")
 @click.pass_context
@@ -389,13 +399,19 @@ def bench(
     corpus: str | None,
     max_files: int | None,
     insert_batch: int,
+    repeat: int,
+    chunks: int,
     as_json: bool,
 ) -> None:
-    """Time sync against async Milvus calls (the seed's experiment and the project's path) in scratch collections.
+    """Time sync against async Milvus calls (the seed's experiment and the project's path) in scratch collections,
+    and the embedding backends on the corpus chunks (`embed`, no Milvus needed).
 
-    Example: python -m rag bench --counts 10,100 --experiments add,search
+    \b
+    Examples:
+      python -m rag bench --counts 10,100 --experiments add,search
+      python -m rag bench --experiments embed --repeat 3 --json
     """
-    from rag.bench import BenchConfig, BenchRow
+    from rag.bench import MILVUS_EXPERIMENTS, BenchConfig, BenchRow, aiter_bench
 
     try:
         config = BenchConfig(
@@ -407,25 +423,54 @@ def bench(
             corpus_dir=corpus,
             max_files=max_files,
             insert_batch=insert_batch,
+            repeat=repeat,
+            embed_chunks=chunks or None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    service = _service(_settings(ctx))
+    settings = _settings(ctx)
+    if any(e in MILVUS_EXPERIMENTS for e in config.experiments):
+        service = _service(settings)
+        items, close = service.bench(config), service.close
+    else:  # embedding alone needs no Milvus: a bare runtime
+        from rag.runtime import Runtime
+
+        runtime = Runtime()
+        items, close = runtime.iterate(aiter_bench(settings, None, None, config)), runtime.close
+    header = ""
     try:
-        if not as_json:
-            click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}  note")
-        for item in service.bench(config):
-            if isinstance(item, BenchRow):
-                if not as_json:
-                    speed = f"{item.speedup:.1f}x" if item.speedup else "-"
+        for item in items:
+            if not isinstance(item, BenchRow):
+                if as_json:
+                    click.echo(item.model_dump_json(indent=2))
+                continue
+            if as_json:
+                continue
+            if item.experiment == "embed":
+                if header != "embed":
                     click.echo(
-                        f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} "
-                        f"{item.ms_per_item:>9.3f} {speed:>8}  {item.note}"
+                        f"{'experiment':10} {'mode':11} {'chunks':>6} {'seconds':>8} {'chunks/s':>9} {'spread':>13} "
+                        f"{'speedup':>8} {'cos mean':>9} {'cos min':>8}  chosen"
                     )
-            elif as_json:
-                click.echo(item.model_dump_json(indent=2))
+                    header = "embed"
+                spread = f"{item.n / item.seconds_max:.1f}-{item.n / item.seconds_min:.1f}"
+                speed = f"{item.speedup:.2f}x" if item.speedup else "-"
+                click.echo(
+                    f"{item.experiment:10} {item.mode:11} {item.n:>6} {item.seconds:>8.2f} {item.chunks_per_s:>9.1f} "
+                    f"{spread:>13} {speed:>8} {item.cosine_mean:>9.5f} {item.cosine_min:>8.5f}  "
+                    f"{'*' if item.chosen else ''}"
+                )
+                continue
+            if header != "milvus":
+                click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}  note")
+                header = "milvus"
+            speed = f"{item.speedup:.1f}x" if item.speedup else "-"
+            click.echo(
+                f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} "
+                f"{item.ms_per_item:>9.3f} {speed:>8}  {item.note}"
+            )
     finally:
-        service.close()
+        close()
 
 
 def main() -> None:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
             "auto measures them once per machine and keeps the fastest whose vectors match torch fp32."
         ),
     )
+    embed_cache_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("RAG_EMBED_CACHE_DIR", "embed_cache_dir"),
+        description="Where the built ONNX models and auto's backend decision are kept; empty: <RAG_DATA_DIR>/models.",
+    )
     chunk_size: int = Field(
         256,
         ge=32,
@@ -137,11 +142,6 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAG_MAX_FILES", "max_files"),
         description="Most files accepted in one ingestion job.",
     )
-    model_cache_dir: Path | None = Field(
-        None,
-        validation_alias=AliasChoices("RAG_MODEL_CACHE", "model_cache_dir"),
-        description="Where exported embedding models (ONNX) are kept; empty: <data dir>/models.",
-    )
     milvus_start_timeout: float = Field(
         120.0, gt=0, validation_alias=AliasChoices("RAG_MILVUS_START_TIMEOUT", "milvus_start_timeout")
     )
@@ -162,9 +162,9 @@ class Settings(BaseSettings):
         return value.strip() if isinstance(value, str) else value
 
     @property
-    def models_dir(self) -> Path:
-        """Where built embedding models are cached (shared by data dirs when RAG_MODEL_CACHE is set)."""
-        return self.model_cache_dir or Path(self.data_dir) / "models"
+    def model_cache_dir(self) -> Path:
+        """Where built embedding models live (RAG_EMBED_CACHE_DIR, else the data dir's models/)."""
+        return Path(self.embed_cache_dir) if self.embed_cache_dir else Path(self.data_dir) / "models"
 
     @property
     def embedded_milvus(self) -> bool:

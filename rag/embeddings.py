@@ -359,7 +359,7 @@ def onnx_folder(settings: Settings) -> Path:
     _, model_id, folder = _model_source(settings)
     if folder is None:
         raise OnnxUnavailableError("EMBED_MODEL names a hub model; the ONNX backends need a local model folder")
-    return ensure_built(folder, settings.models_dir, Path(model_id).name)
+    return ensure_built(folder, settings.model_cache_dir, Path(model_id).name)
 
 
 def load_onnx_embedder(settings: Settings, variant: str) -> OnnxEmbedder:

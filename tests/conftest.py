@@ -23,6 +23,8 @@ from tests.fakes.openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAG_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
+# One cache of built ONNX models (and auto's backend decision) for every test's data dir: built once.
+MODEL_CACHE = Path(os.environ.get("RAG_TEST_MODEL_CACHE", REPO / ".pytest-models"))
 _ENV_NAMES = (
     "RAG_DATA_DIR",
     "MILVUS_URI",
@@ -32,6 +34,8 @@ _ENV_NAMES = (
     "EMBED_MODEL",
     "RAG_EMBED_BATCH_SIZE",
     "RAG_EMBED_PRECISION",
+    "RAG_EMBED_BACKEND",
+    "RAG_EMBED_CACHE_DIR",
     "RAG_CHUNK_SIZE",
     "RAG_CHUNK_OVERLAP",
     "RAG_INSERT_BATCH_SIZE",
@@ -48,9 +52,6 @@ _ENV_NAMES = (
 )
 
 
-MODEL_CACHE = Path(os.environ.get("RAG_TEST_MODEL_CACHE", REPO / ".pytest-models"))
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's settings; `.env` lookups happen in an empty folder. Every data dir shares
@@ -59,7 +60,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("RAG_MODEL_CACHE", str(MODEL_CACHE))
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(MODEL_CACHE))
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +86,8 @@ def milvus_state(milvus_server: EmbeddedMilvus) -> ServerState:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    """The bundled embedding model, loaded once."""
-    return load_embedder(load_settings(data_dir=Path("/tmp"), model_cache_dir=MODEL_CACHE))
+    """The bundled embedding model on the default backend (auto), loaded once."""
+    return load_embedder(load_settings(data_dir=Path("/tmp"), embed_cache_dir=MODEL_CACHE))
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,24 @@ def test_a_second_run_is_refused_while_one_runs(app_env: AppEnv) -> None:
         assert not at.dataframe
     finally:
         running.close()
+
+
+def test_the_embedding_experiment_compares_backends(app_env: AppEnv) -> None:
+    at = app_env.app(PAGE)
+    at.run()
+    at.multiselect(key="bench.experiments").set_value(["embed"]).run()
+    assert at.radio(key="bench.source").value == "Shared corpus"
+    at.number_input(key="bench.embed_chunks").set_value(4)
+    at.number_input(key="bench.repeat").set_value(1)
+    at.number_input(key="bench.max_files").set_value(1)
+    assert not at.button(key="bench.run").disabled  # no N is needed for embedding
+    at.button(key="bench.run").click().run(timeout=300)
+
+    assert not at.exception
+    assert not at.error
+    table = at.dataframe[0].value
+    assert list(table["mode"])[0] == "torch-fp32" and {"onnx", "onnx-int8"} <= set(table["mode"])
+    assert table["chosen"].sum() == 1 and set(table["n"]) == {4}
+    assert table["cosine_min"].min() >= 0.97
+    assert any(m.label.startswith("Embedding: ") and "(the engine's)" in m.label for m in at.metric)
+    assert "vega" in page_text(at).lower() and "median of 1 rounds" in page_text(at)

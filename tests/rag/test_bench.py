@@ -6,17 +6,24 @@ No test asserts a wall-clock threshold: the figures belong in BENCHMARKS.md, not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, plan
+from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, embed_modes, plan
+from rag.cli import cli
+from rag.config import load_settings
+from rag.embeddings import Embedder
 from rag.errors import IngestError
 from rag.service import RagService
+from tests.conftest import MODEL_CACHE
 
 SMALL_FILES = ("pdfplumber_README.md", "unstructured_README.md")
 
@@ -85,6 +92,69 @@ def test_corpus_files_skip_the_provenance_table_and_obey_max_files(corpus: Path)
     assert "SOURCES.md" not in {p.name for p in every}
     assert len(every) == 14 and every == sorted(every)
     assert corpus_files(BenchConfig(corpus_dir=str(corpus), max_files=2)) == every[:2]
+
+
+def test_embed_plan_starts_with_the_torch_baseline() -> None:
+    modes = embed_modes()
+    assert modes[0] == "torch-fp32" and {"onnx", "onnx-int8"} <= set(modes)
+    assert plan(BenchConfig(experiments=["embed"])) == [("embed", mode, None) for mode in modes]
+    assert BenchConfig().repeat == 3
+    with pytest.raises(ValueError):
+        BenchConfig(repeat=0)
+
+
+# -- embedding backends (no Milvus) ---------------------------------------------------------------
+def _small_corpus(corpus: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(corpus / SMALL_FILES[0], folder / SMALL_FILES[0])
+    return folder
+
+
+def test_embed_measures_every_backend_against_torch_fp32(embedder: Embedder, corpus: Path, tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "data", embed_cache_dir=MODEL_CACHE)
+    folder = _small_corpus(corpus, tmp_path / "docs")
+    config = BenchConfig(experiments=["embed"], corpus_dir=str(folder), embed_chunks=8, repeat=2)
+
+    async def _collect() -> list[BenchRow | BenchReport]:
+        return [item async for item in aiter_bench(settings, None, embedder, config)]
+
+    items = asyncio.run(_collect())
+    rows, report = items[:-1], items[-1]
+    assert isinstance(report, BenchReport) and report.rows == rows and report.milvus_version == ""
+    assert [(r.experiment, r.mode, None) for r in rows] == plan(config)
+    base = rows[0]
+    assert base.mode == "torch-fp32" and base.speedup is None
+    assert base.cosine_mean == pytest.approx(1.0) and base.cosine_min == pytest.approx(1.0)
+    for row in rows:
+        assert row.chunks == row.n == 8 and row.repeats == 2
+        assert row.seconds_min <= row.seconds <= row.seconds_max
+        assert row.chunks_per_s == pytest.approx(8 / row.seconds)
+        assert row.ms_per_item == pytest.approx(row.seconds * 1000 / 8)
+        assert 0.97 <= row.cosine_min <= row.cosine_mean <= 1.0 + 1e-6
+        if row is not base:
+            assert row.speedup == pytest.approx(base.seconds / row.seconds)
+        assert row.note.startswith("8 of ") and "1 files" in row.note
+    assert [r.mode for r in rows if r.chosen] == [embedder.backend]
+    assert report.machine["cpu"] and report.versions["onnxruntime"]
+
+
+def test_bench_embed_on_the_command_line_needs_no_milvus(corpus: Path, tmp_path: Path) -> None:
+    folder = _small_corpus(corpus, tmp_path / "docs")
+    args = ["--data-dir", str(tmp_path / "data"), "bench", "--experiments", "embed", "--corpus", str(folder)]
+    args += ["--chunks", "4", "--repeat", "1"]
+    table = CliRunner().invoke(cli, args, obj={})
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["experiment", "mode", "chunks"]
+    assert [line.split()[1] for line in lines[1:]] == embed_modes()
+    assert sum(line.rstrip().endswith("*") for line in lines[1:]) == 1  # the engine's backend, marked
+
+    report = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj={}).stdout)
+    row = report["rows"][-1]
+    assert {"experiment", "mode", "chunks", "seconds", "chunks_per_s", "speedup", "cosine_mean", "cosine_min"} <= set(
+        row
+    )
+    assert report["config"]["repeat"] == 1 and report["milvus_version"] == ""
 
 
 # -- against Milvus -------------------------------------------------------------------------------
