@@ -374,8 +374,7 @@ class Ingestor:
                 try:
                     return await self._store(item, notify)
                 except asyncio.CancelledError:
-                    await asyncio.shield(self._discard(item))
-                    item.begun = False  # removed already: aingest's cleanup must not remove a later writer's
+                    await asyncio.shield(self._discard(item))  # before the next writer of this document starts
                     raise
         finally:
             lock, users = self._writers[doc_id]
@@ -478,6 +477,7 @@ class Ingestor:
         """Remove every chunk and the catalog row of a file this job began writing but did not finish."""
         if item.record is None or not item.begun:
             return
+        item.begun = False  # once: a second cleanup must not remove what a later writer of the document stored
         try:
             await self.store.adelete_doc(item.record.doc_id)
         except RagError:

@@ -138,6 +138,7 @@ class JobManager:
         self._running: dict[str, _Job] = {}  # owner -> their running job (one each)
         self._served: dict[str, int] = {}  # owner -> turn number of their last start (round robin)
         self._turns = 0
+        self._closed = False
 
     @property
     def max_running(self) -> int:
@@ -164,7 +165,7 @@ class JobManager:
     def _choose(self) -> list[_Job]:
         """Jobs to start now, marked running; the caller holds the lock."""
         chosen = []
-        while len(self._running) < self._max_running:
+        while not self._closed and len(self._running) < self._max_running:
             owners = [o for o, queue in self._waiting.items() if queue and o not in self._running]
             if not owners:
                 break
@@ -268,6 +269,18 @@ class JobManager:
             return None
         await asyncio.wrap_future(job.ended)
         return job.snapshot(self._lock)
+
+    def close(self) -> None:
+        """Start nothing more and cancel every queued job (running ones stop with the runtime's loop)."""
+        with self._lock:
+            self._closed = True
+            queued = [job for queue in self._waiting.values() for job in queue]
+            self._waiting.clear()
+            for job in queued:
+                job.state, job.finished_at, job.cancel_requested = JobState.CANCELLED, time.time(), True
+                _mark_cancelled(job)
+        for job in queued:
+            job.ended.set_result(None)
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if not j.state.active]

@@ -320,6 +320,7 @@ class RagService:
 
     def close(self) -> None:
         """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
+        self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
         try:
             self.runtime.run(self.store.aclose(), timeout=10)
         except Exception:  # noqa: BLE001 - closing is best effort

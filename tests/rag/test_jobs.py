@@ -186,3 +186,16 @@ def test_a_second_benchmark_is_refused_while_one_runs(service_with) -> None:  # 
     first.close()  # stopping the run frees the lock
     rows = [item for item in service.bench(config) if isinstance(item, BenchRow)]
     assert [r.mode for r in rows] == ["sync", "seed-async", "project-async"]
+
+
+def test_closing_the_service_cancels_queued_jobs(service_with, tmp_path: Path) -> None:  # noqa: ANN001
+    service = service_with(max_running_jobs=1)
+    running = service.start_job([_doc(tmp_path, "first.txt", 400)], owner="alice")
+    waiting = service.start_job([_doc(tmp_path, "second.txt")], owner="bob")
+
+    service.runtime.run(service.store.adrop(), timeout=60)  # the fixture cannot once the service is closed
+    service.close()
+
+    assert service.wait_job(waiting.id, timeout=5).state == JobState.CANCELLED
+    assert service.job(waiting.id).started_at is None  # it never started
+    assert service.wait_job(running.id, timeout=30).state in (JobState.CANCELLED, JobState.FAILED, JobState.DONE)
