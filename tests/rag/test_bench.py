@@ -204,7 +204,9 @@ def test_ingest_compares_sync_engine_and_raw_embedding(
     _check_consistent(rows)
     assert rows[0].note.startswith("2 files")
     assert _scratch(service) == before
-    assert list(scratch_tmp.iterdir()) == []  # the engine's scratch data dir is gone too
+    # The engine's scratch data dir is gone too; torch's own compile cache (made in the temp dir the first time
+    # torch._inductor is imported in this process) is not the engine's to remove.
+    assert [p for p in scratch_tmp.iterdir() if not p.name.startswith("torchinductor_")] == []
     assert service.count_chunks() == chunks
     assert len(service.documents()) == 1
 

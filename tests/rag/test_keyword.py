@@ -9,7 +9,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from rag.keyword import KeywordIndex, KeywordRow, match_query
 from rag.service import RagService
-from rag.store import fuse_rrf
+from rag.store import RRF_K, fuse_rrf
 
 pytestmark = pytest.mark.milvus
 
@@ -113,6 +113,7 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     def hits(*ids: str) -> list[NodeWithScore]:
         return [NodeWithScore(node=TextNode(id_=i, text=i), score=1.0) for i in ids]
 
-    fused = fuse_rrf([hits("a", "b", "c"), hits("c", "d", "a")], top_k=3)
-    assert [n.node.node_id for n in fused] == ["a", "c", "b"]
-    assert fused[0].score == pytest.approx(1 / 61 + 1 / 63)
+    fused = fuse_rrf([hits("a", "b", "c"), hits("d", "c", "a")], top_k=3)
+    assert [n.node.node_id for n in fused] == ["a", "c", "b"]  # found by both lists beats found by one
+    assert fused[0].score == pytest.approx(1 / (RRF_K + 1) + 1 / (RRF_K + 3))
+    assert fused[1].score == pytest.approx(2 / (RRF_K + 2))
