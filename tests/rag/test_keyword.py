@@ -114,6 +114,6 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
         return [NodeWithScore(node=TextNode(id_=i, text=i), score=1.0) for i in ids]
 
     fused = fuse_rrf([hits("a", "b", "c"), hits("d", "c", "a")], top_k=3)
-    assert [n.node.node_id for n in fused] == ["a", "c", "b"]  # found by both lists beats found by one
+    assert [n.node.node_id for n in fused] == ["a", "c", "d"]  # found by both lists beats found by one
     assert fused[0].score == pytest.approx(1 / (RRF_K + 1) + 1 / (RRF_K + 3))
     assert fused[1].score == pytest.approx(2 / (RRF_K + 2))
