@@ -116,4 +116,4 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     fused = fuse_rrf([hits("a", "b", "c"), hits("d", "c", "a")], top_k=3)
     assert [n.node.node_id for n in fused] == ["a", "c", "d"]  # found by both lists beats found by one
     assert fused[0].score == pytest.approx(1 / (RRF_K + 1) + 1 / (RRF_K + 3))
-    assert fused[1].score == pytest.approx(2 / (RRF_K + 2))
+    assert fused[1].score == pytest.approx(1 / (RRF_K + 3) + 1 / (RRF_K + 2))
