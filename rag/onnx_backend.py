@@ -346,6 +346,10 @@ class OnnxModel:
         options.intra_op_num_threads = cpu_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Threads that spin between operators burn the core a neighbour needs (reading, Milvus, another
+        # process) and stall when it preempts them: measured on 2 cores under load, int8 at 1.93x torch
+        # fp32 without spinning against 1.71x with it (BENCHMARKS.md, "Embedding backends").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         # int8 MatMulInteger is a CPU kernel; the fp32 graph runs on a GPU when ONNX Runtime has one.
         if use_gpu and variant == "onnx" and "CUDAExecutionProvider" in ort.get_available_providers():
