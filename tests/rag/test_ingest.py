@@ -160,3 +160,13 @@ def test_clean_name(raw: str, clean: str | None) -> None:
         assert out == clean
     else:
         assert len(out) <= 200 and out.endswith(".pdf")
+
+
+def test_no_stored_chunk_keeps_a_soft_hyphen(indexed_corpus) -> None:  # noqa: ANN001
+    """pypdfium2 marks a hyphen at a line end with U+FFFE; every such word is rejoined before chunking."""
+    svc, report = indexed_corpus
+    texts = svc.store.keyword.texts(sorted(svc.runtime.run(svc.store.achunk_ids())))
+    pdf_chunks = [text for text, _page in texts.values() if _page is not None]
+    assert len(texts) == report.chunks and pdf_chunks
+    assert not [t for t, _p in texts.values() if "\ufffe" in t or "\u00ad" in t]
+    assert any("observations" in t for t in pdf_chunks)  # zoo.pdf's "obser\ufffevations", rejoined
