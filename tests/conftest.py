@@ -141,3 +141,21 @@ def _drop(svc: RagService) -> None:
 def new_collection() -> str:
     """A collection name no other test uses."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def write_part_number_docs(folder: Path) -> Path:
+    """Six maintenance notes and one line naming part QX7719ZK: a token that shares no meaning with any
+    question about it, so keyword search finds it and dense search does not."""
+    folder.mkdir(parents=True)
+    filler = [
+        "Quarterly maintenance of the hydraulic pumps keeps the assembly line running smoothly.",
+        "Replace worn gaskets in the cooling system every six months to prevent leaks.",
+        "Operators should inspect conveyor belts for fraying before each shift begins.",
+        "Lubricate bearings on the packaging machine weekly with food-grade grease.",
+        "The air compressor filters need cleaning whenever pressure drops below the mark.",
+        "Calibrate the torque wrenches monthly against the reference standard in the lab.",
+    ]
+    for i, text in enumerate(filler):
+        (folder / f"manual{i}.txt").write_text(text * 3)
+    (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
+    return folder

@@ -10,6 +10,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from rag.keyword import KeywordIndex, KeywordRow, match_query
 from rag.service import RagService
 from rag.store import RRF_K, fuse_rrf
+from tests.conftest import write_part_number_docs
 
 pytestmark = pytest.mark.milvus
 
@@ -67,19 +68,7 @@ def test_recovery_brings_the_keyword_index_in_step(make_settings, embedder, corp
 
 
 def test_hybrid_finds_keyword_only_matches_on_the_embedded_server(service, tmp_path: Path) -> None:  # noqa: ANN001
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    filler = [
-        "Quarterly maintenance of the hydraulic pumps keeps the assembly line running smoothly.",
-        "Replace worn gaskets in the cooling system every six months to prevent leaks.",
-        "Operators should inspect conveyor belts for fraying before each shift begins.",
-        "Lubricate bearings on the packaging machine weekly with food-grade grease.",
-        "The air compressor filters need cleaning whenever pressure drops below the mark.",
-        "Calibrate the torque wrenches monthly against the reference standard in the lab.",
-    ]
-    for i, text in enumerate(filler):
-        (folder / f"manual{i}.txt").write_text(text * 3)
-    (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
+    folder = write_part_number_docs(tmp_path / "docs")
     service.ingest(sorted(folder.iterdir()))
     question = "How often should QX7719ZK be lubricated, calibrated and inspected?"
     assert service.retrieve(question, top_k=1, retrieval="keyword")[0].file_name == "parts.txt"

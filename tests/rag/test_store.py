@@ -9,6 +9,7 @@ import pytest
 from rag.errors import EmbeddingMismatchError
 from rag.ingest import FileStatus
 from rag.service import RagService
+from tests.conftest import write_part_number_docs
 
 pytestmark = pytest.mark.milvus
 
@@ -58,19 +59,7 @@ def test_hybrid_finds_keyword_only_matches_on_milvus_lite(tmp_path: Path, embedd
     """A part number shares no meaning with its question, only its exact token: BM25 finds it, dense does not."""
     from rag.config import load_settings
 
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    filler = [
-        "Quarterly maintenance of the hydraulic pumps keeps the assembly line running smoothly.",
-        "Replace worn gaskets in the cooling system every six months to prevent leaks.",
-        "Operators should inspect conveyor belts for fraying before each shift begins.",
-        "Lubricate bearings on the packaging machine weekly with food-grade grease.",
-        "The air compressor filters need cleaning whenever pressure drops below the mark.",
-        "Calibrate the torque wrenches monthly against the reference standard in the lab.",
-    ]
-    for i, text in enumerate(filler):
-        (folder / f"manual{i}.txt").write_text(text * 3)
-    (folder / "parts.txt").write_text("Order spare item QX7719ZK from the warehouse catalogue. " * 2)
+    folder = write_part_number_docs(tmp_path / "docs")
     settings = load_settings(
         data_dir=tmp_path / "d", milvus_uri=str(tmp_path / "hybrid.db"), consistency_level="Strong"
     )
