@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from rag.milvus_server import EmbeddedMilvus
+from tests.conftest import MODEL_CACHE
 from tests.fakes.openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,7 @@ def streamlit_app(
         OPENAI_API_KEY="",
         LLM_MODEL="fake-model",
         HF_HUB_OFFLINE="1",
+        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),  # the models the tests already built, as every other test uses
         STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
     )
     log = work / "streamlit.log"
