@@ -359,20 +359,24 @@ class DocumentStore:
     async def achunk_ids(self, doc_id: str | None = None) -> set[str]:
         """Ids of the chunks Milvus holds (of one document, or all), read with Strong consistency."""
         flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
-        with map_milvus_errors("list chunks"):
-            iterator = self.vector_store.client.query_iterator(
-                self.name, filter=flt, output_fields=["id"], batch_size=1000, consistency_level="Strong"
-            )
-        ids: set[str] = set()
+        return {str(row["id"]) for row in await self._aread_all(flt, ["id"], "list chunks")}
 
-        def _drain() -> None:
-            with map_milvus_errors("list chunks"):
+    async def _aread_all(self, flt: str, fields: list[str], action: str) -> list[dict[str, Any]]:
+        """Every row matching a filter, paged by the sync client's query iterator in a worker thread
+        (creating the iterator is a blocking call too, so it never runs on the loop)."""
+
+        def _read() -> list[dict[str, Any]]:
+            with map_milvus_errors(action):
+                iterator = self.vector_store.client.query_iterator(
+                    self.name, filter=flt, output_fields=fields, batch_size=1000, consistency_level="Strong"
+                )
+                rows: list[dict[str, Any]] = []
                 while batch := iterator.next():
-                    ids.update(str(row["id"]) for row in batch)
+                    rows.extend(batch)
                 iterator.close()
+            return rows
 
-        await asyncio.to_thread(_drain)
-        return ids
+        return await asyncio.to_thread(_read)
 
     async def areconcile_keywords(self, indexed: dict[str, int]) -> list[str]:
         """Bring the local keyword index in step with Milvus after a crash or an upgrade.
@@ -395,34 +399,18 @@ class DocumentStore:
     async def _aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
         """A document's chunks as stored in Milvus, for the keyword index."""
         fields = ["id", TEXT_FIELD, "file_name", "page", "chunk"]
-        with map_milvus_errors("read chunks"):
-            iterator = self.vector_store.client.query_iterator(
-                self.name,
-                filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"',
-                output_fields=fields,
-                batch_size=500,
-                consistency_level="Strong",
+        rows = await self._aread_all(f'{DOC_ID_FIELD} == "{_quote(doc_id)}"', fields, "read chunks")
+        return [
+            KeywordRow(
+                chunk_id=str(r["id"]),
+                doc_id=doc_id,
+                file_name=str(r.get("file_name") or "?"),
+                page=_int_or_none(r.get("page")),
+                chunk=_int_or_none(r.get("chunk")),
+                text=str(r.get(TEXT_FIELD) or ""),
             )
-        rows: list[KeywordRow] = []
-
-        def _drain() -> None:
-            with map_milvus_errors("read chunks"):
-                while batch := iterator.next():
-                    rows.extend(
-                        KeywordRow(
-                            chunk_id=str(r["id"]),
-                            doc_id=doc_id,
-                            file_name=str(r.get("file_name") or "?"),
-                            page=_int_or_none(r.get("page")),
-                            chunk=_int_or_none(r.get("chunk")),
-                            text=str(r.get(TEXT_FIELD) or ""),
-                        )
-                        for r in batch
-                    )
-                iterator.close()
-
-        await asyncio.to_thread(_drain)
-        return rows
+            for r in rows
+        ]
 
     async def acount(self, doc_id: str | None = None) -> int:
         """Chunks stored (for one document, or all), read with Strong consistency."""
