@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from rag.bench import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from rag import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
 from ui.widgets import service_or_stop, show_error
 
 RESULT = "bench.result"

@@ -2,13 +2,10 @@
 
 import streamlit as st
 
-from rag.conversations import StoredTurn
-from rag.errors import RagError
-from ui.resources import get_conversations
+from rag import RagError, StoredTurn
 from ui.state import session_id
 from ui.widgets import (
     RETRIEVAL_ONLY_HINT,
-    answer_kwargs,
     chat_sidebar,
     conversation_actions,
     document_filter,
@@ -22,10 +19,10 @@ from ui.widgets import (
 st.title("Chat")
 service = service_or_stop()
 sid = session_id()
-conversations = get_conversations(str(service.settings.data_dir))
+conversations = service.conversations
 options = chat_sidebar(service)
 docs = service.documents()
-doc_ids = document_filter(docs)
+options = options.model_copy(update={"doc_ids": document_filter(docs)})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
 if not docs:
@@ -54,7 +51,7 @@ if question := st.chat_input("Ask a question about your documents", key="chat.qu
     with st.chat_message("assistant"):
         turns = [t.as_chat_turn() for t in history]
         try:
-            stream = service.stream_answer(question, turns, doc_ids=doc_ids, **answer_kwargs(service, options))
+            stream = service.stream_answer(question, turns, options)
             st.write_stream(safe_stream(stream, service.mode))
             answer = stream.answer
         except RagError as err:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from rag.errors import RagError
+from rag import RagError
 from ui.state import PENDING_DELETE, session_id
 from ui.widgets import document_picker, documents_table, service_or_stop, show_error
 

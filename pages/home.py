@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from rag.config import redact_url
-from rag.errors import RagError
+from rag import RagError, redact_url
 from ui.widgets import RETRIEVAL_ONLY_HINT, code, md, milvus_fix, service_or_stop, show_error
 
 st.title("Ask your documents")

@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from rag.config import load_settings
-from rag.errors import RagError
+from rag import RagError, load_settings
 from ui.widgets import settings_table, show_error
 
 st.title("Settings")

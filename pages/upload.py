@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from rag.errors import RagError
-from rag.readers import SUPPORTED_EXTENSIONS
+from rag import SUPPORTED_EXTENSIONS, RagError
 from ui.state import JOB_FILES, session_id
 from ui.widgets import (
     discard_files,

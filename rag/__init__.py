@@ -1,6 +1,6 @@
 """The engine behind the app: async ingestion and question answering over Milvus.
 
-Pages and the CLI use these names; everything else is internal.
+Pages, `ui/` and the CLI import only these names (a test enforces it); every other module is internal.
 """
 
 from __future__ import annotations
@@ -11,16 +11,23 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. Names load on first use (PEP 562), so `python -m rag docs list` does not pay
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
+    "EXPERIMENTS": "rag.bench",
+    "MILVUS_EXPERIMENTS": "rag.bench",
+    "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
+    "SUPPORTED_EXTENSIONS": "rag.readers",
     "Answer": "rag.query",
     "AnswerStream": "rag.service",
+    "AskOptions": "rag.options",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
+    "Catalog": "rag.catalog",
     "ChatTurn": "rag.query",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
+    "ConversationStore": "rag.conversations",
     "DocumentNotFoundError": "rag.errors",
     "DocumentRecord": "rag.catalog",
     "EmbeddedMilvus": "rag.milvus_server",
@@ -41,28 +48,43 @@ _LOCATIONS = {
     "QAPair": "rag.evaluate",
     "RagError": "rag.errors",
     "RagService": "rag.service",
+    "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
     "ServiceStatus": "rag.service",
     "Settings": "rag.config",
     "Source": "rag.query",
     "Stage": "rag.ingest",
     "StoreUnavailableError": "rag.errors",
-    "escape_markdown": "rag.query",
+    "StoredTurn": "rag.conversations",
+    "aiter_bench": "rag.bench",
+    "default_corpus_dir": "rag.bench",
+    "escape_markdown": "rag.markdown",
+    "escape_math": "rag.markdown",
     "load_settings": "rag.config",
+    "neutralize_markdown": "rag.markdown",
     "parse_pairs": "rag.evaluate",
+    "plan": "rag.bench",
+    "redact_url": "rag.config",
 }
 
 __all__ = [
+    "EXPERIMENTS",
+    "MILVUS_EXPERIMENTS",
+    "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
+    "SUPPORTED_EXTENSIONS",
     "Answer",
     "AnswerStream",
+    "AskOptions",
     "BenchConfig",
     "BenchReport",
     "BenchRow",
     "BenchmarkBusyError",
+    "Catalog",
     "ChatTurn",
     "CollectionNotFoundError",
     "ConfigError",
+    "ConversationStore",
     "DocumentNotFoundError",
     "DocumentRecord",
     "EmbeddedMilvus",
@@ -83,15 +105,23 @@ __all__ = [
     "QAPair",
     "RagError",
     "RagService",
+    "Retrieval",
     "Runtime",
     "ServiceStatus",
     "Settings",
     "Source",
     "Stage",
     "StoreUnavailableError",
+    "StoredTurn",
+    "aiter_bench",
+    "default_corpus_dir",
     "escape_markdown",
+    "escape_math",
     "load_settings",
+    "neutralize_markdown",
     "parse_pairs",
+    "plan",
+    "redact_url",
 ]
 
 
@@ -110,9 +140,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
-    from rag.bench import BenchConfig, BenchReport, BenchRow
-    from rag.catalog import DocumentRecord
-    from rag.config import Settings, load_settings
+    from rag.bench import (
+        EXPERIMENTS,
+        MILVUS_EXPERIMENTS,
+        BenchConfig,
+        BenchReport,
+        BenchRow,
+        aiter_bench,
+        default_corpus_dir,
+        plan,
+    )
+    from rag.catalog import Catalog, DocumentRecord
+    from rag.config import Settings, load_settings, redact_url
+    from rag.conversations import ConversationStore, StoredTurn
     from rag.errors import (
         BenchmarkBusyError,
         CollectionNotFoundError,
@@ -130,7 +170,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState
+    from rag.markdown import escape_markdown, escape_math, neutralize_markdown
     from rag.milvus_server import EmbeddedMilvus
-    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, ChatTurn, Source, escape_markdown
+    from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
+    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, ChatTurn, Source
+    from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
     from rag.service import AnswerStream, RagService, ServiceStatus

@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from rag.config import Settings, load_settings, redact_url
-from rag.errors import RagError
+from rag import RagError, Settings, load_settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +38,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 
 
 def _service(settings: Settings):  # noqa: ANN202 - RagService, imported lazily for a fast --help
-    from rag.service import RagService
+    from rag import RagService
 
     return RagService(settings)
 
@@ -71,7 +70,7 @@ def milvus() -> None:
 
 
 def _embedded(ctx: click.Context):  # noqa: ANN202
-    from rag.milvus_server import EmbeddedMilvus
+    from rag import EmbeddedMilvus
 
     settings = _settings(ctx)
     return EmbeddedMilvus(settings.data_dir, settings.milvus_start_timeout)
@@ -141,8 +140,7 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
 
     Example: python -m rag ingest ../shared/corpus
     """
-    from rag.ingest import FileProgress, FileStatus
-    from rag.readers import SUPPORTED_EXTENSIONS
+    from rag import SUPPORTED_EXTENSIONS, FileProgress, FileStatus
 
     files: list[Path] = []
     given: list[str] = []  # each file as written on the command line; a folder's files as the folder joined with them
@@ -209,7 +207,7 @@ class _NullBar:
 @click.option(
     "--retrieval",
     type=click.Choice(["dense", "keyword", "hybrid"]),
-    help="dense vectors, BM25 keywords or both (RAG_RETRIEVAL; keyword/hybrid need Milvus 2.5+ or Lite).",
+    help="dense vectors, BM25 keywords or both (RAG_RETRIEVAL; default hybrid).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print {answer, mode, sources:[{file_name, page, score, text}]}.")
 @click.pass_context
@@ -219,10 +217,13 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
 
     Example: python -m rag ask "What was the author's first program written on?" --top-k 3
     """
-    service = _service(_settings(ctx, top_k=top_k, retrieval_mode=retrieval))
+    from rag import AskOptions
+
+    options = AskOptions(top_k=top_k, retrieval=retrieval)  # type: ignore[arg-type]
+    service = _service(_settings(ctx))
     try:
         if as_json:
-            answer = service.ask(question)
+            answer = service.ask(question, options=options)
             click.echo(
                 json.dumps(
                     {
@@ -235,7 +236,7 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
                 )
             )
             return
-        stream = service.stream_answer(question)
+        stream = service.stream_answer(question, options=options)
         for piece in stream:
             click.echo(piece, nl=False)
         click.echo()
@@ -270,7 +271,7 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
 
     Example: python -m rag eval tests/data/qa.jsonl --retrieval all
     """
-    from rag.evaluate import parse_pairs
+    from rag import parse_pairs
 
     try:
         text = qa_file.read_text(encoding="utf-8")
@@ -312,7 +313,7 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 
     Example: python -m rag docs list --json
     """
-    from rag.catalog import Catalog
+    from rag import Catalog
 
     settings = _settings(ctx)
     catalog = Catalog(settings.data_dir / "catalog.sqlite3", settings.collection)
@@ -411,7 +412,7 @@ def bench(
       python -m rag bench --counts 10,100 --experiments add,search
       python -m rag bench --experiments embed --repeat 3 --json
     """
-    from rag.bench import MILVUS_EXPERIMENTS, BenchConfig, BenchRow, aiter_bench
+    from rag import MILVUS_EXPERIMENTS, BenchConfig, BenchRow, aiter_bench
 
     try:
         config = BenchConfig(
@@ -433,7 +434,7 @@ def bench(
         service = _service(settings)
         items, close = service.bench(config), service.close
     else:  # embedding alone needs no Milvus: a bare runtime
-        from rag.runtime import Runtime
+        from rag import Runtime
 
         runtime = Runtime()
         items, close = runtime.iterate(aiter_bench(settings, None, None, config)), runtime.close

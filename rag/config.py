@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
+from rag.options import Retrieval
 
 Consistency = Literal["Strong", "Session", "Bounded", "Eventually"]
 EmbedBackend = Literal["auto", "torch", "onnx", "onnx-int8"]
@@ -97,7 +98,7 @@ class Settings(BaseSettings):
     insert_concurrency: int = Field(
         4, ge=1, le=64, validation_alias=AliasChoices("RAG_INSERT_CONCURRENCY", "insert_concurrency")
     )
-    retrieval_mode: Literal["dense", "keyword", "hybrid"] = Field(
+    retrieval_mode: Retrieval = Field(
         "hybrid",
         validation_alias=AliasChoices("RAG_RETRIEVAL", "retrieval_mode"),
         description="dense (vectors), keyword (BM25) or hybrid (both, fused by RRF; measured best, see BENCHMARKS.md).",

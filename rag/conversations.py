@@ -13,7 +13,6 @@ lock, used from Streamlit's script threads.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -24,7 +23,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from rag.config import private_dir, private_file
-from rag.query import ChatTurn, Source, escape_markdown
+from rag.markdown import escape_markdown, escape_math, neutralize_markdown
+from rag.query import ChatTurn, Source
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -38,20 +38,6 @@ CREATE TABLE IF NOT EXISTS turns (
 );
 CREATE INDEX IF NOT EXISTS turns_by_sid ON turns (sid, id);
 """
-
-# Characters that would let model output (which may repeat document text) form links, images,
-# HTML or math in Markdown; escaped one by one, so it also works on streamed pieces.
-_ACTIVE = re.compile(r"([\\\[\]<>$])")
-
-
-def neutralize_markdown(text: str) -> str:
-    """Markdown from a language model made inert: no images, links, HTML or math; emphasis stays."""
-    return _ACTIVE.sub(r"\\\1", text)
-
-
-def escape_math(text: str) -> str:
-    """Already-escaped Markdown with its remaining `$` escaped too, so prices never turn into math."""
-    return re.sub(r"(?<!\\)\$", r"\\$", text)
 
 
 class StoredTurn(BaseModel, frozen=True):

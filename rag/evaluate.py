@@ -17,13 +17,12 @@ import statistics
 import time
 import unicodedata
 from collections.abc import Sequence
-from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
 from rag.errors import EvalFileError
+from rag.options import AskOptions, Retrieval
 
-Retrieval = Literal["dense", "keyword", "hybrid"]
 HIT_THRESHOLD = 0.8
 CUTOFFS = (1, 3, 5)
 _WORD = re.compile(r"\w+")
@@ -153,7 +152,7 @@ async def aevaluate(engine: object, pairs: Sequence[QAPair], mode: Retrieval, to
     rows = []
     for pair in pairs:
         started = time.perf_counter()
-        sources = await engine.aretrieve(pair.question, top_k, None, mode)  # type: ignore[attr-defined]
+        sources = await engine.aretrieve(pair.question, AskOptions(top_k=top_k, retrieval=mode))  # type: ignore[attr-defined]
         seconds = time.perf_counter() - started
         returned = [Returned(file_name=s.file_name, page=s.page, text=s.text) for s in sources]
         rank = first_hit(pair, returned)

@@ -18,10 +18,11 @@ from pydantic import BaseModel
 from rag.config import Settings
 from rag.embeddings import Embedder
 from rag.llms import map_provider_errors
+from rag.markdown import escape_markdown
+from rag.options import AskOptions
 from rag.store import DocumentStore, chunk_id
 
 Mode = Literal["llm", "retrieval-only"]
-Retrieval = Literal["dense", "keyword", "hybrid"]
 
 RETRIEVAL_ONLY_NOTE = (
     "Retrieval-only mode: no language model is configured, so this is not a generated answer. "
@@ -74,14 +75,6 @@ class Answer(BaseModel, frozen=True):
     sources: list[Source]
     standalone_question: str | None = None
     retrieval_seconds: float | None = None
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$])")
-
-
-def escape_markdown(text: str) -> str:
-    """Document text shown inside Markdown must stay text: no links, images, HTML, emphasis or math."""
-    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def _sentences(text: str) -> list[str]:
@@ -138,17 +131,12 @@ class QueryEngine:
         """`llm` when a language model is configured, else `retrieval-only`."""
         return "llm" if self.llm is not None else "retrieval-only"
 
-    async def aretrieve(
-        self,
-        question: str,
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
-    ) -> list[Source]:
+    async def aretrieve(self, question: str, options: AskOptions = AskOptions()) -> list[Source]:  # noqa: B008
         """The passages most similar to the question (dense), sharing its words (keyword), or both (hybrid)."""
-        retrieval = retrieval or self.settings.retrieval_mode
+        retrieval = options.retrieval or self.settings.retrieval_mode
         embedding = None if retrieval == "keyword" else await self.embedder.aembed_query(question)
-        hits = await self.store.asearch(embedding, top_k or self.settings.top_k, doc_ids, retrieval, question)
+        top_k = options.top_k or self.settings.top_k
+        hits = await self.store.asearch(embedding, top_k, options.doc_ids, retrieval, question)
         width = self.settings.context_chunks
         around = await self.store.aneighbours(hits, width) if width else {}
         sources = []
@@ -189,16 +177,14 @@ class QueryEngine:
         self,
         question: str,
         history: Sequence[ChatTurn] = (),
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
         llm: Any | None = None,
     ) -> AsyncIterator[str | Answer]:
         """Yield the answer's text pieces as they arrive, then the finished Answer (`llm` overrides the default)."""
         llm = llm or self.llm
         standalone = await self.acondense(question, history, llm)
         started = time.perf_counter()
-        sources = await self.aretrieve(standalone, top_k, doc_ids, retrieval)
+        sources = await self.aretrieve(standalone, options)
         retrieval_seconds = time.perf_counter() - started
         pieces: list[str] = []
         if llm is None:
@@ -234,14 +220,12 @@ class QueryEngine:
         self,
         question: str,
         history: Sequence[ChatTurn] = (),
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
         llm: Any | None = None,
     ) -> Answer:
         """The whole answer at once."""
         answer: Answer | None = None
-        async for item in self.astream_answer(question, history, top_k, doc_ids, retrieval, llm):
+        async for item in self.astream_answer(question, history, options, llm):
             if isinstance(item, Answer):
                 answer = item
         assert answer is not None

@@ -16,12 +16,14 @@ from pathlib import Path
 from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings, private_dir
+from rag.conversations import ConversationStore
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import build_llm, describe_llm
-from rag.query import Answer, ChatTurn, QueryEngine, Retrieval, Source
+from rag.options import AskOptions, Retrieval
+from rag.query import Answer, ChatTurn, QueryEngine, Source
 from rag.runtime import Runtime
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 
@@ -71,6 +73,7 @@ class RagService:
                 DocumentStore.abuild(settings, self.connection, self.embedder.dim, self.embedder.model_id), timeout=120
             )
             self.catalog = Catalog(Path(settings.data_dir) / "catalog.sqlite3", settings.collection)
+            self.conversations = ConversationStore(Path(settings.data_dir) / "conversations.sqlite3")
             self.ingestor = Ingestor(settings, self.embedder, self.store, self.catalog)
             self.jobs = JobManager(self.ingestor, self.runtime.loop, max_running=settings.max_running_jobs)
             self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
@@ -191,46 +194,31 @@ class RagService:
         return self.runtime.run(self.store.acount(doc_id), timeout=60)
 
     # -- questions --------------------------------------------------------------------------
-    def retrieve(
-        self,
-        question: str,
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
-    ) -> list[Source]:
+    def retrieve(self, question: str, options: AskOptions = AskOptions()) -> list[Source]:  # noqa: B008
         """The passages that best match a question."""
-        return self.runtime.run(self.engine.aretrieve(question, top_k, doc_ids, retrieval), timeout=120)
+        return self.runtime.run(self.engine.aretrieve(question, options), timeout=120)
 
     def ask(
         self,
         question: str,
         history: Sequence[ChatTurn] = (),
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
-        llm_model: str | None = None,
-        temperature: float | None = None,
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
     ) -> Answer:
-        """A whole answer with sources; `llm_model` and `temperature` override the settings for this question."""
-        llm = self._llm_for(llm_model, temperature)
+        """A whole answer with sources; the options' model and temperature override the settings."""
+        llm = self._llm_for(options.llm_model, options.temperature)
         return self.runtime.run(
-            self.engine.aquery(question, history, top_k, doc_ids, retrieval, llm),
-            timeout=self.settings.llm_timeout + 60,
+            self.engine.aquery(question, history, options, llm), timeout=self.settings.llm_timeout + 60
         )
 
     def stream_answer(
         self,
         question: str,
         history: Sequence[ChatTurn] = (),
-        top_k: int | None = None,
-        doc_ids: Sequence[str] | None = None,
-        retrieval: Retrieval | None = None,
-        llm_model: str | None = None,
-        temperature: float | None = None,
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
     ) -> AnswerStream:
         """An answer as it is written; read `.answer` after iterating."""
-        llm = self._llm_for(llm_model, temperature)
-        agen = self.engine.astream_answer(question, history, top_k, doc_ids, retrieval, llm)
+        llm = self._llm_for(options.llm_model, options.temperature)
+        agen = self.engine.astream_answer(question, history, options, llm)
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
 
     def _llm_for(self, llm_model: str | None, temperature: float | None) -> object | None:
@@ -326,5 +314,6 @@ class RagService:
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
         self.catalog.close()
+        self.conversations.close()
         if self._own_runtime:
             self.runtime.close()

@@ -63,8 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from rag.config import load_settings
-    from rag.service import RagService
+    from rag import RagService, load_settings
 
     fake = None
     overrides: dict[str, object] = {"collection": f"load_{uuid.uuid4().hex[:8]}"}

@@ -154,10 +154,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from rag.bench import BenchConfig
-    from rag.config import load_settings
-    from rag.milvus_server import EmbeddedMilvus
-    from rag.service import RagService
+    from rag import BenchConfig, EmbeddedMilvus, RagService, load_settings
 
     scratch = Path(tempfile.mkdtemp(prefix="rag-stall-"))
     overrides: dict[str, object] = {

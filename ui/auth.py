@@ -6,8 +6,7 @@ import hmac
 
 import streamlit as st
 
-from rag.config import load_settings
-from rag.errors import RagError
+from rag import RagError, load_settings
 
 UNLOCKED = "auth.unlocked"
 

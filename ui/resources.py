@@ -6,13 +6,9 @@ cached here, never the client itself. Errors are raised as RagError for the page
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from rag.config import load_settings
-from rag.conversations import ConversationStore
-from rag.service import RagService
+from rag import RagService, load_settings
 
 
 @st.cache_resource(
@@ -24,9 +20,3 @@ def get_service() -> RagService:
     """The one RagService of this process, built from the environment on first use."""
     with st.spinner("Connecting to Milvus and loading the embedding model…"):
         return RagService(load_settings())
-
-
-@st.cache_resource(show_spinner=False, on_release=lambda store: store.close())
-def get_conversations(data_dir: str) -> ConversationStore:
-    """Conversations of every browser session, in SQLite inside the data dir."""
-    return ConversationStore(Path(data_dir) / "conversations.sqlite3")

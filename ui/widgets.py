@@ -7,26 +7,31 @@ or Markdown-escaped with `md()`, never as HTML. Model output goes through `neutr
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import streamlit as st
 
-from rag.catalog import DocumentRecord
-from rag.config import Settings, redact_url
-from rag.conversations import ConversationStore, escape_math, neutralize_markdown
-from rag.errors import RagError
-from rag.jobs import JobSnapshot
-from rag.query import Source, escape_markdown
-from rag.service import RagService
+from rag import (
+    AskOptions,
+    ConversationStore,
+    DocumentRecord,
+    JobSnapshot,
+    RagError,
+    RagService,
+    Settings,
+    Source,
+    escape_markdown,
+    escape_math,
+    neutralize_markdown,
+    redact_url,
+)
 from ui.resources import get_service
 
 log = logging.getLogger(__name__)
@@ -79,7 +84,7 @@ def service_or_stop() -> RagService:
         return get_service()
     except RagError as err:
         show_error(err)
-        from rag.config import load_settings
+        from rag import load_settings
 
         try:
             settings = load_settings()
@@ -105,38 +110,11 @@ def render_sources(sources: Sequence[Source], key: str = "") -> None:
             st.text(src.text)
 
 
-@dataclass(frozen=True)
-class ChatOptions:
-    """What the chat sidebar lets people choose."""
-
-    top_k: int
-    llm_model: str | None
-    temperature: float | None
-    retrieval: str | None = None
-
-
-def _accepts(func: object, name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
-
-def answer_kwargs(service: RagService, options: ChatOptions) -> dict[str, object]:
-    """Keyword arguments for `stream_answer`: top-k always, model and temperature when the engine takes them."""
-    kwargs: dict[str, object] = {"top_k": options.top_k}
-    for name in ("llm_model", "temperature", "retrieval"):
-        value = getattr(options, name)
-        if value is not None and _accepts(service.stream_answer, name):
-            kwargs[name] = value
-    return kwargs
-
-
-def chat_sidebar(service: RagService) -> ChatOptions:
+def chat_sidebar(service: RagService) -> AskOptions:
     """Top-k, the LLM model and temperature (and the retrieval mode, when offered), in the sidebar."""
     settings = service.settings
     llm = service.mode == "llm"
-    tunable = llm and _accepts(service.stream_answer, "temperature")
+    tunable = llm
     # Defaults go into session state, not the widgets, so values kept across pages never clash with them.
     st.session_state.setdefault("chat.top_k", min(settings.top_k, 20))
     st.session_state.setdefault("chat.llm_model", settings.llm_model)
@@ -168,7 +146,7 @@ def chat_sidebar(service: RagService) -> ChatOptions:
         if not llm:
             st.caption("No LLM connected: answers quote passages (retrieval-only).")
         retrieval = _retrieval_choice(service)
-    return ChatOptions(
+    return AskOptions(
         top_k=int(top_k),
         llm_model=(model.strip() or None) if tunable else None,
         temperature=float(temperature) if tunable else None,
@@ -181,11 +159,10 @@ _RETRIEVAL_LABELS = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)",
 
 def _retrieval_choice(service: RagService) -> str | None:
     """How passages are found, when the engine offers a choice; None keeps the configured default."""
-    features = getattr(service, "features", None)
-    modes = tuple(getattr(features, "retrieval_modes", ()) or ())
-    if len(modes) < 2 or not _accepts(service.stream_answer, "retrieval"):
+    modes = tuple(service.features.retrieval_modes)
+    if len(modes) < 2:
         return None
-    default = getattr(service.settings, "retrieval_mode", modes[0])
+    default = service.settings.retrieval_mode
     if st.session_state.get("chat.retrieval") not in modes:
         st.session_state["chat.retrieval"] = default if default in modes else modes[0]
     return st.radio(
@@ -389,7 +366,7 @@ def document_picker(docs: Sequence[DocumentRecord], label: str, key: str, **opti
     return list(st.multiselect(label, list(names), format_func=names.get, key=key, **options))
 
 
-def document_filter(docs: Sequence[DocumentRecord]) -> list[str] | None:
+def document_filter(docs: Sequence[DocumentRecord]) -> tuple[str, ...] | None:
     """A sidebar selector limiting questions to chosen documents; None means all of them."""
     with st.sidebar:
         chosen = document_picker(
@@ -399,7 +376,7 @@ def document_filter(docs: Sequence[DocumentRecord]) -> list[str] | None:
             placeholder="All documents",
             help="Leave empty to search every indexed document.",
         )
-    return chosen or None
+    return tuple(chosen) or None
 
 
 def conversation_actions(conversations: ConversationStore, sid: str) -> None:

@@ -203,17 +203,16 @@ def test_an_llm_failure_is_shown_and_not_stored(llm_env: AppEnv, tmp_path: Path,
     assert not refreshed.chat_message
 
 
-def test_sidebar_options_reach_the_engine_only_where_it_takes_them() -> None:
-    from ui.widgets import ChatOptions, answer_kwargs
+def test_sidebar_model_and_temperature_reach_the_llm_server(
+    llm_env: AppEnv, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    _ingest(llm_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
+    at = llm_env.app(CHAT)
+    at.run()
+    at.text_input(key="chat.llm_model").set_value("other-model")
+    at.slider(key="chat.temperature").set_value(0.7)
+    _ask(at, "What do giraffes eat?")
 
-    class Old:
-        def stream_answer(self, question, history=(), top_k=None, doc_ids=None):  # noqa: ANN001, ANN202
-            return None
-
-    class New:
-        def stream_answer(self, question, history=(), top_k=None, doc_ids=None, retrieval=None, temperature=None):  # noqa: ANN001, ANN202, E501
-            return None
-
-    options = ChatOptions(top_k=3, llm_model=None, temperature=0.7, retrieval="hybrid")
-    assert answer_kwargs(Old(), options) == {"top_k": 3}
-    assert answer_kwargs(New(), options) == {"top_k": 3, "temperature": 0.7, "retrieval": "hybrid"}
+    assert not at.exception and not at.error
+    request = fake_openai.requests[-1]
+    assert request["model"] == "other-model" and request["temperature"] == pytest.approx(0.7)

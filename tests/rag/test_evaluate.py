@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from rag.cli import cli
 from rag.errors import EvalFileError
 from rag.evaluate import QAPair, Returned, evidence_share, first_hit, parse_pairs
+from rag.options import AskOptions
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QUALITY_FLOOR = 0.85
@@ -96,7 +97,9 @@ def test_eval_matches_an_outside_count_from_ask(indexed_corpus) -> None:  # noqa
 
     outside = 0
     for pair in pairs:
-        sources = json.loads(json.dumps([s.model_dump() for s in svc.ask(pair.question, top_k=5).sources]))
+        sources = json.loads(
+            json.dumps([s.model_dump() for s in svc.ask(pair.question, options=AskOptions(top_k=5)).sources])
+        )
         wanted = grams(pair.evidence)
         if any(s["file_name"] == pair.file and len(wanted & grams(s["text"])) >= 0.8 * len(wanted) for s in sources):
             outside += 1

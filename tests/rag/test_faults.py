@@ -13,18 +13,19 @@ from pathlib import Path
 import pytest
 
 from rag.ingest import FileStatus
+from rag.options import AskOptions
 
 pytestmark = [pytest.mark.milvus, pytest.mark.restart]
 
 
 def test_question_after_milvus_restart_needs_no_app_restart(service, milvus_server, corpus: Path) -> None:  # noqa: ANN001
     service.ingest([corpus / "zoo.pdf"])
-    before = service.retrieve("irregular time series", top_k=3)
+    before = service.retrieve("irregular time series", options=AskOptions(top_k=3))
     old = milvus_server.start()
     milvus_server.stop()
     new = milvus_server.start()
     assert new.proxy_port == old.proxy_port  # the restart keeps its port, so clients reconnect
-    after = service.retrieve("irregular time series", top_k=3)
+    after = service.retrieve("irregular time series", options=AskOptions(top_k=3))
     assert [s.text for s in after] == [s.text for s in before]
 
 

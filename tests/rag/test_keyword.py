@@ -8,6 +8,7 @@ import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from rag.keyword import KeywordIndex, KeywordRow, match_query
+from rag.options import AskOptions
 from rag.service import RagService
 from rag.store import RRF_K, fuse_rrf
 from tests.conftest import write_part_number_docs
@@ -36,8 +37,8 @@ def test_keyword_index_follows_ingest_replace_delete_and_reindex(service, corpus
     assert second.status == "replaced"
     ids = _in_step(service)
     assert not any(i.startswith(first.doc_id[:40]) for i in ids)
-    assert service.retrieve("ZB4410QA", retrieval="keyword")[0].file_name == "notes.txt"
-    assert not any("QX7719ZK" in s.text for s in service.retrieve("QX7719ZK", retrieval="keyword"))
+    assert service.retrieve("ZB4410QA", options=AskOptions(retrieval="keyword"))[0].file_name == "notes.txt"
+    assert not any("QX7719ZK" in s.text for s in service.retrieve("QX7719ZK", options=AskOptions(retrieval="keyword")))
     snapshot = service.reindex_document(essay.doc_id)
     service.wait_job(snapshot.id, timeout=300)
     assert len(_in_step(service)) == essay.chunks + second.chunks
@@ -61,7 +62,10 @@ def test_recovery_brings_the_keyword_index_in_step(make_settings, embedder, corp
     svc = RagService(settings, embedder=embedder)
     try:
         assert len(_in_step(svc)) == result.chunks
-        assert svc.retrieve("extract tables from PDF pages", retrieval="keyword")[0].file_name == "pdfplumber_README.md"
+        assert (
+            svc.retrieve("extract tables from PDF pages", options=AskOptions(retrieval="keyword"))[0].file_name
+            == "pdfplumber_README.md"
+        )
     finally:
         svc.runtime.run(svc.store.adrop())
         svc.close()
@@ -71,11 +75,15 @@ def test_hybrid_finds_keyword_only_matches_on_the_embedded_server(service, tmp_p
     folder = write_part_number_docs(tmp_path / "docs")
     service.ingest(sorted(folder.iterdir()))
     question = "How often should QX7719ZK be lubricated, calibrated and inspected?"
-    assert service.retrieve(question, top_k=1, retrieval="keyword")[0].file_name == "parts.txt"
-    assert "parts.txt" in {s.file_name for s in service.retrieve(question, top_k=3, retrieval="hybrid")}
-    assert "parts.txt" not in {s.file_name for s in service.retrieve(question, top_k=3, retrieval="dense")}
+    assert service.retrieve(question, options=AskOptions(top_k=1, retrieval="keyword"))[0].file_name == "parts.txt"
+    assert "parts.txt" in {
+        s.file_name for s in service.retrieve(question, options=AskOptions(top_k=3, retrieval="hybrid"))
+    }
+    assert "parts.txt" not in {
+        s.file_name for s in service.retrieve(question, options=AskOptions(top_k=3, retrieval="dense"))
+    }
     only = service.documents()[-1].doc_id
-    hits = service.retrieve(question, top_k=5, doc_ids=[only], retrieval="hybrid")
+    hits = service.retrieve(question, options=AskOptions(top_k=5, doc_ids=(only,), retrieval="hybrid"))
     assert hits and {s.doc_id for s in hits} == {only}
 
 

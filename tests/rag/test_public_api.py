@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -42,3 +43,17 @@ def test_loop_plumbing_lives_only_in_runtime() -> None:
 def test_streamlit_upload_limit_agrees_with_the_engine() -> None:
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
     assert config["server"]["maxUploadSize"] == Settings.model_fields["max_file_mb"].default
+
+
+def test_pages_ui_and_cli_use_only_the_public_surface() -> None:
+    files = [*(REPO / "pages").glob("*.py"), *(REPO / "ui").glob("*.py"), REPO / "app.py", REPO / "rag" / "cli.py"]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from rag\.\w|import rag\.)", text, re.M), path.name
+
+
+def test_every_public_name_is_in_the_type_checking_imports() -> None:
+    text = (REPO / "rag" / "__init__.py").read_text(encoding="utf-8")
+    hidden = text.split("if TYPE_CHECKING:", 1)[1]
+    for name in rag.__all__:
+        assert re.search(rf"\b{name}\b", hidden), name

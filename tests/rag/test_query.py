@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
+from rag.options import AskOptions
 from rag.query import RETRIEVAL_ONLY_NOTE, ChatTurn
 
 pytestmark = pytest.mark.milvus
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.milvus
 )
 def test_answers_cite_known_file_and_page(indexed_corpus, corpus: Path, question, file_name, page, phrase) -> None:  # noqa: ANN001
     svc, _ = indexed_corpus
-    answer = svc.ask(question, top_k=5)
+    answer = svc.ask(question, options=AskOptions(top_k=5))
     assert answer.sources[0].file_name == file_name
     hits = [
         s for s in answer.sources if (s.file_name, s.page) == (file_name, page) and phrase in " ".join(s.text.split())
@@ -50,7 +51,7 @@ def test_answers_cite_known_file_and_page(indexed_corpus, corpus: Path, question
 
 def test_pdf_sources_carry_their_own_pages(indexed_corpus) -> None:  # noqa: ANN001
     svc, _ = indexed_corpus
-    sources = svc.retrieve("linear models and regression formulae", top_k=10)
+    sources = svc.retrieve("linear models and regression formulae", options=AskOptions(top_k=10))
     pages = {s.page for s in sources if s.file_name == "R-intro.pdf"}
     assert len(pages) > 1 and all(1 <= p <= 113 for p in pages)
 
@@ -58,7 +59,7 @@ def test_pdf_sources_carry_their_own_pages(indexed_corpus) -> None:  # noqa: ANN
 def test_limit_to_documents(indexed_corpus) -> None:  # noqa: ANN001
     svc, report = indexed_corpus
     zoo = next(f.doc_id for f in report.files if f.file == "zoo.pdf")
-    sources = svc.retrieve("How do I partition a table?", top_k=5, doc_ids=[zoo])
+    sources = svc.retrieve("How do I partition a table?", options=AskOptions(top_k=5, doc_ids=(zoo,)))
     assert sources and {s.file_name for s in sources} == {"zoo.pdf"}
 
 
@@ -126,7 +127,7 @@ def test_llm_failure_is_a_model_error(llm_service, fake_openai, corpus: Path) ->
 def test_per_question_model_and_temperature(llm_service, fake_openai, corpus: Path) -> None:  # noqa: ANN001
     llm_service.ingest([corpus / "unstructured_README.md"])
     before = len(fake_openai.requests)
-    llm_service.ask("What is unstructured?", llm_model="other-model", temperature=0.7)
+    llm_service.ask("What is unstructured?", options=AskOptions(llm_model="other-model", temperature=0.7))
     llm_service.ask("What is unstructured?")
     override, default = fake_openai.requests[before : before + 2]
     assert (override["model"], override["temperature"]) == ("other-model", 0.7)

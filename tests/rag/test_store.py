@@ -8,6 +8,7 @@ import pytest
 
 from rag.errors import EmbeddingMismatchError
 from rag.ingest import FileStatus
+from rag.options import AskOptions
 from rag.service import RagService
 from tests.conftest import write_part_number_docs
 
@@ -68,9 +69,9 @@ def test_hybrid_finds_keyword_only_matches_on_milvus_lite(tmp_path: Path, embedd
         assert svc.features.keyword_search and svc.features.retrieval_modes == ("dense", "keyword", "hybrid")
         svc.ingest(sorted(folder.iterdir()))
         question = "How often should QX7719ZK be lubricated, calibrated and inspected?"
-        keyword = svc.retrieve(question, top_k=1, retrieval="keyword")
-        hybrid = svc.retrieve(question, top_k=2, retrieval="hybrid")
-        dense = svc.retrieve(question, top_k=1, retrieval="dense")
+        keyword = svc.retrieve(question, options=AskOptions(top_k=1, retrieval="keyword"))
+        hybrid = svc.retrieve(question, options=AskOptions(top_k=2, retrieval="hybrid"))
+        dense = svc.retrieve(question, options=AskOptions(top_k=1, retrieval="dense"))
         assert keyword[0].file_name == "parts.txt"
         assert "parts.txt" in {s.file_name for s in hybrid}
         assert dense[0].file_name != "parts.txt"
