@@ -23,11 +23,11 @@ _LOCATIONS = {
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
-    "Catalog": "rag.catalog",
     "ChatTurn": "rag.query",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
+    "DocumentBusyError": "rag.errors",
     "DocumentNotFoundError": "rag.errors",
     "DocumentRecord": "rag.catalog",
     "EmbeddedMilvus": "rag.milvus_server",
@@ -60,6 +60,7 @@ _LOCATIONS = {
     "default_corpus_dir": "rag.bench",
     "escape_markdown": "rag.markdown",
     "escape_math": "rag.markdown",
+    "list_documents": "rag.documents",
     "load_settings": "rag.config",
     "neutralize_markdown": "rag.markdown",
     "parse_pairs": "rag.evaluate",
@@ -80,11 +81,11 @@ __all__ = [
     "BenchReport",
     "BenchRow",
     "BenchmarkBusyError",
-    "Catalog",
     "ChatTurn",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
+    "DocumentBusyError",
     "DocumentNotFoundError",
     "DocumentRecord",
     "EmbeddedMilvus",
@@ -117,6 +118,7 @@ __all__ = [
     "default_corpus_dir",
     "escape_markdown",
     "escape_math",
+    "list_documents",
     "load_settings",
     "neutralize_markdown",
     "parse_pairs",
@@ -150,13 +152,15 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         default_corpus_dir,
         plan,
     )
-    from rag.catalog import Catalog, DocumentRecord
+    from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
+    from rag.documents import list_documents
     from rag.errors import (
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
+        DocumentBusyError,
         DocumentNotFoundError,
         EmbeddingMismatchError,
         EvalFileError,

@@ -43,8 +43,8 @@ from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo,
 from llama_index.core.vector_stores import VectorStoreQuery
 from pydantic import BaseModel, Field, field_validator
 
-from rag.catalog import Catalog
 from rag.config import Settings
+from rag.documents import DocumentLibrary, SourceFile
 from rag.embeddings import (
     Embedder,
     cosines,
@@ -54,9 +54,8 @@ from rag.embeddings import (
     load_onnx_embedder,
     load_torch_embedder,
 )
-from rag.errors import IngestError
-from rag.ingest import Ingestor, SourceFile, chunk_documents, embed_texts, make_splitter
-from rag.onnx_backend import OnnxUnavailableError
+from rag.errors import BackendUnavailableError, IngestError, JobCancelledError
+from rag.ingest import Ingestor, chunk_documents, embed_texts, make_splitter
 from rag.readers import READERS, file_type, read_file
 from rag.store import (
     Connection,
@@ -221,10 +220,6 @@ def _row(experiment: Experiment, mode: Mode, n: int, seconds: float, sync: float
     )
 
 
-class _Stopped(Exception):
-    """A sync loop noticed the run was cancelled."""
-
-
 async def _in_thread(fn: Callable[[threading.Event], T]) -> T:
     """Run a blocking loop in a worker thread; on cancel, tell it to stop and let it finish first.
 
@@ -342,7 +337,7 @@ def _sync_add(store: Any, nodes: Sequence[BaseNode]) -> Callable[[threading.Even
     def _loop(stop: threading.Event) -> None:
         for node in nodes:
             if stop.is_set():
-                raise _Stopped
+                raise JobCancelledError("benchmark stopped")
             store.add([node])
 
     return _loop
@@ -400,7 +395,7 @@ def _sync_search(store: Any, vectors: Sequence[list[float]]) -> Callable[[thread
         results = []
         for vector in vectors:
             if stop.is_set():
-                raise _Stopped
+                raise JobCancelledError("benchmark stopped")
             results.append(store.query(VectorStoreQuery(query_embedding=vector, similarity_top_k=TOP_K)))
         return results
 
@@ -472,7 +467,7 @@ def _sync_pipeline(
             size = settings.insert_batch_size
             for start in range(0, len(nodes), size):
                 if stop.is_set():
-                    raise _Stopped
+                    raise JobCancelledError("benchmark stopped")
                 batch = nodes[start : start + size]
                 for node, vector in zip(batch, embedder.embed(embed_texts(batch))):
                     node.embedding = vector
@@ -497,7 +492,7 @@ def _raw_embedding(embedder: Embedder, texts: Sequence[str], batch: int) -> Call
     def _run(stop: threading.Event) -> int:
         for start in range(0, len(texts), batch):
             if stop.is_set():
-                raise _Stopped
+                raise JobCancelledError("benchmark stopped")
             embedder.embed(list(texts[start : start + batch]))
         return len(texts)
 
@@ -514,21 +509,21 @@ async def _project_ingest(
         update={"data_dir": scratch_dir, "collection": name, "max_files": max(settings.max_files, len(files))}
     )
     store: DocumentStore | None = None
-    catalog: Catalog | None = None
+    library: DocumentLibrary | None = None
     try:
         store = await DocumentStore.abuild(
             scratch, connection, embedder.dim, embedder.model_id, name, overwrite=True, consistency_level=consistency
         )
-        catalog = Catalog(scratch_dir / "catalog.sqlite3", name)
-        ingestor = Ingestor(scratch, embedder, store, catalog)
+        library = DocumentLibrary(scratch, store)
+        ingestor = Ingestor(scratch, embedder, library)
         seconds, report = await _timed(ingestor.aingest([SourceFile(p, p.name) for p in files]))
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # aingest turns a cancel into a report; pass it on
             raise asyncio.CancelledError
         return seconds, report.chunks
     finally:
-        if catalog is not None:
-            catalog.close()
+        if library is not None:
+            library.close()
         if store is not None:
             await _drop(store.vector_store.client, name)
             await store.aclose()
@@ -621,7 +616,7 @@ def _load_backends(settings: Settings, engine: Embedder, modes: Sequence[Mode]) 
         else:
             try:
                 loaded[mode] = load_onnx_embedder(settings, mode)
-            except OnnxUnavailableError as exc:
+            except BackendUnavailableError as exc:
                 log.warning("embed benchmark: %s is not available here: %s", mode, exc)
     return loaded
 
@@ -632,7 +627,7 @@ def _embed_round(embedder: Embedder, texts: Sequence[str], batch: int) -> Callab
         started = time.perf_counter()
         for start in range(0, len(texts), batch):
             if stop.is_set():
-                raise _Stopped
+                raise JobCancelledError("benchmark stopped")
             vectors.extend(embedder.embed(list(texts[start : start + batch])))
         return time.perf_counter() - started, vectors
 

@@ -29,10 +29,19 @@ CREATE TABLE IF NOT EXISTS documents (
     status     TEXT NOT NULL,
     stored_path TEXT NOT NULL,
     added_at   REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    pending    INTEGER,
+    lease_until REAL,
     PRIMARY KEY (collection, doc_id)
 );
 CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
 """
+# Columns added after the first release: (name, declaration), added to older catalog files at open.
+_ADDED_COLUMNS = (
+    ("generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("pending", "INTEGER"),
+    ("lease_until", "REAL"),
+)
 
 
 class DocumentRecord(BaseModel, frozen=True):
@@ -47,6 +56,9 @@ class DocumentRecord(BaseModel, frozen=True):
     status: str
     stored_path: str
     added_at: float
+    generation: int = 0
+    pending: int | None = None
+    lease_until: float | None = None
 
     @property
     def added(self) -> str:
@@ -66,6 +78,10 @@ class Catalog:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+            for name, declaration in _ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE documents ADD COLUMN {name} {declaration}")
 
     def _rows(self, sql: str, *args: object) -> list[DocumentRecord]:
         with self._lock:
@@ -93,11 +109,12 @@ class Catalog:
             "SELECT * FROM documents WHERE collection=? AND status=? ORDER BY added_at DESC", self.collection, status
         )
 
-    def begin(self, record: DocumentRecord) -> None:
-        """Record a document whose chunks are being written."""
+    def begin(self, record: DocumentRecord, lease_until: float) -> None:
+        """Record a document whose chunks are being written, leased to its writer until `lease_until`."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO documents (collection, doc_id, file_name, file_type, size, pages, chunks, "
+                "status, stored_path, added_at, generation, pending, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     self.collection,
                     record.doc_id,
@@ -109,15 +126,50 @@ class Catalog:
                     "indexing",
                     record.stored_path,
                     record.added_at or time.time(),
+                    record.generation,
+                    None,
+                    lease_until,
                 ),
             )
 
-    def finish(self, doc_id: str, chunks: int, pages: int | None) -> None:
-        """Mark a document indexed once every chunk is stored."""
+    def begin_generation(self, doc_id: str, generation: int, lease_until: float) -> None:
+        """Record that a re-index is writing `generation` of an indexed document beside the current one."""
+        self._update(doc_id, pending=generation, lease_until=lease_until)
+
+    def renew(self, doc_id: str, lease_until: float) -> None:
+        """Extend a writer's lease on a document (an indexing row, or a re-index in progress)."""
+        self._update(doc_id, lease_until=lease_until)
+
+    def finish(self, doc_id: str, chunks: int, pages: int | None, generation: int = 0) -> None:
+        """Mark a document indexed once every chunk of `generation` is stored."""
+        self._update(
+            doc_id, status="indexed", chunks=chunks, pages=pages, generation=generation, pending=None, lease_until=None
+        )
+
+    def end_generation(self, doc_id: str) -> None:
+        """Forget a re-index that did not finish; the current generation stays."""
+        self._update(doc_id, pending=None, lease_until=None)
+
+    def expired(self, now: float) -> list[DocumentRecord]:
+        """Rows whose writer's lease ran out: half-indexed documents, or re-indexes, nobody is writing now."""
+        return self._rows(
+            "SELECT * FROM documents WHERE collection=? AND (status='indexing' OR pending IS NOT NULL) "
+            "AND (lease_until IS NULL OR lease_until < ?)",
+            self.collection,
+            now,
+        )
+
+    def references(self, stored_path: str) -> int:
+        """How many rows (of any collection of this data dir) keep these stored bytes."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM documents WHERE stored_path=?", (stored_path,)).fetchone()[0]
+
+    def _update(self, doc_id: str, **values: object) -> None:
+        columns = ", ".join(f"{name}=?" for name in values)
         with self._lock:
             self._db.execute(
-                "UPDATE documents SET status='indexed', chunks=?, pages=? WHERE collection=? AND doc_id=?",
-                (chunks, pages, self.collection, doc_id),
+                f"UPDATE documents SET {columns} WHERE collection=? AND doc_id=?",
+                (*values.values(), self.collection, doc_id),
             )
 
     def remove(self, doc_id: str) -> None:

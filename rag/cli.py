@@ -313,12 +313,9 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 
     Example: python -m rag docs list --json
     """
-    from rag import Catalog
+    from rag import list_documents
 
-    settings = _settings(ctx)
-    catalog = Catalog(settings.data_dir / "catalog.sqlite3", settings.collection)
-    records = catalog.list()
-    catalog.close()
+    records = list_documents(_settings(ctx))
     if as_json:
         click.echo(
             json.dumps(

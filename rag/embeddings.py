@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from rag.config import Settings
 from rag.errors import ConfigError, ModelError
-from rag.onnx_backend import OnnxModel, OnnxUnavailableError, available_providers, cpu_threads, ensure_built
+from rag.onnx_backend import BackendUnavailableError, OnnxModel, available_providers, cpu_threads, ensure_built
 
 log = logging.getLogger(__name__)
 
@@ -354,16 +354,16 @@ def load_torch_embedder(settings: Settings, precision: Literal["fp32", "bf16"] |
 def onnx_folder(settings: Settings) -> Path:
     """The built ONNX models of the configured model, building them on first use.
 
-    Raises `OnnxUnavailableError` when that cannot be done here (the reason is in the message).
+    Raises `BackendUnavailableError` when that cannot be done here (the reason is in the message).
     """
     _, model_id, folder = _model_source(settings)
     if folder is None:
-        raise OnnxUnavailableError("EMBED_MODEL names a hub model; the ONNX backends need a local model folder")
+        raise BackendUnavailableError("EMBED_MODEL names a hub model; the ONNX backends need a local model folder")
     return ensure_built(folder, settings.model_cache_dir, Path(model_id).name)
 
 
 def load_onnx_embedder(settings: Settings, variant: str) -> OnnxEmbedder:
-    """The configured model on ONNX Runtime (`onnx` or `onnx-int8`); raises OnnxUnavailableError."""
+    """The configured model on ONNX Runtime (`onnx` or `onnx-int8`); raises BackendUnavailableError."""
     _, model_id, _ = _model_source(settings)
     model = OnnxModel(onnx_folder(settings), variant)  # type: ignore[arg-type]
     return OnnxEmbedder(
@@ -394,7 +394,7 @@ def load_embedder(settings: Settings) -> Embedder:
         embedder = load_onnx_embedder(settings, requested)
         embedder.choice = BackendChoice(backend=requested, reason="set by RAG_EMBED_BACKEND", cpu=cpu_description())
         return embedder
-    except OnnxUnavailableError as exc:
+    except BackendUnavailableError as exc:
         embedder = load_torch_embedder(settings)
         if requested == "auto" and str(exc).startswith("EMBED_MODEL names a hub model"):
             embedder.choice = BackendChoice(backend=embedder.backend, reason=f"auto: {exc}", cpu=cpu_description())
@@ -422,7 +422,7 @@ def _candidates(settings: Settings) -> list[str]:
 def choose_backend(settings: Settings) -> BackendChoice:
     """auto's decision for this machine: read from the cache, or measured now (loading torch once) and cached.
 
-    Raises `OnnxUnavailableError` when the ONNX models cannot be built here.
+    Raises `BackendUnavailableError` when the ONNX models cannot be built here.
     """
     from filelock import FileLock
 

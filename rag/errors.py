@@ -43,12 +43,26 @@ class StoreUnavailableError(RagError):
     default_message = "Milvus is not reachable."
 
 
+class TransientStoreError(StoreUnavailableError):
+    """A failure worth retrying (server restarting, connection reset)."""
+
+
+class CollectionNotLoadedError(TransientStoreError):
+    """The collection is not loaded yet (as after a restart): reload it, then retry."""
+
+
 class CollectionNotFoundError(RagError):
     """Raised when the named collection does not exist."""
 
 
 class DocumentNotFoundError(RagError):
     """Raised when no indexed document has the given id."""
+
+
+class DocumentBusyError(RagError):
+    """Raised when a document cannot be changed because a writer is indexing it right now."""
+
+    default_message = "The document is being indexed right now; try again when that has finished."
 
 
 class IngestError(RagError):
@@ -74,6 +88,11 @@ class ModelError(RagError):
     """Raised when the LLM or the embedding model fails or refuses a request."""
 
     default_message = "The language model failed."
+
+
+class BackendUnavailableError(ModelError):
+    """An embedding backend cannot run here (a package is missing, an unsupported model, a failed export);
+    the engine falls back to torch with a warning, and the message says why."""
 
 
 class JobCancelledError(RagError):

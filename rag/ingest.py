@@ -8,7 +8,6 @@ concurrency. A document's id is the SHA-256 of its bytes; a file that fails leav
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
@@ -24,12 +23,13 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, Document, MetadataMode, NodeRelationship, RelatedNodeInfo
 from pydantic import BaseModel
 
-from rag.catalog import Catalog, DocumentRecord
+from rag.catalog import DocumentRecord
 from rag.config import Settings
+from rag.documents import LEASE_SECONDS, DocumentLibrary, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.readers import file_type, read_file
-from rag.store import MODEL_KEY, DocumentStore, chunk_id
+from rag.store import MODEL_KEY, chunk_id
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,8 @@ class IngestReport(BaseModel, frozen=True):
         return sum(f.chunks for f in self.files if f.status in (FileStatus.INDEXED, FileStatus.REPLACED))
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    """A file to ingest: where its bytes are, and what the user calls it."""
-
-    path: Path
-    name: str
-
-
-ProgressCallback = Callable[[FileProgress], None]
+ProgressCallback = Callable[[int, FileProgress], None]
+"""Told `(index of the file in the job, a copy of its progress)` at every step; the copy is never changed."""
 
 
 def clean_name(name: str, limit: int = 200) -> str:
@@ -176,7 +169,7 @@ def embed_texts(nodes: Sequence[BaseNode]) -> list[str]:
 
 
 def chunk_documents(
-    docs: Sequence[Document], splitter: SentenceSplitter, doc_id: str, model_id: str, kind: str
+    docs: Sequence[Document], splitter: SentenceSplitter, doc_id: str, model_id: str, kind: str, generation: int = 0
 ) -> list[BaseNode]:
     """Split page Documents into nodes carrying file, page, doc id and position; ids are stable."""
     for part, doc in enumerate(docs):
@@ -186,7 +179,7 @@ def chunk_documents(
     nodes = splitter.get_nodes_from_documents(list(docs))
     nodes = [n for n in nodes if n.get_content().strip()]
     for position, node in enumerate(nodes):
-        node.id_ = chunk_id(doc_id, position)
+        node.id_ = chunk_id(doc_id, position, generation)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update({"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id})
         node.excluded_embed_metadata_keys = list(node.metadata)
@@ -196,35 +189,34 @@ def chunk_documents(
 
 @dataclass
 class _Prepared:
+    index: int
     progress: FileProgress
     record: DocumentRecord | None = None
     nodes: list[BaseNode] | None = None
     result: FileResult | None = None
-    begun: bool = False  # this job wrote the catalog row, so what is stored under the doc id is its own
+    reindex: bool = False
+    staged: Path | None = None  # bytes this job staged itself, released when the file is done
+    begun: bool = False  # this job claimed the row (or the new generation), so what it stored is its own
 
 
 class Ingestor:
     """Runs ingestion jobs for one collection on the runtime loop."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, store: DocumentStore, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder, library: DocumentLibrary) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.store = store
-        self.catalog = catalog
+        self.library = library
+        self.store = library.store
         self.splitter = make_splitter(settings, embedder)
-        self.uploads = Path(settings.data_dir) / "uploads"
-        self._writers: dict[str, tuple[asyncio.Lock, int]] = {}  # doc id -> (its lock, jobs using it)
 
-    async def aingest(
-        self,
-        files: Sequence[SourceFile],
-        on_progress: ProgressCallback | None = None,
-        progress: list[FileProgress] | None = None,
-    ) -> IngestReport:
-        """Ingest files in order; one file failing never stops the others. Cancellation cleans up."""
+    async def aingest(self, files: Sequence[SourceFile], on_progress: ProgressCallback | None = None) -> IngestReport:
+        """Ingest files in order; one file failing never stops the others. Cancellation cleans up.
+
+        Progress is published as copies through `on_progress`; the job's own state is never shared.
+        """
         started = time.time()
-        notify = on_progress or (lambda _p: None)
-        progress = progress or [FileProgress(file=clean_name(f.name)) for f in files]
+        publish = on_progress or (lambda _i, _p: None)
+        progress = [FileProgress(file=clean_name(f.name)) for f in files]
         if len(files) > self.settings.max_files:
             raise RagError(
                 f"{len(files)} files > RAG_MAX_FILES={self.settings.max_files}",
@@ -233,8 +225,8 @@ class Ingestor:
         queue: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=1)
 
         async def produce() -> None:
-            for src, prog in zip(files, progress):
-                await queue.put(await self._prepare(src, prog, notify))
+            for index, (src, prog) in enumerate(zip(files, progress)):
+                await queue.put(await self._prepare(index, src, prog, publish))
             await queue.put(None)
 
         producer = asyncio.create_task(produce(), name="ingest-reader")
@@ -242,7 +234,7 @@ class Ingestor:
         current: _Prepared | None = None
         try:
             while (current := await queue.get()) is not None:
-                results.append(await self._store_alone(current, notify))
+                results.append(await self._store_alone(current, publish))
                 current = None
             await producer
         except asyncio.CancelledError:
@@ -256,10 +248,10 @@ class Ingestor:
             for item in pending:
                 await asyncio.shield(self._discard(item))
             done = {r.file for r in results}
-            for prog in progress:
+            for index, prog in enumerate(progress):
                 if prog.file not in done and prog.status is None:
                     prog.stage, prog.status, prog.finished_at = Stage.CANCELLED, FileStatus.CANCELLED, time.time()
-                    notify(prog)
+                    publish(index, prog.model_copy())
             results += [
                 FileResult(file=p.file, status=FileStatus.CANCELLED, doc_id=p.doc_id)
                 for p in progress
@@ -268,26 +260,42 @@ class Ingestor:
             return IngestReport(files=results, seconds=time.time() - started)
         return IngestReport(files=results, seconds=time.time() - started)
 
-    async def _prepare(self, src: SourceFile, prog: FileProgress, notify: ProgressCallback) -> _Prepared:
-        """Read, hash, store the upload and chunk it; failures become a failed result."""
+    async def _prepare(self, index: int, src: SourceFile, prog: FileProgress, publish: ProgressCallback) -> _Prepared:
+        """Read, hash, stage and chunk a file; failures become a failed result, and bytes nobody keeps go."""
         prog.started_at, prog.stage = time.time(), Stage.READING
-        notify(prog)
+        publish(index, prog.model_copy())
+        staged: Path | None = None
         try:
-            return await self._prepare_file(src, prog, notify)
+            if src.doc_id is None:  # a path from the command line: stage a copy of its bytes first
+                staged_file = await self._stage(src, prog)
+                staged = staged_file.path
+                src = staged_file
+            item = await self._prepare_file(index, src, prog, publish)
         except RagError as exc:
-            return _Prepared(prog, result=self._fail(prog, exc.user_message, notify))
+            item = _Prepared(index, prog, result=self._fail(index, prog, exc.user_message, publish))
         except Exception as exc:  # noqa: BLE001 - a reader bug must not stop the batch
             log.exception("unexpected failure reading %s", src.name)
-            return _Prepared(
-                prog, result=self._fail(prog, f"{prog.file}: could not be read ({type(exc).__name__})", notify)
-            )
+            message = f"{prog.file}: could not be read ({type(exc).__name__})"
+            item = _Prepared(index, prog, result=self._fail(index, prog, message, publish))
+        item.staged = staged
+        if item.result is not None and staged is not None:
+            await asyncio.to_thread(self.library.release, staged)  # failed or unchanged: nothing keeps this copy
+            item.staged = None
+        return item
 
-    async def _prepare_file(self, src: SourceFile, prog: FileProgress, notify: ProgressCallback) -> _Prepared:
+    async def _stage(self, src: SourceFile, prog: FileProgress) -> SourceFile:
         name = prog.file
         try:
             size = src.path.stat().st_size
         except OSError as exc:
             raise IngestError(name, f"cannot be opened ({exc.strerror})") from exc
+        self._check_size(name, size)
+        try:
+            return await asyncio.to_thread(self.library.stage_path, src.path, name)
+        except OSError as exc:
+            raise IngestError(name, f"cannot be read ({exc.strerror})") from exc
+
+    def _check_size(self, name: str, size: int) -> None:
         limit = self.settings.max_file_mb * 1024 * 1024
         if size > limit:
             raise IngestError(
@@ -295,25 +303,30 @@ class Ingestor:
             )
         if size == 0:
             raise IngestError(name, "is empty")
-        stored, doc_id = await asyncio.to_thread(self._store_upload, src.path, name)
+
+    async def _prepare_file(
+        self, index: int, src: SourceFile, prog: FileProgress, publish: ProgressCallback
+    ) -> _Prepared:
+        name, stored, doc_id = prog.file, src.path, src.doc_id
+        assert doc_id is not None
+        size = stored.stat().st_size
+        self._check_size(name, size)
         prog.doc_id = doc_id
-        existing = self.catalog.get(doc_id)
-        if existing and existing.status == "indexed":
+        existing = await asyncio.to_thread(self.library.get, doc_id)
+        generation = 0
+        if src.reindex:
+            if existing is None or existing.status != "indexed":
+                raise IngestError(name, "was deleted before it could be re-indexed")
+            generation = existing.generation + 1
+        elif existing and existing.status == "indexed":
             prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
             prog.chunks_total = prog.chunks_done = existing.chunks
-            notify(prog)
-            return _Prepared(
-                prog,
-                result=FileResult(
-                    file=name,
-                    status=FileStatus.UNCHANGED,
-                    doc_id=doc_id,
-                    chunks=existing.chunks,
-                    error=f"already indexed as {existing.file_name}"
-                    if existing.file_name != name
-                    else "already indexed",
-                ),
+            publish(index, prog.model_copy())
+            note = f"already indexed as {existing.file_name}" if existing.file_name != name else "already indexed"
+            result = FileResult(
+                file=name, status=FileStatus.UNCHANGED, doc_id=doc_id, chunks=existing.chunks, error=note
             )
+            return _Prepared(index, prog, result=result)
         docs = await asyncio.to_thread(read_file, stored, name)
         estimate = sum(len(d.text) for d in docs) // (4 * self.splitter.chunk_size)  # ~4 characters per token
         if estimate > self.settings.max_chunks_per_file:
@@ -323,76 +336,57 @@ class Ingestor:
                 "RAG_MAX_CHUNKS_PER_FILE)",
             )
         prog.stage = Stage.CHUNKING
-        notify(prog)
+        publish(index, prog.model_copy())
         kind = file_type(name).lstrip(".")
-        nodes = await asyncio.to_thread(chunk_documents, docs, self.splitter, doc_id, self.embedder.model_id, kind)
+        nodes = await asyncio.to_thread(
+            chunk_documents, docs, self.splitter, doc_id, self.embedder.model_id, kind, generation
+        )
         if not nodes:
             raise IngestError(name, "contains no text")
         pages = max((d.metadata.get("page", 0) for d in docs), default=0) or None
         record = DocumentRecord(
             doc_id=doc_id,
-            file_name=name,
+            file_name=existing.file_name if src.reindex and existing else name,
             file_type=kind,
             size=size,
             pages=pages,
             chunks=len(nodes),
             status="indexing",
             stored_path=str(stored),
-            added_at=time.time(),
+            added_at=existing.added_at if src.reindex and existing else time.time(),
+            generation=generation,
         )
         prog.chunks_total = len(nodes)
-        notify(prog)
-        return _Prepared(prog, record=record, nodes=nodes)
+        publish(index, prog.model_copy())
+        return _Prepared(index, prog, record=record, nodes=nodes, reindex=src.reindex)
 
-    def _store_upload(self, path: Path, name: str) -> tuple[Path, str]:
-        """Copy the bytes into the data dir under their content hash (atomically) and return the hash."""
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        doc_id = digest.hexdigest()
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        target = self.uploads / f"{doc_id}{file_type(name)[:16]}"
-        if not target.exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # one per writer
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    dst.write(block)
-            os.replace(tmp, target)
-        return target, doc_id
-
-    async def _store_alone(self, item: _Prepared, notify: ProgressCallback) -> FileResult:
+    async def _store_alone(self, item: _Prepared, publish: ProgressCallback) -> FileResult:
         """`_store` with one writer per document: jobs running side by side with the same bytes take turns
         (the second finds it indexed), and a cancelled writer removes its chunks before the next one starts."""
-        if item.record is None:
-            return await self._store(item, notify)
-        doc_id = item.record.doc_id
-        lock, users = self._writers.get(doc_id, (asyncio.Lock(), 0))
-        self._writers[doc_id] = (lock, users + 1)
         try:
-            async with lock:
+            if item.record is None:
+                return await self._store(item, publish)
+            async with self.library.writer(item.record.doc_id):
                 try:
-                    return await self._store(item, notify)
+                    return await self._store(item, publish)
                 except asyncio.CancelledError:
                     await asyncio.shield(self._discard(item))  # before the next writer of this document starts
                     raise
         finally:
-            lock, users = self._writers[doc_id]
-            if users > 1:
-                self._writers[doc_id] = (lock, users - 1)
-            else:
-                del self._writers[doc_id]
+            if item.staged is not None:
+                await asyncio.shield(asyncio.to_thread(self.library.release, item.staged))
+                item.staged = None
 
-    async def _store(self, item: _Prepared, notify: ProgressCallback) -> FileResult:
+    async def _store(self, item: _Prepared, publish: ProgressCallback) -> FileResult:
         """Embed and write one prepared file; on any failure remove what was written."""
         if item.result is not None:
             return item.result
         assert item.record is not None and item.nodes is not None
-        prog, record, nodes = item.progress, item.record, item.nodes
-        twin = self.catalog.get(record.doc_id)
-        if twin and twin.status == "indexed":  # the same bytes appeared twice in one job
+        index, prog, record, nodes = item.index, item.progress, item.record, item.nodes
+        twin = await asyncio.to_thread(self.library.get, record.doc_id)
+        if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice in one job
             prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
-            notify(prog)
+            publish(index, prog.model_copy())
             return FileResult(
                 file=record.file_name,
                 status=FileStatus.UNCHANGED,
@@ -400,49 +394,52 @@ class Ingestor:
                 chunks=twin.chunks,
                 error=f"already indexed as {twin.file_name}",
             )
-        self.catalog.begin(record)
+        if item.reindex:
+            await self.library.abegin_generation(record.doc_id, record.generation)
+        else:
+            await self.library.abegin(record)
         item.begun = True
+        replaced: list[DocumentRecord] = []
         try:
-            if twin is not None:
-                # An earlier attempt that could not clean up kept its row, so only then can chunks be left
-                # over. A new document skips the delete: in Milvus 2.3 it is a query plus a delete, ~0.3 s.
-                await self.store.adelete_doc(record.doc_id)
-            await self._embed_and_insert(nodes, prog, notify)
-            replaced = [old for old in self.catalog.by_name(record.file_name) if old.doc_id != record.doc_id]
-            self.catalog.finish(record.doc_id, len(nodes), record.pages)
-            for old in replaced:
-                await self.store.adelete_doc(old.doc_id)
-                self.catalog.remove(old.doc_id)
+            await self._embed_and_insert(item, publish)
+            if item.reindex:
+                await self.library.acommit_generation(record, len(nodes))
+            else:
+                replaced = await self.library.acommit(record, len(nodes))
+            item.begun = False
         except asyncio.CancelledError:
             raise
         except RagError as exc:
             await self._discard(item)
-            return self._fail(prog, f"{record.file_name}: {exc.user_message}", notify)
+            return self._fail(index, prog, f"{record.file_name}: {exc.user_message}", publish)
         except Exception as exc:  # noqa: BLE001
             log.exception("unexpected failure storing %s", record.file_name)
             await self._discard(item)
-            return self._fail(prog, f"{record.file_name}: could not be stored ({type(exc).__name__})", notify)
-        status = FileStatus.REPLACED if replaced else FileStatus.INDEXED
+            return self._fail(index, prog, f"{record.file_name}: could not be stored ({type(exc).__name__})", publish)
+        status = FileStatus.REPLACED if replaced or item.reindex else FileStatus.INDEXED
         prog.stage, prog.status, prog.finished_at = Stage.DONE, status, time.time()
-        notify(prog)
+        publish(index, prog.model_copy())
         return FileResult(
             file=record.file_name, status=status, doc_id=record.doc_id, chunks=len(nodes), seconds=prog.elapsed
         )
 
-    async def _embed_and_insert(self, nodes: list[BaseNode], prog: FileProgress, notify: ProgressCallback) -> None:
+    async def _embed_and_insert(self, item: _Prepared, publish: ProgressCallback) -> None:
+        assert item.record is not None and item.nodes is not None
+        index, prog, nodes, doc_id = item.index, item.progress, item.nodes, item.record.doc_id
         limit = asyncio.Semaphore(self.settings.insert_concurrency)
         inserts: list[asyncio.Task[None]] = []
+        renewed = time.monotonic()
 
         async def insert(batch: list[BaseNode]) -> None:
             try:
                 await self.store.aadd(batch)
                 prog.chunks_done += len(batch)
-                notify(prog)
+                publish(index, prog.model_copy())
             finally:
                 limit.release()
 
         prog.stage = Stage.EMBEDDING
-        notify(prog)
+        publish(index, prog.model_copy())
         size, write_size = self.settings.embed_batch_size, self.settings.insert_batch_size
         written = 0  # nodes[:written] are handed to inserts
         try:
@@ -453,7 +450,10 @@ class Ingestor:
                     node.embedding = vector
                 embedded = start + len(batch)  # nodes[:embedded] have vectors
                 prog.chunks_embedded += len(batch)
-                notify(prog)
+                publish(index, prog.model_copy())
+                if time.monotonic() - renewed > LEASE_SECONDS / 4:  # still writing: keep the claim on the row
+                    await self.library.arenew(doc_id)
+                    renewed = time.monotonic()
                 # Writes go out in insert-sized batches, not per embedding batch: every upsert costs CPU
                 # on both sides (and is a delete plus an insert inside Milvus) that the embedding needs.
                 while embedded - written >= write_size or (embedded == len(nodes) and written < embedded):
@@ -465,7 +465,7 @@ class Ingestor:
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]
             prog.stage = Stage.STORING
-            notify(prog)
+            publish(index, prog.model_copy())
             await asyncio.gather(*inserts)
         except BaseException:
             for task in inserts:
@@ -474,51 +474,19 @@ class Ingestor:
             raise
 
     async def _discard(self, item: _Prepared) -> None:
-        """Remove every chunk and the catalog row of a file this job began writing but did not finish."""
-        if item.record is None or not item.begun:
-            return
-        item.begun = False  # once: a second cleanup must not remove what a later writer of the document stored
-        try:
-            await self.store.adelete_doc(item.record.doc_id)
-        except RagError:
-            log.warning("could not remove chunks of %s; they are removed at next start", item.record.file_name)
-            return
-        self.catalog.remove(item.record.doc_id)
+        """Remove what this job began writing for a file but did not finish, and bytes nobody keeps."""
+        if item.record is not None and item.begun:
+            item.begun = False  # once: a second cleanup must not remove what a later writer of the document stored
+            await self.library.aabandon(item.record)
+        if item.staged is not None:
+            await asyncio.to_thread(self.library.release, item.staged)
+            item.staged = None
 
     @staticmethod
-    def _fail(prog: FileProgress, message: str, notify: ProgressCallback) -> FileResult:
+    def _fail(index: int, prog: FileProgress, message: str, publish: ProgressCallback) -> FileResult:
         prog.stage, prog.status, prog.error, prog.finished_at = Stage.FAILED, FileStatus.FAILED, message, time.time()
         prog.chunks_done = 0
-        notify(prog)
+        publish(index, prog.model_copy())
         return FileResult(
             file=prog.file, status=FileStatus.FAILED, doc_id=prog.doc_id, error=message, seconds=prog.elapsed
         )
-
-    async def arecover(self) -> list[str]:
-        """Remove chunks of documents a crash left half-indexed, and bring the keyword index in step with
-        the catalog; return the names of the removed documents."""
-        cleaned = []
-        for record in await asyncio.to_thread(self.catalog.list, "indexing"):
-            await self.store.adelete_doc(record.doc_id)
-            await asyncio.to_thread(self.catalog.remove, record.doc_id)
-            cleaned.append(record.file_name)
-        indexed = await asyncio.to_thread(self.catalog.list)
-        await self.store.areconcile_keywords({r.doc_id: r.chunks for r in indexed})
-        return cleaned
-
-    async def adelete(self, doc_id: str) -> DocumentRecord:
-        """Delete a document: every chunk, its catalog row and its stored upload."""
-        from rag.errors import DocumentNotFoundError
-
-        record = self.catalog.get(doc_id)
-        if record is None:
-            matches = (
-                [r for r in self.catalog.list(status=None) if r.doc_id.startswith(doc_id)] if len(doc_id) >= 8 else []
-            )
-            if len(matches) != 1:
-                raise DocumentNotFoundError(f"no document {doc_id}", user_message=f"No document has the id {doc_id}.")
-            record = matches[0]
-        await self.store.adelete_doc(record.doc_id)
-        self.catalog.remove(record.doc_id)
-        Path(record.stored_path).unlink(missing_ok=True)
-        return record

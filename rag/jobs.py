@@ -22,13 +22,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel
 
+from rag.documents import SourceFile
 from rag.errors import RagError
-from rag.ingest import FileProgress, FileStatus, Ingestor, IngestReport, SourceFile, Stage, clean_name
+from rag.ingest import FileProgress, FileStatus, Ingestor, IngestReport, Stage, clean_name
+from rag.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class _Job:
                 owner=self.owner,
                 state=self.state,
                 created_at=self.created_at,
-                files=[f.model_copy() for f in self.files],
+                files=list(self.files),  # copies published by the ingestor, never changed afterwards
                 report=self.report,
                 error=self.error,
                 started_at=self.started_at,
@@ -126,10 +128,16 @@ class JobManager:
     """
 
     def __init__(
-        self, ingestor: Ingestor, loop: asyncio.AbstractEventLoop, max_running: int = 2, keep: int = 50
+        self,
+        ingestor: Ingestor,
+        runtime: Runtime,
+        max_running: int = 2,
+        keep: int = 50,
+        release: Callable[[SourceFile], None] | None = None,
     ) -> None:
         self._ingestor = ingestor
-        self._loop = loop
+        self._runtime = runtime
+        self._release = release or (lambda _source: None)
         self._max_running = max(1, max_running)
         self._keep = keep
         self._lock = threading.Lock()
@@ -152,7 +160,7 @@ class JobManager:
             self._jobs[job.id] = job
             self._waiting.setdefault(owner, deque()).append(job)
             self._trim()
-        self._loop.call_soon_threadsafe(self._dispatch)
+        self._runtime.call_soon(self._dispatch)
         return job.snapshot(self._lock)
 
     def _dispatch(self) -> None:
@@ -160,7 +168,7 @@ class JobManager:
         with self._lock:
             chosen = self._choose()
         for job in chosen:
-            job.task = self._loop.create_task(self._run(job), name=f"ingest-{job.id}")
+            job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"ingest-{job.id}")
 
     def _choose(self) -> list[_Job]:
         """Jobs to start now, marked running; the caller holds the lock."""
@@ -187,7 +195,7 @@ class JobManager:
 
     async def _run(self, job: _Job) -> None:
         try:
-            report = await self._ingestor.aingest(job.sources, progress=job.files)
+            report = await self._ingestor.aingest(job.sources, lambda i, p: self._publish(job, i, p))
         except asyncio.CancelledError:
             with self._lock:
                 job.state = JobState.CANCELLED
@@ -209,8 +217,23 @@ class JobManager:
                 job.finished_at = time.time()
                 if self._running.get(job.owner) is job:
                     del self._running[job.owner]
-            job.ended.set_result(None)
+            self._end(job)
             self._dispatch()
+
+    def _publish(self, job: _Job, index: int, progress: FileProgress) -> None:
+        """Take an ingestor's copy of one file's progress (called on the loop)."""
+        with self._lock:
+            job.files[index] = progress
+
+    def _end(self, job: _Job) -> None:
+        """A job is over: let go of the bytes it was given, then wake its waiters."""
+        for source in job.sources:
+            if source.doc_id is not None:  # staged for this job (uploads, re-index)
+                try:
+                    self._release(source)
+                except OSError:
+                    log.warning("could not remove the staged copy of %s", source.name, exc_info=True)
+        job.ended.set_result(None)
 
     def get(self, job_id: str, owner: str | None = None) -> JobSnapshot | None:
         """A snapshot of one job (None if unknown, or owned by someone else)."""
@@ -242,14 +265,18 @@ class JobManager:
                         del self._waiting[job.owner]
                 job.state, job.finished_at = JobState.CANCELLED, time.time()
                 _mark_cancelled(job)
-                job.ended.set_result(None)
-                return True
+                dequeued = True
+            else:
+                dequeued = False
+        if dequeued:  # it never ran, so it left nothing to clean up but its staged bytes
+            self._end(job)
+            return True
 
         def _cancel() -> None:
             if job.task is not None:
                 job.task.cancel()
 
-        self._loop.call_soon_threadsafe(_cancel)
+        self._runtime.call_soon(_cancel)
         return True
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot | None:
@@ -280,7 +307,7 @@ class JobManager:
                 job.state, job.finished_at, job.cancel_requested = JobState.CANCELLED, time.time(), True
                 _mark_cancelled(job)
         for job in queued:
-            job.ended.set_result(None)
+            self._end(job)
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if not j.state.active]
@@ -290,6 +317,7 @@ class JobManager:
 
 def _mark_cancelled(job: _Job) -> None:
     """Every file that had not ended is cancelled (the caller holds the lock)."""
-    for progress in job.files:
-        if progress.status is None:
-            progress.stage, progress.status = Stage.CANCELLED, FileStatus.CANCELLED
+    job.files = [
+        p if p.status is not None else p.model_copy(update={"stage": Stage.CANCELLED, "status": FileStatus.CANCELLED})
+        for p in job.files
+    ]

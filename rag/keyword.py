@@ -125,6 +125,13 @@ class KeywordIndex:
             cursor = self._db.execute("DELETE FROM chunks WHERE collection=? AND doc_id=?", (self.collection, doc_id))
             return cursor.rowcount
 
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
+        """Remove chunks by id."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "DELETE FROM chunks WHERE collection=? AND chunk_id=?", [(self.collection, c) for c in chunk_ids]
+            )
+
     def delete_docs_except(self, keep: Iterable[str]) -> list[str]:
         """Remove chunks of every document not in `keep` (left by a crash); returns the removed doc ids."""
         stray = sorted(set(self.counts()) - set(keep))

@@ -39,6 +39,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
+from rag.errors import BackendUnavailableError
+
 log = logging.getLogger(__name__)
 
 Variant = Literal["onnx", "onnx-int8"]
@@ -48,11 +50,6 @@ INT8_FP32_DOWN_PROJECTIONS = 2  # leading feed-forward down-projections kept in 
 _TOOLS = ("torch", "transformers", "onnx", "onnxruntime")
 _SKIPPED = {"README.md", ".gitattributes", "data_config.json"}  # documentation, not the model
 _SKIPPED_DIRS = {"onnx", "openvino", ".git"}  # other formats some repositories ship beside the weights
-
-
-class OnnxUnavailableError(Exception):
-    """This model cannot run on ONNX Runtime here: a package is missing, the model's pipeline is not one we
-    reproduce, or the export failed. The message says which."""
 
 
 @dataclass(frozen=True)
@@ -72,20 +69,20 @@ def read_pipeline(model_dir: Path) -> Pipeline:
         st_config = json.loads((model_dir / "sentence_bert_config.json").read_text())
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise OnnxUnavailableError(f"{model_dir} is not a sentence-transformers model folder: {exc}") from exc
+        raise BackendUnavailableError(f"{model_dir} is not a sentence-transformers model folder: {exc}") from exc
     kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
-        raise OnnxUnavailableError(f"unsupported sentence-transformers modules {kinds}")
+        raise BackendUnavailableError(f"unsupported sentence-transformers modules {kinds}")
     if modules[0].get("path"):
-        raise OnnxUnavailableError("the transformer lives in a subfolder; only root-level models are exported")
+        raise BackendUnavailableError("the transformer lives in a subfolder; only root-level models are exported")
     if not (model_dir / "tokenizer.json").is_file():
-        raise OnnxUnavailableError("the model has no tokenizer.json (a fast tokenizer is needed)")
+        raise BackendUnavailableError("the model has no tokenizer.json (a fast tokenizer is needed)")
     pooling_config = json.loads((model_dir / modules[1]["path"] / "config.json").read_text())
     keys = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}
     modes = [mode for mode, key in keys.items() if pooling_config.get(key)]
     others = [k for k, v in pooling_config.items() if k.startswith("pooling_mode") and v]
     if len(modes) != 1 or len(others) != 1:
-        raise OnnxUnavailableError(f"unsupported pooling {others}")
+        raise BackendUnavailableError(f"unsupported pooling {others}")
     window = int(st_config.get("max_seq_length") or config.get("max_position_embeddings", 512))
     return Pipeline(
         max_seq_length=min(window, int(config.get("max_position_embeddings", window))),
@@ -192,10 +189,10 @@ def ensure_built(model_dir: Path, cache_root: Path, name: str = "") -> Path:
             (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2))  # written last: the marker
             scratch.chmod(0o755)  # mkdtemp makes it private; the models are no secret
             os.replace(scratch, target)
-        except OnnxUnavailableError:
+        except BackendUnavailableError:
             raise
         except Exception as exc:  # noqa: BLE001 - any export or optimiser failure means "no ONNX here"
-            raise OnnxUnavailableError(f"building the ONNX model failed: {exc}") from exc
+            raise BackendUnavailableError(f"building the ONNX model failed: {exc}") from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         _prune_stale(target)
@@ -211,7 +208,7 @@ def _require(name: str) -> None:
     except (ImportError, ValueError):  # a module set to None in sys.modules (tests) says "missing"
         found = False
     if not found:
-        raise OnnxUnavailableError(f"the package {name} is not installed")
+        raise BackendUnavailableError(f"the package {name} is not installed")
 
 
 def _prune_stale(current: Path) -> None:
@@ -306,11 +303,11 @@ def _quantize(fp32: Path, path: Path) -> None:
 
 # -- running ----------------------------------------------------------------------------------------
 def available_providers() -> list[str]:
-    """ONNX Runtime's execution providers here (raises OnnxUnavailableError without onnxruntime)."""
+    """ONNX Runtime's execution providers here (raises BackendUnavailableError without onnxruntime)."""
     try:
         import onnxruntime
     except ImportError as exc:
-        raise OnnxUnavailableError("the package onnxruntime is not installed") from exc
+        raise BackendUnavailableError("the package onnxruntime is not installed") from exc
     return list(onnxruntime.get_available_providers())
 
 
@@ -330,7 +327,7 @@ class OnnxModel:
             import onnxruntime as ort
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise OnnxUnavailableError(f"a runtime package is missing: {exc}") from exc
+            raise BackendUnavailableError(f"a runtime package is missing: {exc}") from exc
         manifest = json.loads((folder / "manifest.json").read_text())
         self.folder, self.variant = folder, variant
         self.pipeline = Pipeline(**manifest["pipeline"])
@@ -359,7 +356,7 @@ class OnnxModel:
                 str(folder / VARIANT_FILES[variant]), sess_options=options, providers=providers
             )
         except Exception as exc:  # noqa: BLE001 - a corrupt or incompatible file
-            raise OnnxUnavailableError(f"ONNX Runtime cannot load {folder / VARIANT_FILES[variant]}: {exc}") from exc
+            raise BackendUnavailableError(f"ONNX Runtime cannot load {folder / VARIANT_FILES[variant]}: {exc}") from exc
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def encode(self, texts: Sequence[str]) -> Any:

@@ -20,7 +20,7 @@ from rag.embeddings import Embedder
 from rag.llms import map_provider_errors
 from rag.markdown import escape_markdown
 from rag.options import AskOptions
-from rag.store import DocumentStore, chunk_id
+from rag.store import DocumentStore, neighbour_id
 
 Mode = Literal["llm", "retrieval-only"]
 
@@ -89,15 +89,15 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _with_context(
-    text: str, doc_id: str, position: int, page: int | None, width: int, around: dict[str, tuple[str, int | None]]
+    text: str, hit_id: str, position: int, page: int | None, width: int, around: dict[str, tuple[str, int | None]]
 ) -> str:
     """A hit's text with its neighbouring chunks on the same page (so a cited page stays true), overlaps merged.
 
     A passage often straddles two chunks; showing the neighbours gives the reader (and the LLM) the whole of it.
     """
     for step in range(1, width + 1):
-        before = around.get(chunk_id(doc_id, position - step)) if position - step >= 0 else None
-        after = around.get(chunk_id(doc_id, position + step))
+        before = around.get(neighbour_id(hit_id, position - step)) if position - step >= 0 else None
+        after = around.get(neighbour_id(hit_id, position + step))
         if before and before[1] == page:
             text = _merge(before[0], text)
         if after and after[1] == page:
@@ -147,7 +147,7 @@ class QueryEngine:
             text = hit.node.get_content()
             doc_id, position = meta.get("doc_id"), meta.get("chunk")
             if around and doc_id and position is not None:
-                text = _with_context(text, doc_id, int(position), page, width, around)
+                text = _with_context(text, hit.node.node_id, int(position), page, width, around)
             sources.append(
                 Source(
                     file_name=str(meta.get("file_name", "?")),

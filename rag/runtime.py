@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from rag.errors import OperationTimeoutError
@@ -47,6 +47,12 @@ class Runtime:
         if self.closed:
             raise RuntimeError("the runtime is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run a plain callback on the loop soon (e.g. start or cancel a job's task there); returns at once."""
+        if self.closed:
+            raise RuntimeError("the runtime is closed")
+        self._loop.call_soon_threadsafe(callback)
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for its result; on timeout cancel it."""

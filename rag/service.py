@@ -12,14 +12,16 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from rag.bench import BenchConfig, BenchReport, BenchRow
-from rag.catalog import Catalog, DocumentRecord
+from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
+from rag.documents import DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
-from rag.ingest import FileProgress, Ingestor, IngestReport, SourceFile
+from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import build_llm, describe_llm
 from rag.options import AskOptions, Retrieval
@@ -72,11 +74,16 @@ class RagService:
             self.store: DocumentStore = self.runtime.run(
                 DocumentStore.abuild(settings, self.connection, self.embedder.dim, self.embedder.model_id), timeout=120
             )
-            self.catalog = Catalog(Path(settings.data_dir) / "catalog.sqlite3", settings.collection)
+            self.library = DocumentLibrary(settings, self.store)
             self.conversations = ConversationStore(Path(settings.data_dir) / "conversations.sqlite3")
-            self.ingestor = Ingestor(settings, self.embedder, self.store, self.catalog)
-            self.jobs = JobManager(self.ingestor, self.runtime.loop, max_running=settings.max_running_jobs)
-            self.recovered = tuple(self.runtime.run(self.ingestor.arecover(), timeout=120))
+            self.ingestor = Ingestor(settings, self.embedder, self.library)
+            self.jobs = JobManager(
+                self.ingestor,
+                self.runtime,
+                max_running=settings.max_running_jobs,
+                release=lambda source: self.library.release(source.path),
+            )
+            self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
             llm = self.runtime.run(self._abuild_llm(), timeout=30)
             self.engine = QueryEngine(settings, self.embedder, self.store, llm)
             self._llms: dict[tuple[str, float], object | None] = {}
@@ -92,18 +99,17 @@ class RagService:
     # -- ingestion --------------------------------------------------------------------------
     def ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None) -> IngestReport:
         """Index files and wait for the report."""
-        files = [SourceFile(Path(p), (names[i] if names else Path(p).name)) for i, p in enumerate(paths)]
-        return self.runtime.run(self.ingestor.aingest(files))
+        return self.runtime.run(self.ingestor.aingest(_sources(paths, names)))
 
     def iter_ingest(self, paths: Sequence[Path | str]) -> Iterator[FileProgress | IngestReport]:
         """Index files, yielding progress updates as they happen, then the report (for terminals)."""
         import asyncio
 
-        files = [SourceFile(Path(p), Path(p).name) for p in paths]
+        files = _sources(paths)
 
         async def _gen():  # noqa: ANN202
             queue: asyncio.Queue[FileProgress | IngestReport] = asyncio.Queue()
-            task = asyncio.create_task(self.ingestor.aingest(files, lambda p: queue.put_nowait(p.model_copy())))
+            task = asyncio.create_task(self.ingestor.aingest(files, lambda _i, p: queue.put_nowait(p)))
             task.add_done_callback(
                 lambda t: queue.put_nowait(t.result()) if not t.cancelled() and not t.exception() else None
             )
@@ -130,9 +136,21 @@ class RagService:
     def start_job(
         self, paths: Sequence[Path | str], names: Sequence[str] | None = None, owner: str = "cli"
     ) -> JobSnapshot:
-        """Start indexing in the background and return the job's first snapshot."""
-        files = [SourceFile(Path(p), (names[i] if names else Path(p).name)) for i, p in enumerate(paths)]
-        return self.jobs.start(files, owner)
+        """Start indexing files on disk in the background and return the job's first snapshot."""
+        return self.jobs.start(_sources(paths, names), owner)
+
+    def start_upload_job(self, uploads: Sequence[tuple[str, BinaryIO]], owner: str = "cli") -> JobSnapshot:
+        """Stage uploaded bytes (written once, under their hash) and index them in the background.
+
+        Bytes a job does not keep (a failed, cancelled or duplicate file) are removed when it ends.
+        """
+        staged = stage_all(self.library, uploads)
+        try:
+            return self.jobs.start(staged, owner)
+        except BaseException:
+            for source in staged:
+                self.library.release(source.path)
+            raise
 
     def job(self, job_id: str, owner: str | None = None) -> JobSnapshot | None:
         """The latest snapshot of a job."""
@@ -163,27 +181,21 @@ class RagService:
     # -- documents --------------------------------------------------------------------------
     def documents(self) -> list[DocumentRecord]:
         """Indexed documents, newest first."""
-        return self.catalog.list()
+        return self.library.list()
 
     def delete_document(self, doc_id: str) -> DocumentRecord:
-        """Remove a document and every chunk of it."""
-        return self.runtime.run(self.ingestor.adelete(doc_id), timeout=120)
+        """Remove a document: every chunk, its keyword entries, its row and its stored bytes."""
+        return self.runtime.run(self.library.adelete(doc_id), timeout=120)
 
     def reindex_document(self, doc_id: str, owner: str = "cli") -> JobSnapshot:
-        """Rebuild a document's chunks from its stored upload (e.g. after a splitter change)."""
-        record = self.delete_document_keep_file(doc_id)
-        return self.start_job([record.stored_path], [record.file_name], owner)
-
-    def delete_document_keep_file(self, doc_id: str) -> DocumentRecord:
-        """Remove a document's chunks and row but keep its stored bytes (for re-indexing)."""
-        from rag.errors import DocumentNotFoundError
-
-        record = self.catalog.get(doc_id)
-        if record is None:
-            raise DocumentNotFoundError(f"no document {doc_id}", user_message=f"No document has the id {doc_id}.")
-        self.runtime.run(self.store.adelete_doc(record.doc_id), timeout=120)
-        self.catalog.remove(record.doc_id)
-        return record
+        """Rebuild a document's chunks from its stored upload (e.g. after a splitter change); the current chunks
+        keep answering until the new ones are stored."""
+        source = self.library.reindex_source(doc_id)
+        try:
+            return self.jobs.start([source], owner)
+        except BaseException:
+            self.library.release(source.path)
+            raise
 
     def collection_state(self) -> str:
         """Whether Milvus has the collection loaded (`loaded`), is loading it after a restart, or not."""
@@ -251,7 +263,7 @@ class RagService:
         self, pairs: Sequence[QAPair], modes: Sequence[Retrieval], top_k: int | None = None
     ) -> list[EvalReport]:
         """hit@1/3/5 and MRR of each retrieval mode on labelled pairs; reads only, indexes nothing."""
-        check_files(pairs, {r.file_name for r in self.catalog.list()})
+        check_files(pairs, {r.file_name for r in self.library.list()})
         k = top_k or self.settings.top_k
         timeout = 60 + 10 * len(pairs)
         return [self.runtime.run(aevaluate(self.engine, pairs, mode, k), timeout=timeout) for mode in modes]
@@ -302,7 +314,7 @@ class RagService:
             embed_dim=self.embedder.dim,
             llm=describe_llm(self.settings),
             mode=self.mode,
-            documents=len(self.catalog.list()),
+            documents=len(self.library.list()),
             recovered=self.recovered,
         )
 
@@ -313,7 +325,12 @@ class RagService:
             self.runtime.run(self.store.aclose(), timeout=10)
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
-        self.catalog.close()
+        self.library.close()
         self.conversations.close()
         if self._own_runtime:
             self.runtime.close()
+
+
+def _sources(paths: Sequence[Path | str], names: Sequence[str] | None = None) -> list[SourceFile]:
+    """Files on disk to ingest, each under the name the user knows it by (default: its file name)."""
+    return [SourceFile(Path(p), names[i] if names else Path(p).name) for i, p in enumerate(paths)]

@@ -30,7 +30,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from rag.coalesce import Coalescer
 from rag.config import Settings
-from rag.errors import ConfigError, EmbeddingMismatchError, RagError, StoreUnavailableError
+from rag.errors import (
+    CollectionNotLoadedError,
+    ConfigError,
+    EmbeddingMismatchError,
+    RagError,
+    StoreUnavailableError,
+    TransientStoreError,
+)
 from rag.keyword import KeywordHit, KeywordIndex, KeywordRow
 from rag.milvus_server import EmbeddedMilvus
 
@@ -46,13 +53,24 @@ _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", 
 _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
+_DECODE_INLINE = 200  # search hits decoded on the loop; more (coalesced batches) are decoded in a thread
 RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelled sets (BENCHMARKS.md)
 _FUSION_DEPTH = 10  # hybrid fuses this many times top_k candidates from each side (at least 50)
 
 
-def chunk_id(doc_id: str, position: int) -> str:
-    """A chunk's id: stable for the same bytes, so retried writes are upserts and neighbours can be named."""
-    return f"{doc_id[:40]}-{position:06d}"
+def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
+    """A chunk's id: stable for the same bytes, so retried writes are upserts and neighbours can be named.
+
+    A re-index writes the next generation beside the current one (its ids differ), so the old chunks keep
+    answering until the new ones are all stored.
+    """
+    stem = doc_id[:40] if generation == 0 else f"{doc_id[:40]}.{generation}"
+    return f"{stem}-{position:06d}"
+
+
+def neighbour_id(of_chunk: str, position: int) -> str:
+    """The id of the chunk at `position` in the same document and generation as `of_chunk`."""
+    return f"{of_chunk.rsplit('-', 1)[0]}-{position:06d}"
 
 
 @dataclass(frozen=True)
@@ -123,14 +141,6 @@ def probe_features(connection: Connection, collection: str, overwrite: bool = Fa
     if exists and not any(f["name"] == SPARSE_FIELD for f in fields):
         return Features(version, False, f"collection '{collection}' was created without a BM25 field")
     return Features(version, True, keyword_backend="milvus")
-
-
-class TransientStoreError(StoreUnavailableError):
-    """A failure worth retrying (server restarting, connection reset)."""
-
-
-class CollectionNotLoadedError(TransientStoreError):
-    """The collection is not loaded (e.g. Milvus restarted); load it and retry."""
 
 
 @contextlib.contextmanager
@@ -340,7 +350,7 @@ class DocumentStore:
 
     async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
         """Insert embedded nodes (upserting by id, so a retried batch never duplicates), and their keywords."""
-        rows = rows_for(self.vector_store, nodes)
+        rows = await asyncio.to_thread(rows_for, self.vector_store, nodes)  # packing 1000s of vectors: off the loop
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
                 await self.aclient.upsert(self.name, rows)
@@ -355,6 +365,16 @@ class DocumentStore:
                 await self.aclient.delete(self.name, filter=f'{DOC_ID_FIELD} == "{_quote(doc_id)}"')
         if self.keyword is not None:
             await asyncio.to_thread(self.keyword.delete_doc, doc_id)
+
+    async def adelete_chunks(self, ids: Sequence[str]) -> None:
+        """Remove chunks by id, in Milvus and in the keyword index (a generation replaced by a re-index)."""
+        for start in range(0, len(ids), 1000):
+            batch = list(ids[start : start + 1000])
+            async for attempt in self._retrying():
+                with attempt, map_milvus_errors("delete chunks"):
+                    await self.aclient.delete(self.name, ids=batch)
+        if self.keyword is not None and ids:
+            await asyncio.to_thread(self.keyword.delete_chunks, list(ids))
 
     async def achunk_ids(self, doc_id: str | None = None) -> set[str]:
         """Ids of the chunks Milvus holds (of one document, or all), read with Strong consistency."""
@@ -468,11 +488,12 @@ class DocumentStore:
         """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
         wanted: set[str] = set()
         for hit in hits:
-            meta = hit.node.metadata
-            doc_id, position = meta.get(DOC_ID_FIELD), _int_or_none(meta.get("chunk"))
-            if doc_id and position is not None:
+            position = _int_or_none(hit.node.metadata.get("chunk"))
+            if position is not None:
                 wanted.update(
-                    chunk_id(doc_id, position + d) for d in range(-width, width + 1) if d and position + d >= 0
+                    neighbour_id(hit.node.node_id, position + d)
+                    for d in range(-width, width + 1)
+                    if d and position + d >= 0
                 )
         if not wanted:
             return {}
@@ -528,7 +549,9 @@ class DocumentStore:
                     output_fields=[*_OUTPUT_FIELDS, TEXT_FIELD],
                     search_params=self.vector_store.search_config,
                 )
-        return [self._hits_to_nodes(hits) for hits in res]
+        if len(vectors) * top_k <= _DECODE_INLINE:
+            return [self._hits_to_nodes(hits) for hits in res]
+        return await asyncio.to_thread(lambda: [self._hits_to_nodes(hits) for hits in res])  # big: off the loop
 
     def _hits_to_nodes(self, hits: Any) -> list[NodeWithScore]:
         nodes, scores, _ids = self.vector_store._parse_from_milvus_results([hits])

@@ -31,9 +31,9 @@ from rag.embeddings import (
     load_torch_embedder,
     resolve_precision,
 )
-from rag.errors import ConfigError
+from rag.errors import BackendUnavailableError, ConfigError
 from rag.ingest import _token_ids
-from rag.onnx_backend import OnnxModel, OnnxUnavailableError, ensure_built
+from rag.onnx_backend import OnnxModel, ensure_built
 from tests.conftest import MODEL_CACHE, REPO
 
 TEXTS = [
@@ -219,7 +219,7 @@ def test_a_model_the_exporter_cannot_reproduce_falls_back_to_torch(
     modules = json.loads((dense / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (dense / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(OnnxUnavailableError, match="Dense"):
+    with pytest.raises(BackendUnavailableError, match="Dense"):
         ensure_built(dense, tmp_path / "cache")
 
     weighted = _tiny_model(tmp_path / "tiny-weighted")  # sentence-transformers runs it; this exporter does not

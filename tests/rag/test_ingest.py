@@ -123,26 +123,6 @@ def test_jobs_are_private_to_their_owner(service, corpus: Path) -> None:  # noqa
     assert [j.id for j in service.list_jobs(owner="alice")] == [job.id]
 
 
-def test_recovery_removes_half_indexed_documents(make_settings, embedder, corpus: Path) -> None:  # noqa: ANN001
-    from rag.catalog import DocumentRecord
-    from rag.service import RagService
-
-    settings = make_settings()
-    svc = RagService(settings, embedder=embedder)
-    result = svc.ingest([corpus / "python3.11-doc_tutorial_classes.html"]).files[0]
-    # simulate a crash in the middle of writing: the row is still `indexing` and chunks are in Milvus
-    rec = svc.catalog.get(result.doc_id)
-    svc.catalog.begin(DocumentRecord(**{**rec.model_dump(), "status": "indexing"}))
-    svc.close()
-    svc = RagService(settings, embedder=embedder)
-    try:
-        assert svc.recovered == ("python3.11-doc_tutorial_classes.html",)
-        assert svc.documents() == [] and svc.count_chunks() == 0
-    finally:
-        svc.runtime.run(svc.store.adrop())
-        svc.close()
-
-
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [

@@ -199,3 +199,17 @@ def test_closing_the_service_cancels_queued_jobs(service_with, tmp_path: Path) -
     assert service.wait_job(waiting.id, timeout=5).state == JobState.CANCELLED
     assert service.job(waiting.id).started_at is None  # it never started
     assert service.wait_job(running.id, timeout=30).state in (JobState.CANCELLED, JobState.FAILED, JobState.DONE)
+
+
+def test_snapshots_never_change_once_taken(service_with, tmp_path: Path) -> None:  # noqa: ANN001
+    service = service_with()
+    job = service.start_job([_doc(tmp_path, "long.txt", sentences=1200)], owner="alice")
+    seen: list[tuple[JobSnapshot, dict]] = []
+    while (snap := service.job(job.id)) is not None and snap.active:
+        seen.append((snap, snap.model_dump()))
+        time.sleep(0.05)
+    final = service.wait_job(job.id, timeout=300)
+    assert final.state == JobState.DONE and final.files[0].chunks_done == final.files[0].chunks_total > 0
+    assert len({d["files"][0]["chunks_done"] for _s, d in seen}) > 1  # progress was published as it went
+    for snap, dumped in seen:
+        assert snap.model_dump() == dumped  # later progress never reached into an earlier snapshot

@@ -65,3 +65,25 @@ def test_errors_propagate() -> None:
             rt.run(boom())
     finally:
         rt.close()
+
+
+def test_call_soon_runs_a_callback_on_the_loop_thread() -> None:
+    rt = Runtime()
+    try:
+        ran = threading.Event()
+        where: list[int] = []
+
+        def callback() -> None:
+            where.append(threading.get_ident())
+            ran.set()
+
+        rt.call_soon(callback)
+        assert ran.wait(5) and where[0] == rt.run(_thread_id())
+    finally:
+        rt.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.call_soon(lambda: None)
+
+
+async def _thread_id() -> int:
+    return threading.get_ident()
