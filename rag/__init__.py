@@ -56,6 +56,9 @@ _LOCATIONS = {
     "Stage": "rag.ingest",
     "StoreUnavailableError": "rag.errors",
     "StoredTurn": "rag.conversations",
+    "Workspace": "rag.workspaces",
+    "WorkspaceError": "rag.errors",
+    "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
     "default_corpus_dir": "rag.bench",
     "escape_markdown": "rag.markdown",
@@ -114,6 +117,9 @@ __all__ = [
     "Stage",
     "StoreUnavailableError",
     "StoredTurn",
+    "Workspace",
+    "WorkspaceError",
+    "WorkspaceNotFoundError",
     "aiter_bench",
     "default_corpus_dir",
     "escape_markdown",
@@ -170,6 +176,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         OperationTimeoutError,
         RagError,
         StoreUnavailableError,
+        WorkspaceError,
+        WorkspaceNotFoundError,
     )
     from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
@@ -181,3 +189,4 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
     from rag.service import AnswerStream, RagService, ServiceStatus
+    from rag.workspaces import Workspace

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS documents (
     generation INTEGER NOT NULL DEFAULT 0,
     pending    INTEGER,
     lease_until REAL,
+    workspace  TEXT NOT NULL DEFAULT 'default',
     PRIMARY KEY (collection, doc_id)
 );
 CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
@@ -41,6 +42,7 @@ _ADDED_COLUMNS = (
     ("generation", "INTEGER NOT NULL DEFAULT 0"),
     ("pending", "INTEGER"),
     ("lease_until", "REAL"),
+    ("workspace", "TEXT NOT NULL DEFAULT 'default'"),
 )
 
 
@@ -59,6 +61,7 @@ class DocumentRecord(BaseModel, frozen=True):
     generation: int = 0
     pending: int | None = None
     lease_until: float | None = None
+    workspace: str = "default"
 
     @property
     def added(self) -> str:
@@ -93,28 +96,31 @@ class Catalog:
         rows = self._rows("SELECT * FROM documents WHERE collection=? AND doc_id=?", self.collection, doc_id)
         return rows[0] if rows else None
 
-    def by_name(self, file_name: str) -> list[DocumentRecord]:
-        """Indexed documents with this file name (older versions of an upload)."""
+    def by_name(self, file_name: str, workspace: str) -> list[DocumentRecord]:
+        """Indexed documents of a workspace with this file name (older versions of an upload)."""
         return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND file_name=? AND status='indexed'",
+            "SELECT * FROM documents WHERE collection=? AND file_name=? AND workspace=? AND status='indexed'",
             self.collection,
             file_name,
+            workspace,
         )
 
-    def list(self, status: str | None = "indexed") -> list[DocumentRecord]:
-        """Documents in this collection, newest first."""
-        if status is None:
-            return self._rows("SELECT * FROM documents WHERE collection=? ORDER BY added_at DESC", self.collection)
-        return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND status=? ORDER BY added_at DESC", self.collection, status
-        )
+    def list(self, status: str | None = "indexed", workspace: str | None = None) -> list[DocumentRecord]:
+        """Documents in this collection (of one workspace, or all), newest first; `status=None`: any state."""
+        sql, args = "SELECT * FROM documents WHERE collection=?", [self.collection]
+        if status is not None:
+            sql, args = sql + " AND status=?", [*args, status]
+        if workspace is not None:
+            sql, args = sql + " AND workspace=?", [*args, workspace]
+        return self._rows(sql + " ORDER BY added_at DESC", *args)
 
     def begin(self, record: DocumentRecord, lease_until: float) -> None:
         """Record a document whose chunks are being written, leased to its writer until `lease_until`."""
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO documents (collection, doc_id, file_name, file_type, size, pages, chunks, "
-                "status, stored_path, added_at, generation, pending, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "status, stored_path, added_at, generation, pending, lease_until, workspace) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     self.collection,
                     record.doc_id,
@@ -129,6 +135,7 @@ class Catalog:
                     record.generation,
                     None,
                     lease_until,
+                    record.workspace,
                 ),
             )
 

@@ -34,7 +34,13 @@ def _edge(func: F) -> F:
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
-    return load_settings(data_dir=ctx.obj.get("data_dir"), collection=ctx.obj.get("collection"), **overrides)
+    given = {k: ctx.obj[k] for k in ("data_dir", "collection", "workspace") if ctx.obj.get(k) is not None}
+    return load_settings(**given, **overrides)
+
+
+def _workspace(service: Any) -> str:
+    """The id of the workspace this command works in (RAG_WORKSPACE / --workspace); a clear error if unknown."""
+    return service.workspace(service.settings.workspace).id
 
 
 def _service(settings: Settings):  # noqa: ANN202 - RagService, imported lazily for a fast --help
@@ -51,8 +57,13 @@ def _service(settings: Settings):  # noqa: ANN202 - RagService, imported lazily 
     help="Where documents, the catalog and the embedded Milvus live (RAG_DATA_DIR; default ./data).",
 )
 @click.option("--collection", envvar="RAG_COLLECTION", help="Milvus collection (RAG_COLLECTION; default documents).")
+@click.option(
+    "--workspace",
+    envvar="RAG_WORKSPACE",
+    help="Workspace for ingest, ask, docs and eval (RAG_WORKSPACE; default: default).",
+)
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None, collection: str | None) -> None:
+def cli(ctx: click.Context, data_dir: Path | None, collection: str | None, workspace: str | None) -> None:
     """Ask questions of your own documents, with Milvus's async API underneath.
 
     \b
@@ -61,7 +72,7 @@ def cli(ctx: click.Context, data_dir: Path | None, collection: str | None) -> No
       python -m rag ask "What does zoo do with irregular time series?"
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(data_dir=data_dir, collection=collection)
+    ctx.obj.update(data_dir=data_dir, collection=collection, workspace=workspace)
 
 
 @cli.group()
@@ -165,7 +176,7 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
             else _NullBar() as bar
         ):
             finished: set[str] = set()
-            for item in service.iter_ingest(files):
+            for item in service.iter_ingest(files, _workspace(service)):
                 if isinstance(item, FileProgress):
                     if item.status is not None and item.file not in finished:
                         finished.add(item.file)
@@ -219,9 +230,9 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
     """
     from rag import AskOptions
 
-    options = AskOptions(top_k=top_k, retrieval=retrieval)  # type: ignore[arg-type]
     service = _service(_settings(ctx))
     try:
+        options = AskOptions(top_k=top_k, retrieval=retrieval, workspace=_workspace(service))  # type: ignore[arg-type]
         if as_json:
             answer = service.ask(question, options=options)
             click.echo(
@@ -282,7 +293,7 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
     modes = ["dense", "keyword", "hybrid"] if retrieval == "all" else [retrieval or settings.retrieval_mode]
     service = _service(settings)
     try:
-        reports = service.evaluate(pairs, modes, top_k)
+        reports = service.evaluate(pairs, modes, top_k, _workspace(service))
     finally:
         service.close()
     if as_json:
@@ -341,10 +352,99 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
     """
     service = _service(_settings(ctx))
     try:
-        record = service.delete_document(doc_id)
+        record = service.delete_document(doc_id, _workspace(service))
     finally:
         service.close()
     click.echo(f"Deleted {record.file_name} ({record.chunks} chunks)")
+
+
+@cli.group()
+def workspaces() -> None:
+    """Named sets of documents: each search, list and delete stays inside one workspace."""
+
+
+def _workspace_json(workspace: Any, documents: int | None = None) -> dict[str, Any]:
+    payload = {"id": workspace.id, "name": workspace.name, "owner": workspace.owner, "shared": workspace.shared}
+    return payload if documents is None else {**payload, "documents": documents}
+
+
+@workspaces.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {id, name, owner, shared, documents}.")
+@click.pass_context
+@_edge
+def workspaces_list(ctx: click.Context, as_json: bool) -> None:
+    """List workspaces with their number of documents.
+
+    Example: python -m rag workspaces list --json
+    """
+    service = _service(_settings(ctx))
+    try:
+        rows = [(w, len(service.documents(w.id))) for w in service.list_workspaces()]
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps([_workspace_json(w, n) for w, n in rows]))
+        return
+    for w, n in rows:
+        click.echo(f"{w.name:30.30} {n:6} documents  {'shared' if w.shared else 'private to ' + str(w.owner)}")
+
+
+@workspaces.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print {id, name, owner, shared}.")
+@click.pass_context
+@_edge
+def workspaces_create(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Create an empty workspace.
+
+    Example: python -m rag workspaces create "HR policies"
+    """
+    service = _service(_settings(ctx))
+    try:
+        workspace = service.create_workspace(name)
+    finally:
+        service.close()
+    click.echo(json.dumps(_workspace_json(workspace)) if as_json else f"Created workspace {workspace.name}")
+
+
+@workspaces.command("rename")
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print {id, name, owner, shared}.")
+@click.pass_context
+@_edge
+def workspaces_rename(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
+    """Rename a workspace; its documents and chats stay.
+
+    Example: python -m rag workspaces rename "HR policies" HR
+    """
+    service = _service(_settings(ctx))
+    try:
+        workspace = service.rename_workspace(old, new)
+    finally:
+        service.close()
+    click.echo(json.dumps(_workspace_json(workspace)) if as_json else f"Renamed {old} to {workspace.name}")
+
+
+@workspaces.command("delete")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print {name, documents} of what was deleted.")
+@click.pass_context
+@_edge
+def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Delete a workspace with its documents (chunks, keyword entries, stored files) and chats.
+
+    Example: python -m rag workspaces delete HR
+    """
+    service = _service(_settings(ctx))
+    try:
+        removed = service.delete_workspace(name)
+    finally:
+        service.close()
+    if as_json:
+        click.echo(json.dumps({"name": name, "documents": len(removed)}))
+    else:
+        click.echo(f"Deleted workspace {name} and its {len(removed)} documents")
 
 
 @cli.command()

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
         description="Milvus collection holding the document chunks.",
     )
+    workspace: str = Field(
+        "default",
+        validation_alias=AliasChoices("RAG_WORKSPACE", "workspace"),
+        min_length=1,
+        max_length=64,
+        description="The workspace the CLI works in and the web app opens first.",
+    )
     consistency_level: Consistency = Field(
         "Session",
         validation_alias=AliasChoices("RAG_CONSISTENCY", "consistency_level"),

@@ -75,22 +75,26 @@ class ConversationStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            if "workspace" not in {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}:
+                self._db.execute("ALTER TABLE turns ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default'")
 
-    def append(self, sid: str, turn: StoredTurn | ChatTurn) -> None:
-        """Add a turn at the end of a session's conversation."""
+    def append(self, sid: str, turn: StoredTurn | ChatTurn, workspace: str = "default") -> None:
+        """Add a turn at the end of a session's conversation in a workspace."""
         if isinstance(turn, ChatTurn):
             turn = StoredTurn(role=turn.role, content=turn.content)
         sources = json.dumps([s.model_dump() for s in turn.sources])
         with self._lock:
             self._db.execute(
-                "INSERT INTO turns (sid, role, content, mode, sources, created_at) VALUES (?,?,?,?,?,?)",
-                (sid, turn.role, turn.content, turn.mode, sources, turn.created_at),
+                "INSERT INTO turns (sid, role, content, mode, sources, created_at, workspace) VALUES (?,?,?,?,?,?,?)",
+                (sid, turn.role, turn.content, turn.mode, sources, turn.created_at, workspace),
             )
 
-    def history(self, sid: str) -> list[StoredTurn]:
-        """A session's turns, oldest first."""
+    def history(self, sid: str, workspace: str = "default") -> list[StoredTurn]:
+        """A session's turns in a workspace, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM turns WHERE sid=? ORDER BY id", (sid,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE sid=? AND workspace=? ORDER BY id", (sid, workspace)
+            ).fetchall()
         return [
             StoredTurn(
                 role=row["role"],
@@ -102,18 +106,23 @@ class ConversationStore:
             for row in rows
         ]
 
-    def chat_history(self, sid: str) -> list[ChatTurn]:
+    def chat_history(self, sid: str, workspace: str = "default") -> list[ChatTurn]:
         """A session's turns as the engine's follow-up history."""
-        return [t.as_chat_turn() for t in self.history(sid)]
+        return [t.as_chat_turn() for t in self.history(sid, workspace)]
 
-    def clear(self, sid: str) -> int:
-        """Forget a session's conversation; returns how many turns were removed."""
+    def clear(self, sid: str, workspace: str = "default") -> int:
+        """Forget a session's conversation in a workspace; returns how many turns were removed."""
         with self._lock:
-            return self._db.execute("DELETE FROM turns WHERE sid=?", (sid,)).rowcount
+            return self._db.execute("DELETE FROM turns WHERE sid=? AND workspace=?", (sid, workspace)).rowcount
 
-    def to_markdown(self, sid: str, title: str = "Conversation") -> str:
+    def delete_workspace(self, workspace: str) -> int:
+        """Forget every conversation held in a workspace (it is being deleted)."""
+        with self._lock:
+            return self._db.execute("DELETE FROM turns WHERE workspace=?", (workspace,)).rowcount
+
+    def to_markdown(self, sid: str, title: str = "Conversation", workspace: str = "default") -> str:
         """The conversation as a Markdown document; document passages are quoted as escaped text."""
-        turns = self.history(sid)
+        turns = self.history(sid, workspace)
         lines = [f"# {title}", ""]
         if turns:
             started = datetime.fromtimestamp(turns[0].created_at, tz=UTC).isoformat(timespec="seconds")

@@ -34,6 +34,7 @@ from rag.config import Settings
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
 from rag.readers import file_type
 from rag.store import DocumentStore, chunk_id
+from rag.workspaces import DEFAULT_ID, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,28 @@ LEASE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file to ingest: where its bytes are, what the user calls it, and whether they are staged already.
-
-    `doc_id` is set for bytes already staged in the uploads folder (its SHA-256); `reindex` asks for a new
-    generation of an indexed document's chunks.
-    """
+    """A file to ingest: where its bytes are, what the user calls it, which workspace it goes into, and
+    whether its bytes are staged already (`content_hash`, their SHA-256, is then set). `reindex` asks for a
+    new generation of an indexed document's chunks."""
 
     path: Path
     name: str
-    doc_id: str | None = None
+    content_hash: str | None = None
     reindex: bool = False
+    workspace: str = DEFAULT_ID
+
+    @property
+    def doc_id(self) -> str | None:
+        """The document these bytes make in this workspace (None until staged)."""
+        return document_id(self.workspace, self.content_hash) if self.content_hash else None
+
+
+def document_id(workspace: str, content_hash: str) -> str:
+    """A document's id: the SHA-256 of its bytes in `default` (as before workspaces), and of the workspace id
+    and that hash elsewhere, so the same file in two workspaces is two documents."""
+    if workspace == DEFAULT_ID:
+        return content_hash
+    return hashlib.sha256(f"{workspace}:{content_hash}".encode()).hexdigest()
 
 
 def catalog_path(settings: Settings) -> Path:
@@ -61,12 +74,15 @@ def catalog_path(settings: Settings) -> Path:
 
 
 def list_documents(settings: Settings) -> list[DocumentRecord]:
-    """Indexed documents, newest first, read from the catalogue alone (no Milvus, no model: `docs list`)."""
+    """Indexed documents of the settings' workspace, newest first, read from the catalogue alone (no Milvus,
+    no model: `docs list`)."""
+    workspaces = Workspaces(catalog_path(settings), settings.collection)
     catalog = Catalog(catalog_path(settings), settings.collection)
     try:
-        return catalog.list()
+        return catalog.list("indexed", workspaces.get(settings.workspace).id)
     finally:
         catalog.close()
+        workspaces.close()
 
 
 class DocumentLibrary:
@@ -82,31 +98,34 @@ class DocumentLibrary:
         self._writers: dict[str, tuple[asyncio.Lock, int]] = {}  # doc id -> (its lock, writers waiting or writing)
 
     # -- reading ------------------------------------------------------------------------------
-    def list(self, status: str | None = "indexed") -> list[DocumentRecord]:
-        """Documents in this collection, newest first (`status=None`: in any state)."""
-        return self.catalog.list(status)
+    def list(self, workspace: str | None = DEFAULT_ID, status: str | None = "indexed") -> list[DocumentRecord]:
+        """Documents of a workspace (None: of all), newest first (`status=None`: in any state)."""
+        return self.catalog.list(status, workspace)
 
     def get(self, doc_id: str) -> DocumentRecord | None:
         """The row of a document, in any state."""
         return self.catalog.get(doc_id)
 
-    def resolve(self, doc_id: str) -> DocumentRecord:
-        """A document by id, or by a unique id prefix of 8+ characters (as `docs list` shows them)."""
+    def resolve(self, doc_id: str, workspace: str | None = None) -> DocumentRecord:
+        """A document by id, or by a unique id prefix of 8+ characters (as `docs list` shows them), within a
+        workspace when one is given (a document of another workspace is not found)."""
         record = self.catalog.get(doc_id)
+        if record is not None and workspace is not None and record.workspace != workspace:
+            record = None
         if record is None and len(doc_id) >= 8:
-            matches = [r for r in self.catalog.list(status=None) if r.doc_id.startswith(doc_id)]
+            matches = [r for r in self.catalog.list(None, workspace) if r.doc_id.startswith(doc_id)]
             record = matches[0] if len(matches) == 1 else None
         if record is None:
             raise DocumentNotFoundError(f"no document {doc_id}", user_message=f"No document has the id {doc_id}.")
         return record
 
     # -- bytes --------------------------------------------------------------------------------
-    def stage_path(self, path: Path, name: str) -> SourceFile:
+    def stage_path(self, path: Path, name: str, workspace: str = DEFAULT_ID) -> SourceFile:
         """Copy a file's bytes into the uploads folder under their hash (once), held until `release`."""
         with open(path, "rb") as fh:
-            return self.stage_stream(fh, name)
+            return self.stage_stream(fh, name, workspace)
 
-    def stage_stream(self, data: BinaryIO, name: str) -> SourceFile:
+    def stage_stream(self, data: BinaryIO, name: str, workspace: str = DEFAULT_ID) -> SourceFile:
         """Write an upload's bytes into the uploads folder under their hash, hashing while writing (one copy),
         held until `release`. Blocking: call it from a worker thread or a page, never on the loop."""
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -117,8 +136,8 @@ class DocumentLibrary:
                 for block in iter(lambda: data.read(1 << 20), b""):
                     digest.update(block)
                     out.write(block)
-            doc_id = digest.hexdigest()
-            target = self.uploads / f"{doc_id}{file_type(name)[:16]}"
+            content_hash = digest.hexdigest()
+            target = self.uploads / f"{content_hash}{file_type(name)[:16]}"
             with self._holds_lock:
                 if target.exists():
                     tmp.unlink()
@@ -128,7 +147,7 @@ class DocumentLibrary:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return SourceFile(target, name, doc_id=doc_id)
+        return SourceFile(target, name, content_hash=content_hash, workspace=workspace)
 
     def hold(self, stored: Path) -> None:
         """Keep stored bytes while a job uses them (a re-index of an indexed document)."""
@@ -191,7 +210,7 @@ class DocumentLibrary:
         await asyncio.to_thread(self.catalog.finish, record.doc_id, chunks, record.pages, record.generation)
         replaced = [
             old
-            for old in await asyncio.to_thread(self.catalog.by_name, record.file_name)
+            for old in await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace)
             if old.doc_id != record.doc_id
         ]
         for old in replaced:
@@ -227,9 +246,9 @@ class DocumentLibrary:
         await self.store.adelete_chunks(ids)
 
     # -- deleting and recovering --------------------------------------------------------------
-    async def adelete(self, doc_id: str) -> DocumentRecord:
+    async def adelete(self, doc_id: str, workspace: str | None = None) -> DocumentRecord:
         """Delete a document: every chunk, its keyword entries, its row and its stored bytes."""
-        record = await asyncio.to_thread(self.resolve, doc_id)
+        record = await asyncio.to_thread(self.resolve, doc_id, workspace)
         if (record.status == "indexing" or record.pending is not None) and (record.lease_until or 0) > time.time():
             raise DocumentBusyError(
                 f"{record.doc_id} is being written",
@@ -247,9 +266,9 @@ class DocumentLibrary:
             if not self._holds.get(record.stored_path) and not self.catalog.references(record.stored_path):
                 self._remove_bytes(Path(record.stored_path))
 
-    def reindex_source(self, doc_id: str) -> SourceFile:
+    def reindex_source(self, doc_id: str, workspace: str | None = None) -> SourceFile:
         """What a re-index job reads: the document's stored bytes, held until the job is done."""
-        record = self.resolve(doc_id)
+        record = self.resolve(doc_id, workspace)
         if record.status != "indexed":
             raise DocumentBusyError(
                 f"{record.doc_id} is {record.status}",
@@ -262,7 +281,19 @@ class DocumentLibrary:
                 user_message=f"The stored copy of {record.file_name} is missing; upload the file again.",
             )
         self.hold(stored)
-        return SourceFile(stored, record.file_name, doc_id=record.doc_id, reindex=True)
+        return SourceFile(
+            stored, record.file_name, content_hash=stored.name[:64], reindex=True, workspace=record.workspace
+        )
+
+    async def adelete_workspace(self, workspace: str) -> list[DocumentRecord]:
+        """Delete every document of a workspace (chunks, keyword entries, rows, bytes); the caller has stopped
+        its jobs first. Chunks are removed by the workspace filter, so none a crash left behind survives."""
+        records = await asyncio.to_thread(self.catalog.list, None, workspace)
+        for record in records:
+            async with self.writer(record.doc_id):
+                await self._adelete(record)
+        await self.store.adelete_workspace(workspace)
+        return records
 
     async def arecover(self) -> list[str]:
         """Clean up after writers that died: remove half-indexed documents and unfinished re-indexes whose lease
@@ -276,7 +307,7 @@ class DocumentLibrary:
                 else:
                     await self._adelete_other_generations(record.doc_id, record.generation)
                     await asyncio.to_thread(self.catalog.end_generation, record.doc_id)
-        indexed = await asyncio.to_thread(self.catalog.list)
+        indexed = await asyncio.to_thread(self.catalog.list, "indexed", None)
         await self.store.areconcile_keywords({r.doc_id: r.chunks for r in indexed})
         return cleaned
 
@@ -289,12 +320,14 @@ def _stem(doc_id: str, generation: int) -> str:
     return chunk_id(doc_id, 0, generation).rsplit("-", 1)[0]
 
 
-def stage_all(library: DocumentLibrary, uploads: Sequence[tuple[str, BinaryIO]]) -> list[SourceFile]:
+def stage_all(
+    library: DocumentLibrary, uploads: Sequence[tuple[str, BinaryIO]], workspace: str = DEFAULT_ID
+) -> list[SourceFile]:
     """Stage several uploads; on a failure, release the ones already staged."""
     staged: list[SourceFile] = []
     try:
         for name, data in uploads:
-            staged.append(library.stage_stream(data, name))
+            staged.append(library.stage_stream(data, name, workspace))
     except BaseException:
         for source in staged:
             library.release(source.path)

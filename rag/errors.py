@@ -65,6 +65,14 @@ class DocumentBusyError(RagError):
     default_message = "The document is being indexed right now; try again when that has finished."
 
 
+class WorkspaceError(RagError):
+    """Raised for a workspace name that cannot be used (empty, too long, shaped like a path, taken)."""
+
+
+class WorkspaceNotFoundError(WorkspaceError):
+    """Raised when no workspace (visible to this account) has the given name."""
+
+
 class IngestError(RagError):
     """Raised for one file that cannot be indexed; the rest of its batch goes on."""
 

@@ -147,12 +147,14 @@ def summarise(mode: Retrieval, top_k: int, rows: Sequence[EvalRow]) -> EvalRepor
     return EvalReport(mode=mode, top_k=top_k, n=n, hit_at=hit_at, mrr=mrr, p50_ms=round(p50, 1), rows=list(rows))
 
 
-async def aevaluate(engine: object, pairs: Sequence[QAPair], mode: Retrieval, top_k: int) -> EvalReport:
+async def aevaluate(
+    engine: object, pairs: Sequence[QAPair], mode: Retrieval, top_k: int, workspace: str = "default"
+) -> EvalReport:
     """Ask every question in one mode, one at a time (so the latency is one question's), and score it."""
     rows = []
     for pair in pairs:
         started = time.perf_counter()
-        sources = await engine.aretrieve(pair.question, AskOptions(top_k=top_k, retrieval=mode))  # type: ignore[attr-defined]
+        sources = await engine.aretrieve(pair.question, AskOptions(top_k=top_k, retrieval=mode, workspace=workspace))  # type: ignore[attr-defined]
         seconds = time.perf_counter() - started
         returned = [Returned(file_name=s.file_name, page=s.page, text=s.text) for s in sources]
         rank = first_hit(pair, returned)

@@ -29,7 +29,8 @@ from rag.documents import LEASE_SECONDS, DocumentLibrary, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.readers import file_type, read_file
-from rag.store import MODEL_KEY, chunk_id
+from rag.store import MODEL_KEY, WORKSPACE_FIELD, chunk_id
+from rag.workspaces import DEFAULT_ID
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,13 @@ def embed_texts(nodes: Sequence[BaseNode]) -> list[str]:
 
 
 def chunk_documents(
-    docs: Sequence[Document], splitter: SentenceSplitter, doc_id: str, model_id: str, kind: str, generation: int = 0
+    docs: Sequence[Document],
+    splitter: SentenceSplitter,
+    doc_id: str,
+    model_id: str,
+    kind: str,
+    generation: int = 0,
+    workspace: str = DEFAULT_ID,
 ) -> list[BaseNode]:
     """Split page Documents into nodes carrying file, page, doc id and position; ids are stable."""
     for part, doc in enumerate(docs):
@@ -181,7 +188,9 @@ def chunk_documents(
     for position, node in enumerate(nodes):
         node.id_ = chunk_id(doc_id, position, generation)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
-        node.metadata.update({"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id})
+        node.metadata.update(
+            {"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id, WORKSPACE_FIELD: workspace}
+        )
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)
     return nodes
@@ -291,7 +300,7 @@ class Ingestor:
             raise IngestError(name, f"cannot be opened ({exc.strerror})") from exc
         self._check_size(name, size)
         try:
-            return await asyncio.to_thread(self.library.stage_path, src.path, name)
+            return await asyncio.to_thread(self.library.stage_path, src.path, name, src.workspace)
         except OSError as exc:
             raise IngestError(name, f"cannot be read ({exc.strerror})") from exc
 
@@ -339,7 +348,7 @@ class Ingestor:
         publish(index, prog.model_copy())
         kind = file_type(name).lstrip(".")
         nodes = await asyncio.to_thread(
-            chunk_documents, docs, self.splitter, doc_id, self.embedder.model_id, kind, generation
+            chunk_documents, docs, self.splitter, doc_id, self.embedder.model_id, kind, generation, src.workspace
         )
         if not nodes:
             raise IngestError(name, "contains no text")
@@ -355,6 +364,7 @@ class Ingestor:
             stored_path=str(stored),
             added_at=existing.added_at if src.reindex and existing else time.time(),
             generation=generation,
+            workspace=src.workspace,
         )
         prog.chunks_total = len(nodes)
         publish(index, prog.model_copy())

@@ -279,6 +279,14 @@ class JobManager:
         self._runtime.call_soon(_cancel)
         return True
 
+    def cancel_workspace(self, workspace: str) -> list[str]:
+        """Cancel every queued or running job writing into a workspace (it is being deleted); returns their ids."""
+        with self._lock:
+            ids = [
+                j.id for j in self._jobs.values() if j.state.active and any(s.workspace == workspace for s in j.sources)
+            ]
+        return [job_id for job_id in ids if self.cancel(job_id)]
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot | None:
         """Block until a job ends and return its final snapshot (None if unknown); TimeoutError after `timeout`."""
         with self._lock:

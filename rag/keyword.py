@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     page       INTEGER,
     chunk      INTEGER,
     text       TEXT NOT NULL,
+    workspace  TEXT NOT NULL DEFAULT 'default',
     UNIQUE (collection, chunk_id)
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
@@ -78,6 +79,7 @@ class KeywordRow(BaseModel, frozen=True):
     page: int | None = None
     chunk: int | None = None
     text: str
+    workspace: str = "default"
 
 
 def match_query(text: str) -> str | None:
@@ -103,6 +105,9 @@ class KeywordIndex:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+            if "workspace" not in columns:  # an index from before workspaces: all of it is the default one's
+                self._db.execute("ALTER TABLE chunks ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default'")
 
     def add(self, rows: Sequence[KeywordRow]) -> None:
         """Insert chunks, replacing any with the same id (writes are upserts, like Milvus's)."""
@@ -114,9 +119,12 @@ class KeywordIndex:
                 "DELETE FROM chunks WHERE collection=? AND chunk_id=?", [(self.collection, r.chunk_id) for r in rows]
             )
             self._db.executemany(
-                "INSERT INTO chunks (collection, chunk_id, doc_id, file_name, page, chunk, text)"
-                " VALUES (?,?,?,?,?,?,?)",
-                [(self.collection, r.chunk_id, r.doc_id, r.file_name, r.page, r.chunk, r.text) for r in rows],
+                "INSERT INTO chunks (collection, chunk_id, doc_id, file_name, page, chunk, text, workspace)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (self.collection, r.chunk_id, r.doc_id, r.file_name, r.page, r.chunk, r.text, r.workspace)
+                    for r in rows
+                ],
             )
 
     def delete_doc(self, doc_id: str) -> int:
@@ -124,6 +132,11 @@ class KeywordIndex:
         with self._lock, self._db:
             cursor = self._db.execute("DELETE FROM chunks WHERE collection=? AND doc_id=?", (self.collection, doc_id))
             return cursor.rowcount
+
+    def delete_workspace(self, workspace: str) -> None:
+        """Remove every chunk of a workspace."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM chunks WHERE collection=? AND workspace=?", (self.collection, workspace))
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
         """Remove chunks by id."""
@@ -167,8 +180,10 @@ class KeywordIndex:
             ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def search(self, text: str, top_k: int, doc_ids: Sequence[str] | None = None) -> list[KeywordHit]:
-        """The chunks with the best BM25 score for the question's words (optionally of some documents)."""
+    def search(
+        self, text: str, top_k: int, doc_ids: Sequence[str] | None = None, workspace: str | None = None
+    ) -> list[KeywordHit]:
+        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents)."""
         query = match_query(text)
         if not query:
             return []
@@ -178,6 +193,9 @@ class KeywordIndex:
             " WHERE chunks_fts MATCH ? AND c.collection = ?"
         )
         args: list[object] = [query, self.collection]
+        if workspace is not None:
+            sql += " AND c.workspace = ?"
+            args.append(workspace)
         if doc_ids:
             sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
             args += list(doc_ids)

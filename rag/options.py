@@ -17,9 +17,10 @@ class AskOptions(BaseModel, frozen=True):
     """How one question is answered: one value carried from the UI or CLI through the service to the engine.
 
     Every field left as None means "as configured" (RAG_TOP_K, RAG_RETRIEVAL, LLM_MODEL, RAG_TEMPERATURE);
-    `doc_ids` narrows retrieval to those documents.
+    `doc_ids` narrows retrieval to those documents of the workspace (by its id).
     """
 
+    workspace: str = "default"
     top_k: int | None = Field(default=None, ge=1, le=100)
     doc_ids: tuple[str, ...] | None = None
     retrieval: Retrieval | None = None

@@ -136,7 +136,7 @@ class QueryEngine:
         retrieval = options.retrieval or self.settings.retrieval_mode
         embedding = None if retrieval == "keyword" else await self.embedder.aembed_query(question)
         top_k = options.top_k or self.settings.top_k
-        hits = await self.store.asearch(embedding, top_k, options.doc_ids, retrieval, question)
+        hits = await self.store.asearch(embedding, top_k, options.doc_ids, retrieval, question, options.workspace)
         width = self.settings.context_chunks
         around = await self.store.aneighbours(hits, width) if width else {}
         sources = []

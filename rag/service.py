@@ -18,7 +18,7 @@ from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
-from rag.documents import DocumentLibrary, SourceFile, stage_all
+from rag.documents import DocumentLibrary, SourceFile, catalog_path, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
@@ -28,6 +28,7 @@ from rag.options import AskOptions, Retrieval
 from rag.query import Answer, ChatTurn, QueryEngine, Source
 from rag.runtime import Runtime
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
+from rag.workspaces import DEFAULT_ID, Workspace, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class RagService:
                 DocumentStore.abuild(settings, self.connection, self.embedder.dim, self.embedder.model_id), timeout=120
             )
             self.library = DocumentLibrary(settings, self.store)
+            self.workspaces = Workspaces(catalog_path(settings), settings.collection)
             self.conversations = ConversationStore(Path(settings.data_dir) / "conversations.sqlite3")
             self.ingestor = Ingestor(settings, self.embedder, self.library)
             self.jobs = JobManager(
@@ -97,15 +99,19 @@ class RagService:
         return build_llm(self.settings)
 
     # -- ingestion --------------------------------------------------------------------------
-    def ingest(self, paths: Sequence[Path | str], names: Sequence[str] | None = None) -> IngestReport:
-        """Index files and wait for the report."""
-        return self.runtime.run(self.ingestor.aingest(_sources(paths, names)))
+    def ingest(
+        self, paths: Sequence[Path | str], names: Sequence[str] | None = None, workspace: str = DEFAULT_ID
+    ) -> IngestReport:
+        """Index files into a workspace (by id) and wait for the report."""
+        return self.runtime.run(self.ingestor.aingest(_sources(paths, names, workspace)))
 
-    def iter_ingest(self, paths: Sequence[Path | str]) -> Iterator[FileProgress | IngestReport]:
+    def iter_ingest(
+        self, paths: Sequence[Path | str], workspace: str = DEFAULT_ID
+    ) -> Iterator[FileProgress | IngestReport]:
         """Index files, yielding progress updates as they happen, then the report (for terminals)."""
         import asyncio
 
-        files = _sources(paths)
+        files = _sources(paths, None, workspace)
 
         async def _gen():  # noqa: ANN202
             queue: asyncio.Queue[FileProgress | IngestReport] = asyncio.Queue()
@@ -134,17 +140,23 @@ class RagService:
         yield from self.runtime.iterate(_gen())
 
     def start_job(
-        self, paths: Sequence[Path | str], names: Sequence[str] | None = None, owner: str = "cli"
+        self,
+        paths: Sequence[Path | str],
+        names: Sequence[str] | None = None,
+        owner: str = "cli",
+        workspace: str = DEFAULT_ID,
     ) -> JobSnapshot:
         """Start indexing files on disk in the background and return the job's first snapshot."""
-        return self.jobs.start(_sources(paths, names), owner)
+        return self.jobs.start(_sources(paths, names, workspace), owner)
 
-    def start_upload_job(self, uploads: Sequence[tuple[str, BinaryIO]], owner: str = "cli") -> JobSnapshot:
-        """Stage uploaded bytes (written once, under their hash) and index them in the background.
+    def start_upload_job(
+        self, uploads: Sequence[tuple[str, BinaryIO]], owner: str = "cli", workspace: str = DEFAULT_ID
+    ) -> JobSnapshot:
+        """Stage uploaded bytes (written once, under their hash) and index them into a workspace in the background.
 
         Bytes a job does not keep (a failed, cancelled or duplicate file) are removed when it ends.
         """
-        staged = stage_all(self.library, uploads)
+        staged = stage_all(self.library, uploads, workspace)
         try:
             return self.jobs.start(staged, owner)
         except BaseException:
@@ -179,23 +191,59 @@ class RagService:
         return snapshot
 
     # -- documents --------------------------------------------------------------------------
-    def documents(self) -> list[DocumentRecord]:
-        """Indexed documents, newest first."""
-        return self.library.list()
+    def documents(self, workspace: str = DEFAULT_ID) -> list[DocumentRecord]:
+        """Indexed documents of a workspace (by id), newest first."""
+        return self.library.list(workspace)
 
-    def delete_document(self, doc_id: str) -> DocumentRecord:
-        """Remove a document: every chunk, its keyword entries, its row and its stored bytes."""
-        return self.runtime.run(self.library.adelete(doc_id), timeout=120)
+    def delete_document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
+        """Remove a document of a workspace: every chunk, its keyword entries, its row and its stored bytes."""
+        return self.runtime.run(self.library.adelete(doc_id, workspace), timeout=120)
 
-    def reindex_document(self, doc_id: str, owner: str = "cli") -> JobSnapshot:
+    def reindex_document(self, doc_id: str, owner: str = "cli", workspace: str = DEFAULT_ID) -> JobSnapshot:
         """Rebuild a document's chunks from its stored upload (e.g. after a splitter change); the current chunks
         keep answering until the new ones are stored."""
-        source = self.library.reindex_source(doc_id)
+        source = self.library.reindex_source(doc_id, workspace)
         try:
             return self.jobs.start([source], owner)
         except BaseException:
             self.library.release(source.path)
             raise
+
+    # -- workspaces -------------------------------------------------------------------------
+    def list_workspaces(self, account: str | None = None) -> list[Workspace]:
+        """The workspaces an account may see (all of them without accounts), `default` first."""
+        return self.workspaces.list(account)
+
+    def workspace(self, name: str, account: str | None = None) -> Workspace:
+        """A workspace by name (or id) that the account may see."""
+        return self.workspaces.get(name, account)
+
+    def create_workspace(self, name: str, owner: str | None = None, shared: bool = True) -> Workspace:
+        """A new, empty workspace."""
+        return self.workspaces.create(name, owner, shared)
+
+    def rename_workspace(self, name: str, new_name: str, account: str | None = None) -> Workspace:
+        """Rename a workspace; its documents and chats stay."""
+        return self.workspaces.rename(self.workspaces.get(name, account), new_name)
+
+    def delete_workspace(self, name: str, account: str | None = None) -> list[DocumentRecord]:
+        """Delete a workspace with its documents (chunks, keyword entries, stored bytes) and chats.
+
+        Jobs writing into it are cancelled first and awaited, so nothing half-written is left behind.
+        """
+        from rag.errors import WorkspaceError
+
+        workspace = self.workspaces.get(name, account)
+        if workspace.id == DEFAULT_ID:
+            raise WorkspaceError(
+                "the default workspace", user_message="The default workspace cannot be deleted; empty it instead."
+            )
+        for job_id in self.jobs.cancel_workspace(workspace.id):
+            self.wait_job(job_id, timeout=120)
+        removed = self.runtime.run(self.library.adelete_workspace(workspace.id), timeout=600)
+        self.conversations.delete_workspace(workspace.id)
+        self.workspaces.remove(workspace)
+        return removed
 
     def collection_state(self) -> str:
         """Whether Milvus has the collection loaded (`loaded`), is loading it after a restart, or not."""
@@ -260,13 +308,17 @@ class RagService:
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(
-        self, pairs: Sequence[QAPair], modes: Sequence[Retrieval], top_k: int | None = None
+        self,
+        pairs: Sequence[QAPair],
+        modes: Sequence[Retrieval],
+        top_k: int | None = None,
+        workspace: str = DEFAULT_ID,
     ) -> list[EvalReport]:
-        """hit@1/3/5 and MRR of each retrieval mode on labelled pairs; reads only, indexes nothing."""
-        check_files(pairs, {r.file_name for r in self.library.list()})
+        """hit@1/3/5 and MRR of each retrieval mode on labelled pairs in a workspace; reads only."""
+        check_files(pairs, {r.file_name for r in self.library.list(workspace)})
         k = top_k or self.settings.top_k
         timeout = 60 + 10 * len(pairs)
-        return [self.runtime.run(aevaluate(self.engine, pairs, mode, k), timeout=timeout) for mode in modes]
+        return [self.runtime.run(aevaluate(self.engine, pairs, mode, k, workspace), timeout=timeout) for mode in modes]
 
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
@@ -326,11 +378,14 @@ class RagService:
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
         self.library.close()
+        self.workspaces.close()
         self.conversations.close()
         if self._own_runtime:
             self.runtime.close()
 
 
-def _sources(paths: Sequence[Path | str], names: Sequence[str] | None = None) -> list[SourceFile]:
+def _sources(
+    paths: Sequence[Path | str], names: Sequence[str] | None = None, workspace: str = DEFAULT_ID
+) -> list[SourceFile]:
     """Files on disk to ingest, each under the name the user knows it by (default: its file name)."""
-    return [SourceFile(Path(p), names[i] if names else Path(p).name) for i, p in enumerate(paths)]
+    return [SourceFile(Path(p), names[i] if names else Path(p).name, workspace=workspace) for i, p in enumerate(paths)]

@@ -47,6 +47,7 @@ TEXT_FIELD = "text"
 SPARSE_FIELD = "sparse_embedding"
 EMBEDDING_FIELD = "embedding"
 DOC_ID_FIELD = "doc_id"
+WORKSPACE_FIELD = "workspace"
 MODEL_KEY = "embed_model"
 # Milvus 2.3 leaves dynamic fields out of "*", so name the ones a search must return.
 _OUTPUT_FIELDS = ("_node_content", "_node_type", "file_name", "page", "doc_id", "chunk")
@@ -279,10 +280,14 @@ class DocumentStore:
                 "hybrid_ranker": "RRFRanker",
                 "hybrid_ranker_params": {"k": RRF_K},
             }
+        from pymilvus import DataType
+
         with map_milvus_errors("open the collection"):
             store = await asyncio.to_thread(
                 MilvusVectorStore,
                 **collection_schema(connection, name, dim, consistency_level or settings.consistency_level),
+                scalar_field_names=[WORKSPACE_FIELD],  # declared in collections created from now on
+                scalar_field_types=[DataType.VARCHAR],
                 overwrite=overwrite,
                 batch_size=settings.insert_batch_size,
                 output_fields=list(_OUTPUT_FIELDS),
@@ -292,7 +297,51 @@ class DocumentStore:
             )
         self = cls(store, connection, settings, features, keyword=keyword)
         await self._check_model(dim, model_id)
+        await self._amigrate_workspaces()
         return self
+
+    async def _amigrate_workspaces(self) -> int:
+        """Chunks written before workspaces existed join the `default` workspace (once; nothing is lost).
+
+        Collections created since declare the workspace field; older ones keep it among their dynamic fields,
+        which Milvus filters the same way once every row has it. Returns the number of chunks migrated.
+        """
+
+        def _legacy() -> list[dict[str, Any]]:
+            client = self.vector_store.client
+            with map_milvus_errors("read the collection's fields"):
+                fields = {f["name"] for f in client.describe_collection(self.name)["fields"]}
+            if WORKSPACE_FIELD in fields:
+                return []
+            rows: list[dict[str, Any]] = []
+            with map_milvus_errors("read chunks from before workspaces"):
+                iterator = client.query_iterator(
+                    self.name,
+                    filter=f'{DOC_ID_FIELD} != ""',
+                    output_fields=["*"],
+                    batch_size=500,
+                    consistency_level="Strong",
+                )
+                while batch := iterator.next():
+                    rows.extend(
+                        {
+                            **{k: v for k, v in r.items() if k != SPARSE_FIELD},
+                            WORKSPACE_FIELD: "default",
+                        }  # BM25 is derived
+                        for r in batch
+                        if WORKSPACE_FIELD not in r
+                    )
+                iterator.close()
+            return rows
+
+        rows = await asyncio.to_thread(_legacy)
+        for start in range(0, len(rows), 500):
+            async for attempt in self._retrying():
+                with attempt, map_milvus_errors("move chunks into the default workspace"):
+                    await self.aclient.upsert(self.name, rows[start : start + 500])
+        if rows:
+            log.info("moved %d chunks of collection %s into the default workspace", len(rows), self.name)
+        return len(rows)
 
     def _retrying(self) -> AsyncRetrying:
         """Retry transient failures with backoff; a collection found unloaded is loaded before the retry."""
@@ -366,6 +415,14 @@ class DocumentStore:
         if self.keyword is not None:
             await asyncio.to_thread(self.keyword.delete_doc, doc_id)
 
+    async def adelete_workspace(self, workspace: str) -> None:
+        """Remove every chunk of a workspace, in Milvus and in the keyword index."""
+        async for attempt in self._retrying():
+            with attempt, map_milvus_errors("delete chunks"):
+                await self.aclient.delete(self.name, filter=Scope(workspace).expression())
+        if self.keyword is not None:
+            await asyncio.to_thread(self.keyword.delete_workspace, workspace)
+
     async def adelete_chunks(self, ids: Sequence[str]) -> None:
         """Remove chunks by id, in Milvus and in the keyword index (a generation replaced by a re-index)."""
         for start in range(0, len(ids), 1000):
@@ -418,7 +475,7 @@ class DocumentStore:
 
     async def _aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
         """A document's chunks as stored in Milvus, for the keyword index."""
-        fields = ["id", TEXT_FIELD, "file_name", "page", "chunk"]
+        fields = ["id", TEXT_FIELD, "file_name", "page", "chunk", WORKSPACE_FIELD]
         rows = await self._aread_all(f'{DOC_ID_FIELD} == "{_quote(doc_id)}"', fields, "read chunks")
         return [
             KeywordRow(
@@ -428,13 +485,14 @@ class DocumentStore:
                 page=_int_or_none(r.get("page")),
                 chunk=_int_or_none(r.get("chunk")),
                 text=str(r.get(TEXT_FIELD) or ""),
+                workspace=str(r.get(WORKSPACE_FIELD) or "default"),
             )
             for r in rows
         ]
 
     async def acount(self, doc_id: str | None = None) -> int:
         """Chunks stored (for one document, or all), read with Strong consistency."""
-        return await self.acount_filtered([doc_id] if doc_id else None)
+        return await self.acount_filtered(Scope(doc_ids=(doc_id,) if doc_id else None))
 
     async def asearch(
         self,
@@ -443,25 +501,29 @@ class DocumentStore:
         doc_ids: Sequence[str] | None = None,
         retrieval: str = "dense",
         query_text: str | None = None,
+        workspace: str | None = None,
     ) -> list[NodeWithScore]:
-        """Dense, keyword (BM25) or hybrid (both, fused by RRF) search, optionally limited to some documents."""
+        """Dense, keyword (BM25) or hybrid (both, fused by RRF) search within a workspace (every one when None),
+        optionally limited to some of its documents."""
         if retrieval != "dense" and not self.features.keyword_search:
             raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
+        scope = Scope(workspace, tuple(doc_ids) if doc_ids else None)
         if retrieval == "keyword":
-            return await self._akeyword(query_text or "", top_k, doc_ids)
+            return await self._akeyword(query_text or "", top_k, scope)
         if retrieval == "dense":
-            return await self._adense(embedding, top_k, doc_ids)
+            return await self._adense(embedding, top_k, scope)
         if self.keyword is not None:
             depth = max(top_k * _FUSION_DEPTH, 50)
             dense, keyword = await asyncio.gather(
-                self._adense(embedding, depth, doc_ids), self._akeyword(query_text or "", depth, doc_ids)
+                self._adense(embedding, depth, scope), self._akeyword(query_text or "", depth, scope)
             )
             return fuse_rrf([dense, keyword], top_k)
-        filters = None
+        conditions = []
+        if workspace is not None:
+            conditions.append(MetadataFilter(key=WORKSPACE_FIELD, value=workspace, operator=FilterOperator.EQ))
         if doc_ids:
-            filters = MetadataFilters(
-                filters=[MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN)]
-            )
+            conditions.append(MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN))
+        filters = MetadataFilters(filters=conditions) if conditions else None
         query = VectorStoreQuery(
             query_embedding=embedding,
             query_str=query_text,
@@ -505,29 +567,27 @@ class DocumentStore:
                 rows = await self.aclient.query(self.name, filter=f"id in [{ids}]", output_fields=[TEXT_FIELD, "page"])
         return {str(r["id"]): (str(r.get(TEXT_FIELD) or ""), _int_or_none(r.get("page"))) for r in rows}
 
-    async def _adense(
-        self, embedding: list[float] | None, top_k: int, doc_ids: Sequence[str] | None
-    ) -> list[NodeWithScore]:
+    async def _adense(self, embedding: list[float] | None, top_k: int, scope: Scope) -> list[NodeWithScore]:
         """A dense search that never answers "nothing" for chunks that are stored but not yet visible."""
         if embedding is None:
             raise ValueError("a dense search needs an embedding")
         if not self._synced:
             await self.async_visible()
-        hits = await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
-        if not hits and await self.acount_filtered(doc_ids):
+        hits = await self.searches.submit((top_k, scope.expression()), embedding)
+        if not hits and await self.acount_filtered(scope):
             # Stored chunks must come back from a nearest-neighbour search; an empty answer means the server
             # had not caught up (restart, busy machine). The Strong count above waited until it had.
-            hits = await self.searches.submit((top_k, _doc_filter(doc_ids)), embedding)
+            hits = await self.searches.submit((top_k, scope.expression()), embedding)
         return hits
 
     async def async_visible(self) -> None:
         """Wait until every chunk written before now is visible to searches (one Strong read)."""
-        await self.acount_filtered(None)
+        await self.acount_filtered(Scope())
         self._synced = True
 
-    async def acount_filtered(self, doc_ids: Sequence[str] | None) -> int:
-        """Chunks stored (of some documents, or all), read with Strong consistency."""
-        flt = _doc_filter(doc_ids) or f'{DOC_ID_FIELD} != ""'
+    async def acount_filtered(self, scope: Scope) -> int:
+        """Chunks stored (of a workspace, of some documents, or all), read with Strong consistency."""
+        flt = scope.expression() or f'{DOC_ID_FIELD} != ""'
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("count chunks"):
                 rows = await self.aclient.query(
@@ -557,12 +617,12 @@ class DocumentStore:
         nodes, scores, _ids = self.vector_store._parse_from_milvus_results([hits])
         return [NodeWithScore(node=n, score=float(s)) for n, s in zip(nodes, scores)]
 
-    async def _akeyword(self, text: str, top_k: int, doc_ids: Sequence[str] | None) -> list[NodeWithScore]:
+    async def _akeyword(self, text: str, top_k: int, scope: Scope) -> list[NodeWithScore]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
         if self.keyword is not None:
-            hits = await asyncio.to_thread(self.keyword.search, text, top_k, doc_ids)
+            hits = await asyncio.to_thread(self.keyword.search, text, top_k, scope.doc_ids, scope.workspace)
             return [_keyword_node(hit) for hit in hits]
-        flt = _doc_filter(doc_ids)
+        flt = scope.expression()
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
                 res = await self.aclient.search(
@@ -620,6 +680,7 @@ def _keyword_row(node: BaseNode) -> KeywordRow:
         page=_int_or_none(meta.get("page")),
         chunk=_int_or_none(meta.get("chunk")),
         text=node.get_content(),
+        workspace=str(meta.get(WORKSPACE_FIELD) or "default"),
     )
 
 
@@ -641,11 +702,21 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _doc_filter(doc_ids: Sequence[str] | None) -> str:
-    """A Milvus expression keeping only chunks of these documents ("" keeps all)."""
-    if not doc_ids:
-        return ""
-    return f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in doc_ids)}]"
+@dataclass(frozen=True)
+class Scope:
+    """Which chunks a search or count may see: one workspace's (None: every one), some documents' of it."""
+
+    workspace: str | None = None
+    doc_ids: tuple[str, ...] | None = None
+
+    def expression(self) -> str:
+        """The Milvus filter expression ("" keeps all)."""
+        parts = []
+        if self.workspace is not None:
+            parts.append(f'{WORKSPACE_FIELD} == "{_quote(self.workspace)}"')
+        if self.doc_ids:
+            parts.append(f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in self.doc_ids)}]")
+        return " and ".join(parts)
 
 
 def _quote(value: str) -> str:
