@@ -16,6 +16,10 @@ _LOCATIONS = {
     "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
     "SUPPORTED_EXTENSIONS": "rag.readers",
+    "Account": "rag.accounts",
+    "AccountError": "rag.errors",
+    "AccountNotFoundError": "rag.errors",
+    "Accounts": "rag.accounts",
     "Answer": "rag.query",
     "AnswerStream": "rag.service",
     "AskOptions": "rag.options",
@@ -43,6 +47,8 @@ _LOCATIONS = {
     "JobCancelledError": "rag.errors",
     "JobSnapshot": "rag.jobs",
     "JobState": "rag.jobs",
+    "LoginError": "rag.errors",
+    "LoginThrottledError": "rag.errors",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
     "QAPair": "rag.evaluate",
@@ -74,6 +80,10 @@ __all__ = [
     "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
     "SUPPORTED_EXTENSIONS",
+    "Account",
+    "AccountError",
+    "AccountNotFoundError",
+    "Accounts",
     "Answer",
     "AnswerStream",
     "AskOptions",
@@ -101,6 +111,8 @@ __all__ = [
     "JobCancelledError",
     "JobSnapshot",
     "JobState",
+    "LoginError",
+    "LoginThrottledError",
     "ModelError",
     "OperationTimeoutError",
     "QAPair",
@@ -142,6 +154,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
+    from rag.accounts import Account, Accounts
     from rag.bench import (
         EXPERIMENTS,
         MILVUS_EXPERIMENTS,
@@ -157,6 +170,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.conversations import ConversationStore, StoredTurn
     from rag.documents import list_documents
     from rag.errors import (
+        AccountError,
+        AccountNotFoundError,
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
@@ -166,6 +181,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         EvalFileError,
         IngestError,
         JobCancelledError,
+        LoginError,
+        LoginThrottledError,
         ModelError,
         OperationTimeoutError,
         RagError,
