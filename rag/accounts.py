@@ -42,7 +42,7 @@ BACKOFF_BASE = 1.0  # seconds after the first failure
 BACKOFF_CAP = 60.0  # longest wait between attempts
 FORGET_AFTER = 3600.0  # failures older than this (since the last one) no longer count
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # used with fullmatch: "$" would let a final newline in
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     name       TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
@@ -75,12 +75,12 @@ class Account(BaseModel, frozen=True):
 
 def check_name(name: str) -> str:
     """An account name as stored; refused unless 1-64 letters, digits, dots, underscores or hyphens."""
-    if not _NAME.match(name):
-        shown = name if len(name) <= MAX_NAME else name[:MAX_NAME] + "…"
+    if not _NAME.fullmatch(name):
+        shown = "".join(c if c.isprintable() else "?" for c in name[:MAX_NAME]) + ("…" if len(name) > MAX_NAME else "")
+        what = f"“{shown}” cannot be an account name" if name else "An account needs a name"
         raise AccountError(
             f"bad account name {shown!r}",
-            user_message=f"“{shown}” cannot be an account name: use 1 to {MAX_NAME} letters, digits, "
-            "dots, underscores or hyphens (no spaces).",
+            user_message=f"{what}: use 1 to {MAX_NAME} letters, digits, dots, underscores or hyphens (no spaces).",
         )
     return name
 
@@ -123,9 +123,11 @@ class Accounts:
             self._db.executescript(_SCHEMA)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: object) -> Accounts:
+    def from_settings(
+        cls, settings: Settings, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
+    ) -> Accounts:
         """The accounts of `settings.data_dir`."""
-        return cls(Path(settings.data_dir) / FILE_NAME, **kwargs)  # type: ignore[arg-type]
+        return cls(Path(settings.data_dir) / FILE_NAME, clock=clock, hasher=hasher)
 
     check_name = staticmethod(check_name)
     check_password = staticmethod(check_password)
@@ -259,7 +261,7 @@ class Accounts:
         with self._lock:
             row = (
                 self._db.execute("SELECT name, hash, admin, created_at FROM accounts WHERE name=?", (name,)).fetchone()
-                if _NAME.match(name)
+                if _NAME.fullmatch(name)
                 else None
             )
         try:
@@ -305,6 +307,8 @@ class Accounts:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # Forgotten failures go, so names made up by a guesser do not pile up in the file.
+                self._db.execute("DELETE FROM failures WHERE last_at < ?", (now - FORGET_AFTER,))
                 rows = self._db.execute(
                     "SELECT key, count, last_at, until FROM failures WHERE key IN (?,?)", keys
                 ).fetchall()
