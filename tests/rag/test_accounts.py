@@ -9,6 +9,8 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,27 @@ def test_throttling_survives_reopening_the_file(tmp_path: Path, clock: Clock) ->
     clock.advance(1)
     assert reopened.login("alice", PASSWORD, "10.0.0.3").name == "alice"
     reopened.close()
+
+
+def test_parallel_attempts_get_one_guess(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / FILE_NAME
+    stores = [Accounts(path, clock=clock, hasher=CHEAP) for _ in range(2)]  # two connections, as two processes
+    stores[0].add("alice", PASSWORD)
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> str:
+        barrier.wait()
+        try:
+            return "checked" if stores[i % 2].verify("alice", f"guess {i}", f"10.0.2.{i}") is None else "in"
+        except LoginThrottledError:
+            return "throttled"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = sorted(pool.map(attempt, range(8)))
+    assert outcomes == ["checked"] + ["throttled"] * 7
+    assert stores[1].failures(name="alice") == 1
+    for store in stores:
+        store.close()
 
 
 def test_a_hash_made_with_other_parameters_is_redone_at_login(tmp_path: Path, clock: Clock) -> None:
