@@ -16,6 +16,10 @@ _LOCATIONS = {
     "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
     "SUPPORTED_EXTENSIONS": "rag.readers",
+    "Account": "rag.accounts",
+    "AccountError": "rag.errors",
+    "AccountNotFoundError": "rag.errors",
+    "Accounts": "rag.accounts",
     "Answer": "rag.query",
     "AnswerStream": "rag.service",
     "AskOptions": "rag.options",
@@ -43,6 +47,8 @@ _LOCATIONS = {
     "JobCancelledError": "rag.errors",
     "JobSnapshot": "rag.jobs",
     "JobState": "rag.jobs",
+    "LoginError": "rag.errors",
+    "LoginThrottledError": "rag.errors",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
     "QAPair": "rag.evaluate",
@@ -77,6 +83,10 @@ __all__ = [
     "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
     "SUPPORTED_EXTENSIONS",
+    "Account",
+    "AccountError",
+    "AccountNotFoundError",
+    "Accounts",
     "Answer",
     "AnswerStream",
     "AskOptions",
@@ -104,6 +114,8 @@ __all__ = [
     "JobCancelledError",
     "JobSnapshot",
     "JobState",
+    "LoginError",
+    "LoginThrottledError",
     "ModelError",
     "OperationTimeoutError",
     "QAPair",
@@ -148,6 +160,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
+    from rag.accounts import Account, Accounts
     from rag.bench import (
         EXPERIMENTS,
         MILVUS_EXPERIMENTS,
@@ -163,6 +176,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.conversations import ConversationStore, StoredTurn
     from rag.documents import list_documents
     from rag.errors import (
+        AccountError,
+        AccountNotFoundError,
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
@@ -172,6 +187,8 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         EvalFileError,
         IngestError,
         JobCancelledError,
+        LoginError,
+        LoginThrottledError,
         ModelError,
         OperationTimeoutError,
         RagError,

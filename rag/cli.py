@@ -571,6 +571,117 @@ def bench(
         close()
 
 
+@cli.group()
+def users() -> None:
+    """Accounts for the web app: once one exists, every page asks for a name and password."""
+
+
+def _accounts(ctx: click.Context):  # noqa: ANN202 - rag.Accounts
+    from rag import Accounts
+
+    return Accounts.from_settings(_settings(ctx))
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: from stdin (one line, its newline dropped), or typed twice, hidden, on a terminal."""
+    if from_stdin:
+        text = sys.stdin.read()
+        password = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        if not password:
+            raise click.ClickException("No password on stdin.")
+        if "\n" in password or "\r" in password:
+            raise click.ClickException("The password on stdin must be one line.")
+        return password
+    if not sys.stdin.isatty():
+        raise click.ClickException("Pass the password on stdin with --password-stdin (never as an argument).")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--password-stdin", "from_stdin", is_flag=True, help="Read the password from stdin (one line).")
+@click.option("--admin", is_flag=True, help="May manage accounts and shared workspaces in the app.")
+@click.pass_context
+@_edge
+def users_add(ctx: click.Context, name: str, from_stdin: bool, admin: bool) -> None:
+    """Create an account: a name of 1-64 letters, digits, dots, underscores or hyphens; a password of 8+ characters.
+
+    Example: printf '%s\\n' "$PASSWORD" | python -m rag users add alice --admin --password-stdin
+    """
+    accounts = _accounts(ctx)
+    try:
+        accounts.check_name(name)  # before asking for a password that would be thrown away
+        account = accounts.add(name, _read_password(from_stdin), admin=admin)
+        admins = any(a.admin for a in accounts.list())
+    finally:
+        accounts.close()
+    click.echo(f"Added {'admin ' if account.admin else ''}{account.name}")
+    if not admins:
+        click.echo("Note: no account is an admin; add one with --admin to manage accounts in the app.", err=True)
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {name, admin, created}.")
+@click.pass_context
+@_edge
+def users_list(ctx: click.Context, as_json: bool) -> None:
+    """List accounts.
+
+    Example: python -m rag users list --json
+    """
+    accounts = _accounts(ctx)
+    try:
+        rows = accounts.list()
+    finally:
+        accounts.close()
+    if as_json:
+        click.echo(json.dumps([{"name": a.name, "admin": a.admin, "created": a.created} for a in rows]))
+        return
+    if not rows:
+        click.echo("No accounts: the app runs without logins (APP_PASSWORD applies if set).")
+    for a in rows:
+        click.echo(f"{a.name:30.30} {'admin' if a.admin else 'user':5}  {a.created}")
+
+
+@users.command("remove")
+@click.argument("name")
+@click.pass_context
+@_edge
+def users_remove(ctx: click.Context, name: str) -> None:
+    """Delete an account (the last admin stays while other accounts exist).
+
+    Example: python -m rag users remove alice
+    """
+    accounts = _accounts(ctx)
+    try:
+        account = accounts.remove(name)
+        left = accounts.any()
+    finally:
+        accounts.close()
+    click.echo(f"Removed {account.name}")
+    if not left:
+        click.echo("No accounts left: the app runs without logins again.", err=True)
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", "from_stdin", is_flag=True, help="Read the new password from stdin (one line).")
+@click.pass_context
+@_edge
+def users_passwd(ctx: click.Context, name: str, from_stdin: bool) -> None:
+    """Set an account's password (its failed logins are forgotten).
+
+    Example: printf '%s\\n' "$PASSWORD" | python -m rag users passwd alice --password-stdin
+    """
+    accounts = _accounts(ctx)
+    try:
+        accounts.require(name)  # before asking for a password that would be thrown away
+        account = accounts.set_password(name, _read_password(from_stdin))
+    finally:
+        accounts.close()
+    click.echo(f"Password changed for {account.name}")
+
+
 def main() -> None:
     """Entry point for `python -m rag`."""
     cli(obj={})

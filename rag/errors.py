@@ -11,10 +11,16 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── ModelError               the LLM or the embedding model failed or refused
 ├── JobCancelledError        an ingestion job was cancelled by its user
 ├── BenchmarkBusyError       a benchmark was started while another one runs
+├── AccountError             an account name or password that cannot be used, or a change refused
+│   └── AccountNotFoundError    no account has that name (managing accounts; a login never says so)
+├── LoginError               wrong name or password: one message for both
+│   └── LoginThrottledError     too many failed logins; .retry_after says how many seconds to wait
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
 """
 
 from __future__ import annotations
+
+import math
 
 
 class RagError(Exception):
@@ -113,6 +119,33 @@ class BenchmarkBusyError(RagError):
     """Raised when a benchmark is started while another one runs (one at a time per data dir)."""
 
     default_message = "A benchmark is already running; try again when it has finished."
+
+
+class AccountError(RagError):
+    """Raised for an account name or password that cannot be used, or a change that would lock everyone out."""
+
+
+class AccountNotFoundError(AccountError):
+    """Raised when an account to change or remove does not exist (never by a login, which must not tell)."""
+
+
+class LoginError(RagError):
+    """Raised when a login fails; the message is the same whether the name or the password was wrong."""
+
+    default_message = "Wrong name or password."
+
+
+class LoginThrottledError(LoginError):
+    """Raised when a login is tried during the wait that earlier failures imposed; the password is not checked."""
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        unit = "second" if seconds == 1 else "seconds"
+        super().__init__(
+            f"login throttled for {retry_after:.1f} s",
+            user_message=f"Too many failed logins: try again in {seconds} {unit}.",
+        )
+        self.retry_after = retry_after
 
 
 class OperationTimeoutError(RagError):
