@@ -48,6 +48,8 @@ class StoredTurn(BaseModel, frozen=True):
     mode: str | None = None
     sources: list[Source] = Field(default_factory=list)
     created_at: float = Field(default_factory=time.time)
+    id: int | None = None
+    feedback: Literal[-1, 1] | None = None
 
     def as_chat_turn(self) -> ChatTurn:
         """The turn as the engine's follow-up history wants it."""
@@ -75,8 +77,10 @@ class ConversationStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-            if "workspace" not in {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}:
-                self._db.execute("ALTER TABLE turns ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default'")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+            for name, declaration in (("workspace", "TEXT NOT NULL DEFAULT 'default'"), ("feedback", "INTEGER")):
+                if name not in columns:  # a file from an older version
+                    self._db.execute(f"ALTER TABLE turns ADD COLUMN {name} {declaration}")
 
     def append(self, sid: str, turn: StoredTurn | ChatTurn, workspace: str = "default") -> None:
         """Add a turn at the end of a session's conversation in a workspace."""
@@ -102,9 +106,46 @@ class ConversationStore:
                 mode=row["mode"],
                 sources=[Source(**s) for s in json.loads(row["sources"] or "[]")],
                 created_at=row["created_at"],
+                id=row["id"],
+                feedback=row["feedback"],
             )
             for row in rows
         ]
+
+    def set_feedback(self, sid: str, turn_id: int, value: Literal[-1, 1] | None) -> bool:
+        """Thumbs up (1), down (-1) or neither (None) on one of a session's answers; False if it is not theirs."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE turns SET feedback=? WHERE id=? AND sid=? AND role='assistant'", (value, turn_id, sid)
+            )
+        return cursor.rowcount == 1
+
+    def pop_answer(self, sid: str, workspace: str = "default") -> StoredTurn | None:
+        """Remove a session's last question and its answer (to ask it again: regenerate); returns the question."""
+        turns = self.history(sid, workspace)
+        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
+            return None
+        with self._lock:
+            self._db.execute("DELETE FROM turns WHERE id IN (?, ?) AND sid=?", (turns[-2].id, turns[-1].id, sid))
+        return turns[-2]
+
+    def feedback_pairs(self, workspace: str = "default", sid: str | None = None) -> list[dict[str, str]]:
+        """Answers marked helpful, as labelled pairs for `python -m rag eval`: the question, the file of the
+        answer's first source and a verbatim quote from it (its first 30 words)."""
+        sql = "SELECT * FROM turns WHERE workspace=?" + (" AND sid=?" if sid else "") + " ORDER BY sid, id"
+        with self._lock:
+            rows = self._db.execute(sql, (workspace, sid) if sid else (workspace,)).fetchall()
+        pairs, question = [], None
+        for row in rows:
+            if row["role"] == "user":
+                question = row["content"]
+                continue
+            sources = json.loads(row["sources"] or "[]")
+            if row["feedback"] == 1 and question and sources:
+                evidence = " ".join(sources[0]["text"].split()[:30])
+                pairs.append({"question": question, "file": sources[0]["file_name"], "evidence": evidence})
+            question = None
+        return pairs
 
     def chat_history(self, sid: str, workspace: str = "default") -> list[ChatTurn]:
         """A session's turns as the engine's follow-up history."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from rag.conversations import ConversationStore, StoredTurn, neutralize_markdown
+from rag.conversations import ConversationStore, StoredTurn
+from rag.markdown import neutralize_markdown
 from rag.query import ChatTurn, Source
 
 ZOO = Source(file_name="zoo.pdf", page=3, score=0.8123, text="The zoo keeps lions.", doc_id="abc", chunk=2)
@@ -168,3 +170,25 @@ def test_retrieval_only_answers_keep_their_markdown_but_not_math() -> None:
     turn = StoredTurn(role="assistant", content="_note_ “costs $5 or \\$6” \\[1\\]", mode="retrieval-only")
     assert turn.safe_markdown == "_note_ “costs \\$5 or \\$6” \\[1\\]"
     assert escape_math("$a$ \\$b") == "\\$a\\$ \\$b"
+
+
+def test_feedback_regenerate_and_export_as_labelled_pairs(tmp_path: Path) -> None:
+    from rag.evaluate import parse_pairs
+
+    store = _store(tmp_path)
+    for question, answer in (("What does the zoo keep?", "Lions [1]"), ("And where?", "In cages [1]")):
+        store.append("s1", StoredTurn(role="user", content=question), "w1")
+        store.append("s1", StoredTurn(role="assistant", content=answer, mode="llm", sources=[ZOO]), "w1")
+    first, second = (t for t in store.history("s1", "w1") if t.role == "assistant")
+    assert store.set_feedback("s1", first.id or 0, 1) and store.set_feedback("s1", second.id or 0, -1)
+    assert not store.set_feedback("intruder", first.id or 0, -1)  # not their answer
+    assert [t.feedback for t in store.history("s1", "w1") if t.role == "assistant"] == [1, -1]
+
+    pairs = store.feedback_pairs("w1")
+    assert pairs == [{"question": "What does the zoo keep?", "file": "zoo.pdf", "evidence": "The zoo keeps lions."}]
+    assert parse_pairs("\n".join(json.dumps(p) for p in pairs), "feedback")[0].file == "zoo.pdf"
+    assert store.feedback_pairs("other") == []
+
+    asked_again = store.pop_answer("s1", "w1")
+    assert asked_again is not None and asked_again.content == "And where?"
+    assert [t.content for t in store.history("s1", "w1")] == ["What does the zoo keep?", "Lions [1]"]
