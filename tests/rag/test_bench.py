@@ -173,7 +173,7 @@ def test_add_and_search_yield_every_row_and_clean_up(service: RagService, tmp_pa
     assert report.milvus_version.startswith("v2")
     assert report.machine["cpus"] and report.versions["pymilvus"]
     assert report.config == config and report.seconds >= sum(r.seconds for r in rows)
-    assert _scratch(service) == before
+    assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
     assert service.count_chunks() == chunks
     assert service.documents() == docs
 
@@ -203,7 +203,7 @@ def test_ingest_compares_sync_engine_and_raw_embedding(
     assert len({r.n for r in rows}) == 1 and rows[0].n > 0  # the same chunks in every mode
     _check_consistent(rows)
     assert rows[0].note.startswith("2 files")
-    assert _scratch(service) == before
+    assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
     # The engine's scratch data dir is gone too; torch's own compile cache (made in the temp dir the first time
     # torch._inductor is imported in this process) is not the engine's to remove.
     assert [p for p in scratch_tmp.iterdir() if not p.name.startswith("torchinductor_")] == []
@@ -216,7 +216,7 @@ def test_ingest_of_a_missing_folder_fails_before_creating_anything(service: RagS
     before = _scratch(service)
     with pytest.raises(IngestError):
         list(service.bench(BenchConfig(experiments=["ingest"], corpus_dir=str(tmp_path / "missing"))))
-    assert _scratch(service) == before
+    assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
 
 
 @pytest.mark.milvus
@@ -227,7 +227,7 @@ def test_stopping_early_drops_the_scratch_collection(service: RagService) -> Non
         first = next(items)
         assert isinstance(first, BenchRow) and first.mode == "sync"
         assert len(_scratch(service) - before) == 1  # measuring happens in exactly one scratch collection
-    assert _scratch(service) == before
+    assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
 
 
 @pytest.mark.milvus
@@ -248,5 +248,5 @@ def test_cancelling_a_running_sync_loop_drops_the_scratch_collection(service: Ra
     future.cancel()
     while _scratch(service) - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _scratch(service) == before
+    assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
     assert future.cancelled()
