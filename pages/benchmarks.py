@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from rag import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
-from ui.widgets import service_or_stop, show_error
+from ui.errors import service_or_stop, show_error
 
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from rag import RagError
+from ui.documents import document_picker, documents_table
+from ui.errors import service_or_stop, show_error
 from ui.state import PENDING_DELETE, session_id
-from ui.widgets import document_picker, documents_table, service_or_stop, show_error
 
 st.title("Documents")
 service = service_or_stop()

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from rag import RagError, parse_pairs
-from ui.widgets import md, service_or_stop, show_error
+from ui.errors import service_or_stop, show_error
+from ui.format import md
 
 _MODES = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)", "hybrid": "Both (hybrid)"}
 

@@ -3,7 +3,9 @@
 import streamlit as st
 
 from rag import RagError, redact_url
-from ui.widgets import RETRIEVAL_ONLY_HINT, code, md, milvus_fix, service_or_stop, show_error
+from ui.chat import RETRIEVAL_ONLY_HINT
+from ui.errors import milvus_fix, service_or_stop, show_error
+from ui.format import code, md
 
 st.title("Ask your documents")
 st.caption("Upload documents, then ask questions about them. Every answer cites the passages it comes from.")

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from rag import RagError, load_settings
-from ui.widgets import settings_table, show_error
+from ui.errors import show_error
+from ui.settings import settings_table
 
 st.title("Settings")
 st.caption(
