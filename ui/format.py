@@ -12,7 +12,7 @@ from rag import escape_markdown
 
 def md(text: str) -> str:
     """Untrusted text (a file name, a passage) made safe to place inside Markdown."""
-    return escape_markdown(text).replace("$", "\\$")
+    return escape_markdown(text)
 
 
 def code(text: str) -> str:
