@@ -13,7 +13,10 @@ from ui.chat import (
 )
 from ui.errors import service_or_stop, show_error
 from ui.format import md
+from ui.navigation import ensure_routed
 from ui.state import session_id
+
+ensure_routed()
 
 st.title("Chat")
 service = service_or_stop()

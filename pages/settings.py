@@ -4,7 +4,10 @@ import streamlit as st
 
 from rag import RagError, load_settings
 from ui.errors import show_error
+from ui.navigation import ensure_routed
 from ui.settings import settings_table
+
+ensure_routed()
 
 st.title("Settings")
 st.caption(

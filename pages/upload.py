@@ -5,7 +5,10 @@ import streamlit as st
 from rag import SUPPORTED_EXTENSIONS, RagError
 from ui.errors import service_or_stop, show_error
 from ui.jobs import jobs_panel, start_upload_job
+from ui.navigation import ensure_routed
 from ui.state import session_id
+
+ensure_routed()
 
 st.title("Upload documents")
 service = service_or_stop()
@@ -15,6 +18,7 @@ st.caption(
     f"Supported: {', '.join(SUPPORTED_EXTENSIONS)}; up to {limits.max_files} files per job, "
     f"{limits.max_file_mb:g} MB each. Indexing runs in the background: you can leave this page meanwhile."
 )
+
 
 with st.form("upload.form", clear_on_submit=True, border=False):
     files = st.file_uploader("Drop files here", accept_multiple_files=True, key="upload.files")
