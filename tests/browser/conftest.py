@@ -158,6 +158,12 @@ def chromium() -> Iterator[object]:
         browser.close()
 
 
+def sidebar_labels(page) -> list[str]:  # noqa: ANN001
+    """The page names in the sidebar navigation, in order (each link's text after its icon)."""
+    nav = page.get_by_test_id("stSidebarNav")
+    return [link.inner_text().split("\n")[-1].strip() for link in nav.get_by_role("link").all()]
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
     report = yield

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser.conftest import RunningApp, app_environment, serve
+from tests.browser.conftest import RunningApp, app_environment, serve, sidebar_labels
 from tests.conftest import MODEL_CACHE
 from ui.navigation import PAGES, PageSpec
 
@@ -48,7 +48,7 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         nav = page.get_by_test_id("stSidebarNav")
         with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
             nav.get_by_role("link", name=SIDEBAR[-1], exact=True).wait_for(timeout=15_000)
-        links = [link.inner_text().split("\n")[-1].strip() for link in nav.get_by_role("link").all()]  # after the icon
+        links = sidebar_labels(page)
 
         assert heading.inner_text().strip() == HEADINGS[spec.url_path], (spec.url_path, heading.inner_text())
         assert links == SIDEBAR, (spec.url_path, links)  # app.py's navigation, not one built from the folder
