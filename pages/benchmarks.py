@@ -14,7 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from rag import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
-from ui.widgets import service_or_stop, show_error
+from ui.errors import service_or_stop, show_error
+from ui.navigation import ensure_routed
+
+ensure_routed()
 
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
@@ -301,6 +304,7 @@ run = st.button(
     icon=":material/speed:",
     disabled=not experiments or (not counts and bool({"add", "search"} & set(experiments))) or missing_documents,
 )
+
 progress_slot = st.empty()
 results_slot = st.empty()
 

@@ -3,18 +3,20 @@
 import streamlit as st
 
 from rag import RagError, StoredTurn
-from ui.state import session_id
-from ui.widgets import (
+from ui.chat import (
     RETRIEVAL_ONLY_HINT,
     chat_sidebar,
     conversation_actions,
     document_filter,
-    md,
     render_sources,
     safe_stream,
-    service_or_stop,
-    show_error,
 )
+from ui.errors import service_or_stop, show_error
+from ui.format import md
+from ui.navigation import ensure_routed
+from ui.state import session_id
+
+ensure_routed()
 
 st.title("Chat")
 service = service_or_stop()

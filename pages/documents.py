@@ -3,8 +3,12 @@
 import streamlit as st
 
 from rag import RagError
+from ui.documents import document_picker, documents_table
+from ui.errors import service_or_stop, show_error
+from ui.navigation import ensure_routed
 from ui.state import PENDING_DELETE, session_id
-from ui.widgets import document_picker, documents_table, service_or_stop, show_error
+
+ensure_routed()
 
 st.title("Documents")
 service = service_or_stop()
@@ -22,6 +26,7 @@ st.dataframe(documents_table(docs), hide_index=True, width="stretch")
 chosen = document_picker(
     docs, "Select documents", "documents.selected", placeholder="Choose documents to re-index or delete"
 )
+
 reindex_col, delete_col = st.columns(2)
 if reindex_col.button("Re-index", key="documents.reindex", disabled=not chosen, icon=":material/refresh:"):
     try:

@@ -3,7 +3,11 @@
 import streamlit as st
 
 from rag import RagError, parse_pairs
-from ui.widgets import md, service_or_stop, show_error
+from ui.errors import service_or_stop, show_error
+from ui.format import md
+from ui.navigation import ensure_routed
+
+ensure_routed()
 
 _MODES = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)", "hybrid": "Both (hybrid)"}
 
@@ -66,6 +70,7 @@ st.dataframe(
     width="stretch",
     column_config={_MODES[r.mode]: st.column_config.NumberColumn(help="rank of the first hit") for r in reports},
 )
+
 for report in reports:
     if not report.misses:
         continue

@@ -3,7 +3,12 @@
 import streamlit as st
 
 from rag import RagError, redact_url
-from ui.widgets import RETRIEVAL_ONLY_HINT, code, md, milvus_fix, service_or_stop, show_error
+from ui.chat import RETRIEVAL_ONLY_HINT
+from ui.errors import milvus_fix, service_or_stop, show_error
+from ui.format import code, md
+from ui.navigation import ensure_routed
+
+ensure_routed()
 
 st.title("Ask your documents")
 st.caption("Upload documents, then ask questions about them. Every answer cites the passages it comes from.")
@@ -31,6 +36,7 @@ st.markdown(
     f"- **Embedding model**: {code(status.embed_model)} ({status.embed_dim} dimensions)\n"
     f"- **Language model**: {md(status.llm)}"
 )
+
 features = getattr(service, "features", None)
 if getattr(features, "reason", None):
     st.caption(md(features.reason))

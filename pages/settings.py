@@ -3,7 +3,11 @@
 import streamlit as st
 
 from rag import RagError, load_settings
-from ui.widgets import settings_table, show_error
+from ui.errors import show_error
+from ui.navigation import ensure_routed
+from ui.settings import settings_table
+
+ensure_routed()
 
 st.title("Settings")
 st.caption(

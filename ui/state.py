@@ -34,27 +34,8 @@ def _valid(sid: object) -> bool:
     return isinstance(sid, str) and bool(_SID_PATTERN.match(sid))
 
 
-def ensure_router() -> None:
-    """Make sure pages run under app.py's st.navigation, even on the first request after a start.
-
-    Streamlit treats an app with a `pages/` folder as an old-style multipage app until some session
-    runs `st.navigation`; a deep link such as /chat opened right after the server starts would run
-    pages/chat.py alone, with a sidebar built from the folder. When that happens, switch the
-    process to st.navigation and rerun, so app.py routes this very request.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-    except ImportError:  # a Streamlit without this internal: nothing to fix
-        return
-    if getattr(PagesManager, "uses_pages_directory", None) and get_script_run_ctx() is not None:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def session_id() -> str:
     """This browser session's id: from the URL, else this session's state, else a new random token."""
-    ensure_router()
     sid = st.query_params.get(SID)
     if not _valid(sid):
         sid = st.session_state.get(SID)

@@ -25,10 +25,6 @@ def app_env(
 ) -> Iterator[AppEnv]:
     """Environment for the app: shared Milvus, temp data dir, fresh collection; cleaned up afterwards."""
     st.cache_resource.clear()
-    # AppTest resets Streamlit's "pages/ folder" flag before every run, so ui.state.ensure_router would
-    # rerun each run and drop simulated input; AppTest.switch_page runs the page itself anyway. The
-    # router fix is covered in a real server by tests/browser.
-    monkeypatch.setattr("ui.state.ensure_router", lambda: None)
     env = AppEnv(data_dir=tmp_path / "data", collection=f"t_{uuid.uuid4().hex[:12]}", sid=new_sid())
     monkeypatch.setenv("MILVUS_URI", milvus_state.uri)
     monkeypatch.setenv("MILVUS_TOKEN", milvus_server.token)

@@ -74,7 +74,7 @@ def test_unreachable_milvus_says_so_with_the_fix(app_env: AppEnv, monkeypatch: p
 
 def test_no_milvus_uri_points_at_the_embedded_server_command() -> None:
     from rag.config import load_settings
-    from ui.widgets import milvus_fix
+    from ui.errors import milvus_fix
 
     assert "python -m rag milvus start" in milvus_fix(load_settings(data_dir=Path("/tmp/x")))
 

@@ -1,12 +1,11 @@
 """The upload page: live progress of the session's jobs, cancel, and the summary when a job ends.
 
-AppTest cannot drive st.file_uploader, so jobs are started through the same RagService the page
-uses, for the page's session id, as the upload form would.
+Most jobs are started through the same RagService the page uses, for the page's session id, as the
+upload form would; one test drives the form itself (AppTest's file_uploader).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -98,20 +97,23 @@ def test_jobs_live_in_the_engine_not_the_tab(app_env: AppEnv, corpus: Path) -> N
         service.wait_job(job.id, timeout=120)
 
 
-def test_temporary_upload_files_are_removed_when_their_job_ends(app_env: AppEnv) -> None:
-    from ui.widgets import stash_uploads
-
-    service = app_env.service()
-    stashed = stash_uploads([io.BytesIO(b"Zebras have stripes. " * 40)], app_env.data_dir)
-    assert stashed[0].parent == app_env.data_dir / "incoming"
-    job = service.start_job(stashed, ["zebras.txt"], owner=app_env.sid)
-    service.wait_job(job.id, timeout=120)
-
+def test_an_upload_is_indexed_and_its_temporary_file_removed_when_the_job_ends(app_env: AppEnv) -> None:
     at = app_env.app(UPLOAD)
-    at.session_state[JOB_FILES] = {job.id: stashed}
+    at.run()
+    at.file_uploader(key="upload.files").set_value(("zebras.txt", b"Zebras have stripes. " * 40, "text/plain"))
+    at.button[0].click()  # the form's "Index files"
     at.run()
 
-    assert not stashed[0].exists()
+    assert not at.exception
+    stashed = [p for paths in at.session_state[JOB_FILES].values() for p in paths]
+    assert len(stashed) == 1 and stashed[0].parent == app_env.data_dir / "incoming"
+    service = app_env.service()
+    [job] = service.list_jobs(owner=app_env.sid)
+    service.wait_job(job.id, timeout=120)
+    at.run()
+
+    assert not stashed[0].exists() and not at.session_state[JOB_FILES]
+    assert "Indexed (1): zebras.txt" in at.success[0].value
     assert [d.file_name for d in service.documents()] == ["zebras.txt"]
     stored = Path(service.documents()[0].stored_path)
     assert stored.exists() and stored.parent == app_env.data_dir / "uploads"

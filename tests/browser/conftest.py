@@ -7,6 +7,7 @@ saved under test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -69,34 +70,22 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120)
     raise TimeoutError(f"streamlit did not become healthy at {url}")
 
 
-@pytest.fixture(scope="module")
-def streamlit_app(
-    tmp_path_factory: pytest.TempPathFactory, milvus_server: EmbeddedMilvus, fake_openai: FakeOpenAI
-) -> Iterator[RunningApp]:
-    """`streamlit run app.py` on a free loopback port; stopped (and its collection dropped) afterwards."""
-    state = milvus_server.start()
-    work = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    collection = f"t_{uuid.uuid4().hex[:12]}"
+def app_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without the app's own settings, then `settings`."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("RAG_", "MILVUS_", "OPENAI_", "LLM_", "EMBED_", "STREAMLIT_"))
     }
-    env.update(
-        MILVUS_URI=state.uri,
-        MILVUS_TOKEN=milvus_server.token,
-        RAG_DATA_DIR=str(work / "data"),
-        RAG_COLLECTION=collection,
-        RAG_CONSISTENCY="Strong",
-        OPENAI_BASE_URL=fake_openai.base_url,
-        OPENAI_API_KEY="",
-        LLM_MODEL="fake-model",
-        HF_HUB_OFFLINE="1",
-        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),  # the models the tests already built, as every other test uses
-        STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-    )
-    log = work / "streamlit.log"
+    env.update(HF_HUB_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env.update(settings)
+    return env
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port, once healthy (no page has run yet); yields its URL."""
+    port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -106,7 +95,7 @@ def streamlit_app(
         )  # fmt: skip
     try:
         _wait_healthy(url, proc)
-        yield RunningApp(url=url, log=log, collection=collection)
+        yield url
     finally:
         proc.terminate()
         try:
@@ -114,6 +103,32 @@ def streamlit_app(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def streamlit_app(
+    tmp_path_factory: pytest.TempPathFactory, milvus_server: EmbeddedMilvus, fake_openai: FakeOpenAI
+) -> Iterator[RunningApp]:
+    """`streamlit run app.py` on a free loopback port; stopped (and its collection dropped) afterwards."""
+    state = milvus_server.start()
+    work = tmp_path_factory.mktemp("app")
+    collection = f"t_{uuid.uuid4().hex[:12]}"
+    env = app_environment(
+        MILVUS_URI=state.uri,
+        MILVUS_TOKEN=milvus_server.token,
+        RAG_DATA_DIR=str(work / "data"),
+        RAG_COLLECTION=collection,
+        RAG_CONSISTENCY="Strong",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_API_KEY="",
+        LLM_MODEL="fake-model",
+        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),  # the models the tests already built, as every other test uses
+    )
+    log = work / "streamlit.log"
+    try:
+        with serve(env, log) as url:
+            yield RunningApp(url=url, log=log, collection=collection)
+    finally:
         _drop(state.uri, milvus_server.token, collection)
 
 
@@ -141,6 +156,12 @@ def chromium() -> Iterator[object]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+def sidebar_labels(page) -> list[str]:  # noqa: ANN001
+    """The page names in the sidebar navigation, in order (each link's text after its icon)."""
+    nav = page.get_by_test_id("stSidebarNav")
+    return [link.inner_text().split("\n")[-1].strip() for link in nav.get_by_role("link").all()]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

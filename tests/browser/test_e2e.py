@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import RunningApp
+from tests.browser.conftest import RunningApp, sidebar_labels
 
 pytestmark = [pytest.mark.browser, pytest.mark.milvus]
 
@@ -29,7 +29,7 @@ def _assert_routed(page) -> None:  # noqa: ANN001
     """The sidebar is app.py's st.navigation, not a list built from the pages/ folder."""
     nav = page.get_by_test_id("stSidebarNav")
     nav.get_by_role("link", name="Home", exact=True).wait_for()
-    labels = [link.inner_text().split("\n")[-1].strip() for link in nav.get_by_role("link").all()]  # after the icon
+    labels = sidebar_labels(page)
     assert labels[:4] == ["Home", "Upload", "Documents", "Chat"] and "app" not in labels, labels
 
 

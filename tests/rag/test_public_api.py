@@ -57,3 +57,11 @@ def test_every_public_name_is_in_the_type_checking_imports() -> None:
     hidden = text.split("if TYPE_CHECKING:", 1)[1]
     for name in rag.__all__:
         assert re.search(rf"\b{name}\b", hidden), name
+
+
+def test_the_ui_uses_no_streamlit_internals() -> None:
+    files = [*(REPO / "pages").glob("*.py"), *(REPO / "ui").glob("*.py"), REPO / "app.py"]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for banned in ("inspect.signature", "PagesManager", "streamlit.runtime", "uses_pages_directory"):
+            assert banned not in text, (path.name, banned)

@@ -1,0 +1,83 @@
+"""Deep links in a real browser: each page opened by its URL in a fresh browser, first thing after a start.
+
+Streamlit runs the first requests of a server whose entrypoint sits next to a `pages/` folder in its old
+folder mode, where a deep link runs the page file alone (ui/navigation.py explains it and the fix). Each
+page must still come up under app.py's router: its own heading, the app's sidebar and tab title, no
+"Page not found".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from tests.browser.conftest import RunningApp, app_environment, serve, sidebar_labels
+from tests.conftest import MODEL_CACHE
+from ui.navigation import PAGES, PageSpec
+
+pytestmark = [pytest.mark.browser]
+
+HEADINGS = {
+    "home": "Ask your documents",
+    "upload": "Upload documents",
+    "documents": "Documents",
+    "chat": "Chat",
+    "benchmarks": "Benchmarks",
+    "evaluate": "Evaluate retrieval",
+    "settings": "Settings",
+}
+SIDEBAR = [spec.title for spec in PAGES]
+
+
+def _url(base: str, spec: PageSpec) -> str:
+    return f"{base}/" if spec.default else f"{base}/{spec.url_path}"
+
+
+def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN001
+    """Open the page's URL in a fresh browser context and check it is that page, under app.py's router."""
+    context = chromium.new_context(viewport={"width": 1300, "height": 950})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(_url(base, spec))
+        heading = page.get_by_test_id("stHeading").first
+        heading.wait_for()
+        nav = page.get_by_test_id("stSidebarNav")
+        with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
+            nav.get_by_role("link", name=SIDEBAR[-1], exact=True).wait_for(timeout=15_000)
+        links = sidebar_labels(page)
+
+        assert heading.inner_text().strip() == HEADINGS[spec.url_path], (spec.url_path, heading.inner_text())
+        assert links == SIDEBAR, (spec.url_path, links)  # app.py's navigation, not one built from the folder
+        assert page.title() == "Ask your documents", (spec.url_path, page.title())  # app.py's page config ran
+        assert page.get_by_text("Page not found").count() == 0, spec.url_path
+        path = page.url.split("?", 1)[0].removeprefix(base).strip("/")
+        assert path == ("" if spec.default else spec.url_path), page.url
+        assert "sid=" in page.url  # app.py gave the session its id
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("spec", PAGES, ids=lambda spec: spec.url_path)
+def test_each_page_as_the_first_request_of_a_fresh_server(chromium, spec: PageSpec, tmp_path: Path) -> None:  # noqa: ANN001
+    # Each page draws its heading before it needs the engine, so this server gets a Milvus address where
+    # nothing listens: the routing is under test, not the engine (and no collection is left behind).
+    env = app_environment(
+        MILVUS_URI="http://127.0.0.1:9",
+        RAG_DATA_DIR=str(tmp_path / "data"),
+        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),
+    )
+    with serve(env, tmp_path / "streamlit.log") as url:
+        _open_and_check(chromium, url, spec)
+
+
+@pytest.mark.milvus
+def test_every_page_by_its_url_right_after_a_start_and_later(chromium, streamlit_app: RunningApp) -> None:  # noqa: ANN001
+    first = next(spec for spec in PAGES if spec.url_path == "chat")  # the server's first request
+    for spec in [first, *(s for s in PAGES if s is not first)]:
+        _open_and_check(chromium, streamlit_app.url, spec)
+    for spec in PAGES:  # later: the process has long left Streamlit's folder mode
+        _open_and_check(chromium, streamlit_app.url, spec)

@@ -1,0 +1,143 @@
+"""The chat's pieces: answer settings and document filter (sidebar), streamed answers, sources, and the
+conversation's download and clear buttons.
+
+Model output is made inert with `rag`'s `neutralize_markdown` as it streams; a retrieval-only answer is
+already escaped by the engine and only has its `$` escaped (`escape_math`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import streamlit as st
+
+from rag import AskOptions, ConversationStore, DocumentRecord, RagService, Source, escape_math, neutralize_markdown
+from ui.documents import document_picker
+from ui.format import md
+
+RETRIEVAL_ONLY_HINT = (
+    "**Retrieval-only mode**: no language model is connected, so answers quote the best-matching "
+    "passages of your documents instead of writing an answer. To connect one, set `OPENAI_API_KEY` "
+    "(OpenAI) or `OPENAI_BASE_URL` (any OpenAI-compatible server such as Ollama, vLLM or LM Studio, "
+    "e.g. `http://localhost:11434/v1`) and restart the app."
+)
+
+_RETRIEVAL_LABELS = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)", "hybrid": "Both (hybrid)"}
+
+
+def chat_sidebar(service: RagService) -> AskOptions:
+    """Top-k, the LLM model and temperature (and the retrieval mode, when offered), in the sidebar."""
+    settings = service.settings
+    tunable = service.mode == "llm"
+    # Defaults go into session state, not the widgets, so values kept across pages never clash with them.
+    st.session_state.setdefault("chat.top_k", min(settings.top_k, 20))
+    st.session_state.setdefault("chat.llm_model", settings.llm_model)
+    st.session_state.setdefault("chat.temperature", float(settings.temperature))
+    with st.sidebar:
+        st.subheader("Answer settings")
+        top_k = st.slider(
+            "Passages to retrieve (top-k)",
+            1,
+            20,
+            key="chat.top_k",
+            help="How many of the most similar passages are retrieved and cited.",
+        )
+        model = st.text_input(
+            "LLM model",
+            key="chat.llm_model",
+            disabled=not tunable,
+            help="The model name the LLM server knows (LLM_MODEL)." if tunable else "Set with LLM_MODEL.",
+        )
+        temperature = st.slider(
+            "Temperature",
+            0.0,
+            2.0,
+            step=0.05,
+            key="chat.temperature",
+            disabled=not tunable,
+            help="Higher is more varied; lower is more literal (RAG_TEMPERATURE).",
+        )
+        if not tunable:
+            st.caption("No LLM connected: answers quote passages (retrieval-only).")
+        retrieval = _retrieval_choice(service)
+    return AskOptions(
+        top_k=int(top_k),
+        llm_model=(model.strip() or None) if tunable else None,
+        temperature=float(temperature) if tunable else None,
+        retrieval=retrieval,
+    )
+
+
+def _retrieval_choice(service: RagService) -> str | None:
+    """How passages are found, when the engine offers a choice; None keeps the configured default."""
+    modes = tuple(service.features.retrieval_modes)
+    if len(modes) < 2:
+        return None
+    default = service.settings.retrieval_mode
+    if st.session_state.get("chat.retrieval") not in modes:
+        st.session_state["chat.retrieval"] = default if default in modes else modes[0]
+    return st.radio(
+        "Find passages by",
+        modes,
+        format_func=lambda m: _RETRIEVAL_LABELS.get(m, m),
+        key="chat.retrieval",
+        help="Meaning finds paraphrases; keywords find exact names and numbers; both combines them.",
+    )
+
+
+def document_filter(docs: Sequence[DocumentRecord]) -> tuple[str, ...] | None:
+    """A sidebar selector limiting questions to chosen documents; None means all of them."""
+    with st.sidebar:
+        chosen = document_picker(
+            docs,
+            "Only search these documents",
+            "chat.doc_ids",
+            placeholder="All documents",
+            help="Leave empty to search every indexed document.",
+        )
+    return tuple(chosen) or None
+
+
+def safe_stream(pieces: Iterable[str], mode: str) -> Iterator[str]:
+    """An answer's text pieces for st.write_stream; model output is made inert (retrieval-only is pre-escaped)."""
+    for piece in pieces:
+        yield escape_math(piece) if mode == "retrieval-only" else neutralize_markdown(piece)
+
+
+def render_sources(sources: Sequence[Source]) -> None:
+    """The sources of an answer: a line naming them, then file, page, score and passage in an expander."""
+    if not sources:
+        return
+    names = " · ".join(f"\\[{i}\\] {md(s.label)}" for i, s in enumerate(sources, start=1))
+    st.caption(f"Sources: {names}")
+    with st.expander(f"Sources ({len(sources)})", icon=":material/description:"):
+        for i, src in enumerate(sources, start=1):
+            st.markdown(f"**\\[{i}\\] {md(src.label)}** · score {src.score:.3f}")
+            st.text(src.text)
+
+
+def conversation_actions(conversations: ConversationStore, sid: str) -> None:
+    """Clear the conversation, or download it as Markdown (sidebar)."""
+    with st.sidebar:
+        st.subheader("Conversation")
+        empty = not conversations.history(sid)
+        st.download_button(
+            "Download as Markdown",
+            conversations.to_markdown(sid),
+            file_name="conversation.md",
+            mime="text/markdown",
+            key="chat.download",
+            icon=":material/download:",
+            disabled=empty,
+            on_click="ignore",
+            width="stretch",
+        )
+        st.button(
+            "Clear conversation",
+            key="chat.clear",
+            icon=":material/delete_sweep:",
+            on_click=conversations.clear,
+            args=(sid,),
+            disabled=empty,
+            width="stretch",
+        )

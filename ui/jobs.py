@@ -1,0 +1,205 @@
+"""Ingestion jobs on the page: handing uploads to a job, and its live progress, queue place and summary.
+
+The jobs themselves live in the engine (`service.start_job`, `list_jobs`, `cancel_job`), so a refresh or a
+second tab shows the same jobs; this module only draws them, polling once a second while one is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import streamlit as st
+
+from rag import JobSnapshot, RagService
+from ui.format import human_duration, md
+from ui.state import JOB_FILES
+
+_STAGE_ICONS = {
+    "queued": ":material/schedule:",
+    "reading": ":material/menu_book:",
+    "chunking": ":material/content_cut:",
+    "embedding": ":material/memory:",
+    "storing": ":material/database:",
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
+
+_STATUS_LABELS = {
+    "indexed": "Indexed",
+    "unchanged": "Already present (unchanged)",
+    "replaced": "Replaced an older version",
+    "cancelled": "Cancelled",
+}
+
+_STALE_SECONDS = 24 * 3600
+"""A temporary upload file older than this was left behind by a closed tab."""
+
+
+class Upload(Protocol):
+    """A file the browser uploaded (Streamlit's UploadedFile): its name and its bytes."""
+
+    name: str
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+# -- starting a job --------------------------------------------------------------------------------
+def start_upload_job(service: RagService, files: Sequence[Upload], owner: str) -> JobSnapshot:
+    """Index browser uploads in a background job owned by `owner`.
+
+    The one place where upload bytes are handed to the engine. Today they go to private temporary files
+    inside the data dir, which the job copies into its store and `jobs_panel` removes once the job ends;
+    when the engine stages upload bytes itself, this function is the only call site that changes.
+    """
+    paths = _stash(files, Path(service.settings.data_dir))
+    try:
+        job = service.start_job(paths, [f.name for f in files], owner=owner)
+    except BaseException:
+        _discard(paths)
+        raise
+    st.session_state.setdefault(JOB_FILES, {})[job.id] = paths
+    return job
+
+
+def _stash(files: Sequence[Upload], data_dir: Path) -> list[Path]:
+    """Write uploads to private temporary files in `data_dir/incoming`, after sweeping stale ones."""
+    incoming = data_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    stale = time.time() - _STALE_SECONDS
+    for old in incoming.glob("*.upload"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < stale:
+                old.unlink()
+    paths = []
+    for upload in files:
+        path = incoming / f"{uuid.uuid4().hex}.upload"
+        with open(path, "wb") as out:
+            shutil.copyfileobj(upload, out, 1 << 20)
+        paths.append(path)
+    return paths
+
+
+def _discard(paths: Sequence[Path]) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+
+
+def _release_uploads(finished: Sequence[JobSnapshot]) -> None:
+    """Remove the temporary upload files of jobs that have ended (see start_upload_job)."""
+    stashed = st.session_state.get(JOB_FILES, {})
+    for job in finished:
+        _discard(stashed.pop(job.id, []))
+
+
+# -- watching jobs ---------------------------------------------------------------------------------
+def jobs_panel(service: RagService, owner: str) -> None:
+    """`owner`'s active jobs, oldest first, each with a Cancel button, then the last three finished ones.
+
+    A fragment: while a job is active only the panel reruns, once a second; when one ends the whole page
+    reruns, so polling stops and the summary shows.
+    """
+    watching = {job.id for job in service.list_jobs(owner=owner) if job.active}
+
+    @st.fragment(run_every=1 if watching else None)
+    def panel() -> None:
+        jobs = service.list_jobs(owner=owner)
+        for job in reversed([j for j in jobs if j.active]):  # oldest first: the order they run in
+            with st.container(border=True):
+                if job.state == "queued":
+                    render_queued_job(job, jobs)
+                else:
+                    render_running_job(job)
+                if st.button("Cancel", key=f"upload.cancel.{job.id}", icon=":material/cancel:"):
+                    service.cancel_job(job.id, owner=owner)
+        finished = [j for j in jobs if not j.active]
+        _release_uploads(finished)
+        if any(job.id in watching for job in finished):
+            st.rerun()
+        for job in finished[:3]:
+            render_job_summary(job)
+
+    panel()
+
+
+def render_running_job(job: JobSnapshot) -> None:
+    """Per-file live progress of a running job: stage, chunks, rate and time left."""
+    finished = sum(1 for f in job.files if f.status is not None)
+    st.progress(
+        job.fraction,
+        text=f"**Indexing {len(job.files)} file(s)**: {finished} finished · {job.chunks_done} chunks stored",
+    )
+    for f in job.files:
+        if f.status is not None:
+            value = 1.0
+        elif f.chunks_total:
+            value = min(1.0, (f.chunks_embedded + f.chunks_done) / (2 * f.chunks_total))
+        else:
+            value = 0.0
+        parts = [f"{_STAGE_ICONS.get(f.stage, '')} **{md(f.file)}**", str(f.stage)]
+        if f.chunks_total:
+            parts.append(f"{f.chunks_done}/{f.chunks_total} chunks")
+        if f.rate > 0 and f.status is None:
+            parts.append(f"{f.rate:.1f} chunks/s")
+        if f.eta is not None and f.status is None:
+            parts.append(f"{human_duration(f.eta)} left")
+        if f.status is not None:
+            parts.append(str(f.status))
+        st.progress(value, text=" · ".join(parts))
+
+
+def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
+    """A job waiting for its turn: what it holds and why it waits (the owner's other job, or a free slot)."""
+    names = ", ".join(md(f.file) for f in job.files[:5])
+    if len(job.files) > 5:
+        names += f" and {len(job.files) - 5} more"
+    if any(j.active and j.created_at < job.created_at for j in jobs):
+        why = "starts when your upload above has finished"  # one job per person at a time
+    else:
+        why = "starts as soon as other people's uploads leave a free slot"
+    st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)** · {why}")
+    st.caption(names)
+
+
+def render_job_summary(job: JobSnapshot) -> None:
+    """How a finished job ended: indexed, already present, replaced, failed (each with its reason)."""
+    when = time.strftime("%H:%M:%S", time.localtime(job.created_at))
+    if job.report is None:
+        if job.state == "cancelled":
+            st.warning(f"Job {job.id} (started {when}) was cancelled.", icon=":material/cancel:")
+        else:
+            st.error(
+                f"Job {job.id} (started {when}) failed: {md(job.error or 'unknown error')}", icon=":material/error:"
+            )
+        return
+    groups: dict[str, list[str]] = {}
+    for result in job.report.files:
+        groups.setdefault(str(result.status), []).append(result.file)
+    seconds = human_duration(job.report.seconds)
+    headline = f"Job {job.id} (started {when}) {job.state} in {seconds}: {job.report.chunks} chunk(s) written."
+    lines = [
+        f"- {label} ({len(groups[status])}): " + ", ".join(md(n) for n in groups[status])
+        for status, label in _STATUS_LABELS.items()
+        if groups.get(status)
+    ]
+    failed = [r for r in job.report.files if r.status == "failed"]
+    body = headline + ("\n" + "\n".join(lines) if lines else "")
+    if failed or job.state != "done":
+        st.warning(body, icon=":material/warning:")
+    else:
+        st.success(body, icon=":material/check_circle:")
+    if failed:
+        reasons = "\n".join(f"- **{md(r.file)}**: {md(_reason(r.file, r.error))}" for r in failed)
+        st.error(f"Failed ({len(failed)}):\n{reasons}", icon=":material/error:")
+
+
+def _reason(file: str, error: str | None) -> str:
+    """A failure's reason without the file name the engine may have put in front of it."""
+    reason = (error or "failed").strip()
+    return reason[len(file) + 1 :].strip() if reason.startswith(f"{file}:") else reason
