@@ -3,6 +3,7 @@
 import streamlit as st
 
 from rag import RagError, StoredTurn
+from ui.auth import owner_id
 from ui.chat import (
     RETRIEVAL_ONLY_HINT,
     chat_sidebar,
@@ -14,21 +15,25 @@ from ui.chat import (
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
-from ui.state import session_id
+from ui.workspaces import current_workspace
 
 ensure_routed()
 
 st.title("Chat")
 service = service_or_stop()
-sid = session_id()
+sid = owner_id()
+workspace = current_workspace(service)
 conversations = service.conversations
 options = chat_sidebar(service)
-docs = service.documents()
-options = options.model_copy(update={"doc_ids": document_filter(docs)})
+docs = service.documents(workspace.id)
+options = options.model_copy(update={"doc_ids": document_filter(docs), "workspace": workspace.id})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
 if not docs:
-    st.info("No documents are indexed yet: add some on the Upload page first.", icon=":material/upload_file:")
+    st.info(
+        f"No documents are indexed in {md(workspace.label)} yet: add some on the Upload page first.",
+        icon=":material/upload_file:",
+    )
 else:
     try:
         state = service.collection_state()
@@ -41,7 +46,7 @@ else:
             icon=":material/hourglass_top:",
         )
 
-history = conversations.history(sid)
+history = conversations.history(sid, workspace.id)
 for turn in history:
     with st.chat_message(turn.role):
         st.markdown(turn.safe_markdown)
@@ -61,9 +66,11 @@ if question := st.chat_input("Ask a question about your documents", key="chat.qu
             answer = None
         if answer is not None:
             render_sources(answer.sources)
-            conversations.append(sid, StoredTurn(role="user", content=question))
+            conversations.append(sid, StoredTurn(role="user", content=question), workspace.id)
             conversations.append(
-                sid, StoredTurn(role="assistant", content=answer.answer, mode=answer.mode, sources=answer.sources)
+                sid,
+                StoredTurn(role="assistant", content=answer.answer, mode=answer.mode, sources=answer.sources),
+                workspace.id,
             )
 
-conversation_actions(conversations, sid)
+conversation_actions(conversations, sid, workspace.id)

@@ -3,22 +3,26 @@
 import streamlit as st
 
 from rag import RagError
+from ui.auth import owner_id
 from ui.documents import document_picker, documents_table
 from ui.errors import service_or_stop, show_error
+from ui.format import md
 from ui.navigation import ensure_routed
-from ui.state import PENDING_DELETE, session_id
+from ui.state import PENDING_DELETE
+from ui.workspaces import current_workspace
 
 ensure_routed()
 
 st.title("Documents")
 service = service_or_stop()
-sid = session_id()
+sid = owner_id()
+workspace = current_workspace(service)
 if flash := st.session_state.pop("documents.flash", None):
     st.success(flash, icon=":material/check_circle:")
 
-docs = service.documents()
+docs = service.documents(workspace.id)
 if not docs:
-    st.info("No documents are indexed yet.", icon=":material/info:")
+    st.info(f"No documents are indexed in {md(workspace.label)} yet.", icon=":material/info:")
     st.page_link("pages/upload.py", label="Upload documents", icon=":material/upload_file:")
     st.stop()
 
@@ -31,7 +35,7 @@ reindex_col, delete_col = st.columns(2)
 if reindex_col.button("Re-index", key="documents.reindex", disabled=not chosen, icon=":material/refresh:"):
     try:
         for doc_id in chosen:
-            service.reindex_document(doc_id, owner=sid)
+            service.reindex_document(doc_id, owner=sid, workspace=workspace.id)
         st.session_state["documents.flash"] = f"Re-indexing {len(chosen)} document(s); follow it on the Upload page."
     except RagError as err:
         show_error(err)
@@ -49,7 +53,7 @@ if pending:
         st.session_state.pop(PENDING_DELETE, None)
         try:
             for doc_id in pending:
-                service.delete_document(doc_id)
+                service.delete_document(doc_id, workspace.id)
         except RagError as err:
             show_error(err)
         else:

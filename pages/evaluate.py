@@ -6,6 +6,7 @@ from rag import RagError, parse_pairs
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
+from ui.workspaces import current_workspace
 
 ensure_routed()
 
@@ -19,6 +20,7 @@ st.caption(
     "indexed or changed."
 )
 service = service_or_stop()
+workspace = current_workspace(service)
 
 upload = st.file_uploader("Question file (.jsonl)", type=["jsonl", "json", "txt"], key="evaluate.file")
 pasted = st.text_area("…or paste the lines here", key="evaluate.text", height=150)
@@ -35,7 +37,7 @@ if st.button("Evaluate", key="evaluate.run", type="primary", disabled=not modes,
     try:
         pairs = parse_pairs(text, source)
         with st.spinner(f"Asking {len(pairs)} questions in {len(modes)} mode(s)…"):
-            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k))
+            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k), workspace.id)
     except RagError as err:
         st.session_state.pop("evaluate.reports", None)
         show_error(err)

@@ -3,20 +3,24 @@
 import streamlit as st
 
 from rag import SUPPORTED_EXTENSIONS, RagError
+from ui.auth import owner_id
 from ui.errors import service_or_stop, show_error
+from ui.format import md
 from ui.jobs import jobs_panel, start_upload_job
 from ui.navigation import ensure_routed
-from ui.state import session_id
+from ui.workspaces import current_workspace
 
 ensure_routed()
 
 st.title("Upload documents")
 service = service_or_stop()
-sid = session_id()
+sid = owner_id()
+workspace = current_workspace(service)
 limits = service.settings
 st.caption(
     f"Supported: {', '.join(SUPPORTED_EXTENSIONS)}; up to {limits.max_files} files per job, "
-    f"{limits.max_file_mb:g} MB each. Indexing runs in the background: you can leave this page meanwhile."
+    f"{limits.max_file_mb:g} MB each, into the workspace **{md(workspace.label)}**. Indexing runs in the "
+    "background: you can leave this page meanwhile."
 )
 
 
@@ -29,7 +33,7 @@ elif submitted and len(files) > limits.max_files:
     st.error(f"{len(files)} files is more than the {limits.max_files} allowed in one job (RAG_MAX_FILES).")
 elif submitted:
     try:
-        start_upload_job(service, files, owner=sid)
+        start_upload_job(service, files, owner=sid, workspace=workspace.id)
     except RagError as err:
         show_error(err)
 

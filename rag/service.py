@@ -222,18 +222,37 @@ class RagService:
         """A new, empty workspace."""
         return self.workspaces.create(name, owner, shared)
 
-    def rename_workspace(self, name: str, new_name: str, account: str | None = None) -> Workspace:
-        """Rename a workspace; its documents and chats stay."""
-        return self.workspaces.rename(self.workspaces.get(name, account), new_name)
+    def private_workspace(self, account: str) -> Workspace:
+        """An account's own workspace, created on first use."""
+        mine = [w for w in self.workspaces.list(account) if not w.shared and w.owner == account]
+        return mine[0] if mine else self.workspaces.create(f"{account}", owner=account, shared=False)
 
-    def delete_workspace(self, name: str, account: str | None = None) -> list[DocumentRecord]:
+    def rename_workspace(
+        self, name: str, new_name: str, account: str | None = None, admin: bool = False
+    ) -> Workspace:
+        """Rename a workspace (its owner, or an admin for a shared one); its documents and chats stay."""
+        workspace = self._managed(name, account, admin)
+        return self.workspaces.rename(workspace, new_name)
+
+    def _managed(self, name: str, account: str | None, admin: bool) -> Workspace:
+        from rag.errors import WorkspaceError
+
+        workspace = self.workspaces.get(name, account)
+        if not workspace.managed_by(account, admin):
+            raise WorkspaceError(
+                f"{account} may not manage {workspace.name}",
+                user_message=f"Only an admin can rename or delete the shared workspace “{workspace.name}”.",
+            )
+        return workspace
+
+    def delete_workspace(self, name: str, account: str | None = None, admin: bool = False) -> list[DocumentRecord]:
         """Delete a workspace with its documents (chunks, keyword entries, stored bytes) and chats.
 
         Jobs writing into it are cancelled first and awaited, so nothing half-written is left behind.
         """
         from rag.errors import WorkspaceError
 
-        workspace = self.workspaces.get(name, account)
+        workspace = self._managed(name, account, admin)
         if workspace.id == DEFAULT_ID:
             raise WorkspaceError(
                 "the default workspace", user_message="The default workspace cannot be deleted; empty it instead."

@@ -52,6 +52,15 @@ class Workspace(BaseModel, frozen=True):
         """Shared workspaces are everyone's; a private one only its owner's (no accounts: all are shared)."""
         return self.shared or account is None or self.owner == account
 
+    def managed_by(self, account: str | None, admin: bool = False) -> bool:
+        """Who may rename or delete it: its owner (a private one), an admin (a shared one), anyone without accounts."""
+        return account is None or admin or (not self.shared and self.owner == account)
+
+    @property
+    def label(self) -> str:
+        """The name as the sidebar shows it."""
+        return self.name if self.shared else f"{self.name} (private)"
+
 
 def check_name(name: str) -> str:
     """A workspace name as stored: trimmed, NFC; refused when empty, too long or shaped like a path."""

@@ -1,4 +1,8 @@
-"""The optional access password (APP_PASSWORD). Teams wanting single sign-on use Streamlit's OIDC login (README)."""
+"""Who is using the app: accounts (once one exists), else the optional APP_PASSWORD, else anyone.
+
+Every page checks this itself (`ensure_routed` calls `require_login` on every run, deep links included).
+Teams wanting single sign-on use Streamlit's OIDC login (README).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,83 @@ import hmac
 
 import streamlit as st
 
-from rag import RagError, load_settings
+from rag import Accounts, RagError, load_settings
+from ui.state import session_id
 
 UNLOCKED = "auth.unlocked"
+USER = "auth.user"
+"""Session-state key of the signed-in account's name."""
+ADMIN = "auth.admin"
+
+
+def require_login() -> None:
+    """Stop the page until this browser session is allowed in: signed in when accounts exist, else past
+    APP_PASSWORD when it is set."""
+    try:
+        settings = load_settings()
+        accounts = Accounts.from_settings(settings)
+    except RagError as exc:
+        st.error(exc.user_message)
+        st.stop()
+    try:
+        if not accounts.any():
+            st.session_state.pop(USER, None)
+            require_password()
+            return
+        name = st.session_state.get(USER)
+        if name is not None:
+            account = accounts.get(name)
+            if account is not None:  # still exists (an admin may have removed it meanwhile)
+                st.session_state[ADMIN] = account.admin
+                _sign_out_button(account.name)
+                return
+            st.session_state.pop(USER, None)
+        _login_form(accounts)
+    finally:
+        accounts.close()
+    st.stop()
+
+
+def _login_form(accounts: Accounts) -> None:
+    st.title("Ask your documents")
+    with st.form("auth.login"):
+        name = st.text_input("Name", key="auth.name")
+        password = st.text_input("Password", type="password", key="auth.password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        try:
+            account = accounts.login(name, password, st.context.ip_address)
+        except RagError as exc:
+            st.error(exc.user_message)  # the same words for an unknown name and a wrong password
+            return
+        st.session_state.pop("auth.password", None)
+        st.session_state[USER], st.session_state[ADMIN] = account.name, account.admin
+        st.rerun()
+
+
+def _sign_out_button(name: str) -> None:
+    with st.sidebar:
+        st.caption(f"Signed in as **{name}**")
+        if st.button("Sign out", key="auth.sign_out", icon=":material/logout:"):
+            for key in (USER, ADMIN, "workspace.id"):
+                st.session_state.pop(key, None)
+            st.rerun()
+
+
+def current_account() -> str | None:
+    """The signed-in account's name (None when accounts are off)."""
+    return st.session_state.get(USER)
+
+
+def is_admin() -> bool:
+    """Whether the signed-in account is an admin (False when accounts are off)."""
+    return bool(st.session_state.get(ADMIN))
+
+
+def owner_id() -> str:
+    """Whose jobs and conversations these are: the account when signed in, else this browser session."""
+    account = current_account()
+    return f"user:{account}" if account else session_id()
 
 
 def require_password() -> None:

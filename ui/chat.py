@@ -116,14 +116,14 @@ def render_sources(sources: Sequence[Source]) -> None:
             st.text(src.text)
 
 
-def conversation_actions(conversations: ConversationStore, sid: str) -> None:
+def conversation_actions(conversations: ConversationStore, sid: str, workspace: str) -> None:
     """Clear the conversation, or download it as Markdown (sidebar)."""
     with st.sidebar:
         st.subheader("Conversation")
-        empty = not conversations.history(sid)
+        empty = not conversations.history(sid, workspace)
         st.download_button(
             "Download as Markdown",
-            conversations.to_markdown(sid),
+            conversations.to_markdown(sid, workspace=workspace),
             file_name="conversation.md",
             mime="text/markdown",
             key="chat.download",
@@ -137,7 +137,7 @@ def conversation_actions(conversations: ConversationStore, sid: str) -> None:
             key="chat.clear",
             icon=":material/delete_sweep:",
             on_click=conversations.clear,
-            args=(sid,),
+            args=(sid, workspace),
             disabled=empty,
             width="stretch",
         )

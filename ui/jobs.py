@@ -6,19 +6,14 @@ second tab shows the same jobs; this module only draws them, polling once a seco
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import streamlit as st
 
 from rag import JobSnapshot, RagService
 from ui.format import human_duration, md
-from ui.state import JOB_FILES
 
 _STAGE_ICONS = {
     "queued": ":material/schedule:",
@@ -38,9 +33,6 @@ _STATUS_LABELS = {
     "cancelled": "Cancelled",
 }
 
-_STALE_SECONDS = 24 * 3600
-"""A temporary upload file older than this was left behind by a closed tab."""
-
 
 class Upload(Protocol):
     """A file the browser uploaded (Streamlit's UploadedFile): its name and its bytes."""
@@ -51,51 +43,13 @@ class Upload(Protocol):
 
 
 # -- starting a job --------------------------------------------------------------------------------
-def start_upload_job(service: RagService, files: Sequence[Upload], owner: str) -> JobSnapshot:
-    """Index browser uploads in a background job owned by `owner`.
+def start_upload_job(service: RagService, files: Sequence[Upload], owner: str, workspace: str) -> JobSnapshot:
+    """Index browser uploads into a workspace in a background job owned by `owner`.
 
-    The one place where upload bytes are handed to the engine. Today they go to private temporary files
-    inside the data dir, which the job copies into its store and `jobs_panel` removes once the job ends;
-    when the engine stages upload bytes itself, this function is the only call site that changes.
+    The engine writes each upload's bytes once, under their hash, and removes those no document keeps
+    (failed, cancelled or duplicate files) when the job ends.
     """
-    paths = _stash(files, Path(service.settings.data_dir))
-    try:
-        job = service.start_job(paths, [f.name for f in files], owner=owner)
-    except BaseException:
-        _discard(paths)
-        raise
-    st.session_state.setdefault(JOB_FILES, {})[job.id] = paths
-    return job
-
-
-def _stash(files: Sequence[Upload], data_dir: Path) -> list[Path]:
-    """Write uploads to private temporary files in `data_dir/incoming`, after sweeping stale ones."""
-    incoming = data_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    stale = time.time() - _STALE_SECONDS
-    for old in incoming.glob("*.upload"):
-        with contextlib.suppress(OSError):
-            if old.stat().st_mtime < stale:
-                old.unlink()
-    paths = []
-    for upload in files:
-        path = incoming / f"{uuid.uuid4().hex}.upload"
-        with open(path, "wb") as out:
-            shutil.copyfileobj(upload, out, 1 << 20)
-        paths.append(path)
-    return paths
-
-
-def _discard(paths: Sequence[Path]) -> None:
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
-
-
-def _release_uploads(finished: Sequence[JobSnapshot]) -> None:
-    """Remove the temporary upload files of jobs that have ended (see start_upload_job)."""
-    stashed = st.session_state.get(JOB_FILES, {})
-    for job in finished:
-        _discard(stashed.pop(job.id, []))
+    return service.start_upload_job([(f.name, f) for f in files], owner=owner, workspace=workspace)
 
 
 # -- watching jobs ---------------------------------------------------------------------------------
@@ -119,7 +73,6 @@ def jobs_panel(service: RagService, owner: str) -> None:
                 if st.button("Cancel", key=f"upload.cancel.{job.id}", icon=":material/cancel:"):
                     service.cancel_job(job.id, owner=owner)
         finished = [j for j in jobs if not j.active]
-        _release_uploads(finished)
         if any(job.id in watching for job in finished):
             st.rerun()
         for job in finished[:3]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.auth import require_password
+from ui.auth import is_admin, require_login
 from ui.state import keep_widget_values, session_id
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -43,6 +43,7 @@ class PageSpec:
     title: str
     icon: str
     default: bool = False
+    admin_only: bool = False
 
     @property
     def url_path(self) -> str:
@@ -54,24 +55,26 @@ PAGES = (
     PageSpec("pages/home.py", "Home", ":material/home:", default=True),
     PageSpec("pages/upload.py", "Upload", ":material/upload_file:"),
     PageSpec("pages/documents.py", "Documents", ":material/folder_open:"),
+    PageSpec("pages/workspaces.py", "Workspaces", ":material/workspaces:"),
     PageSpec("pages/chat.py", "Chat", ":material/forum:"),
     PageSpec("pages/benchmarks.py", "Benchmarks", ":material/speed:"),
     PageSpec("pages/evaluate.py", "Evaluate", ":material/fact_check:"),
     PageSpec("pages/settings.py", "Settings", ":material/settings:"),
+    PageSpec("pages/accounts.py", "Accounts", ":material/manage_accounts:", admin_only=True),
 )
 """The sidebar's pages, in order; a page whose file is absent (a slim image without benchmarks) is left out."""
 
 
 def run_app() -> None:
-    """The whole app: page config, password, session id, then the page the URL names."""
+    """The whole app: page config, sign-in (or password), session id, then the page the URL names."""
     st.set_page_config(page_title="Ask your documents", page_icon=":material/forum:", layout="wide")
-    require_password()
+    require_login()
     session_id()
     keep_widget_values()
     pages = [
         st.Page(spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=spec.default)
         for spec in PAGES
-        if (APP_DIR / spec.file).exists()
+        if (APP_DIR / spec.file).exists() and (is_admin() or not spec.admin_only)
     ]
     page = st.navigation(pages)
     token = _ROUTED.set(True)

@@ -18,13 +18,17 @@ import streamlit as st
 SID = "sid"
 """Query parameter and session-state key holding the session id."""
 
-JOB_FILES = "upload.job_files"
-"""Job id → the temporary upload paths to remove once the job ends."""
-
 PENDING_DELETE = "documents.pending_delete"
 """Document ids waiting for the user to confirm their deletion."""
 
-PERSISTENT_WIDGETS = ("chat.top_k", "chat.llm_model", "chat.temperature", "chat.retrieval", "chat.doc_ids")
+PERSISTENT_WIDGETS = (
+    "chat.top_k",
+    "chat.llm_model",
+    "chat.temperature",
+    "chat.retrieval",
+    "chat.doc_ids",
+    "workspace.id",
+)
 """Widget values kept while the user visits other pages."""
 
 _SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")

@@ -12,7 +12,6 @@ import pytest
 
 from rag.config import Settings
 from tests.app.support import AppEnv, new_sid, page_text, write_doc
-from ui.state import JOB_FILES
 
 pytestmark = pytest.mark.milvus
 
@@ -97,7 +96,7 @@ def test_jobs_live_in_the_engine_not_the_tab(app_env: AppEnv, corpus: Path) -> N
         service.wait_job(job.id, timeout=120)
 
 
-def test_an_upload_is_indexed_and_its_temporary_file_removed_when_the_job_ends(app_env: AppEnv) -> None:
+def test_an_upload_is_indexed_and_its_bytes_are_stored_once(app_env: AppEnv) -> None:
     at = app_env.app(UPLOAD)
     at.run()
     at.file_uploader(key="upload.files").set_value(("zebras.txt", b"Zebras have stripes. " * 40, "text/plain"))
@@ -105,18 +104,17 @@ def test_an_upload_is_indexed_and_its_temporary_file_removed_when_the_job_ends(a
     at.run()
 
     assert not at.exception
-    stashed = [p for paths in at.session_state[JOB_FILES].values() for p in paths]
-    assert len(stashed) == 1 and stashed[0].parent == app_env.data_dir / "incoming"
     service = app_env.service()
     [job] = service.list_jobs(owner=app_env.sid)
     service.wait_job(job.id, timeout=120)
     at.run()
 
-    assert not stashed[0].exists() and not at.session_state[JOB_FILES]
     assert "Indexed (1): zebras.txt" in at.success[0].value
     assert [d.file_name for d in service.documents()] == ["zebras.txt"]
     stored = Path(service.documents()[0].stored_path)
     assert stored.exists() and stored.parent == app_env.data_dir / "uploads"
+    assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]  # one copy, no temporary file left
+    assert not (app_env.data_dir / "incoming").exists()
 
 
 def test_a_second_job_waits_its_turn_visibly_and_can_be_cancelled(

@@ -1,0 +1,34 @@
+"""The workspace a page works in: chosen in the sidebar, kept while the user moves between pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from rag import RagError, RagService, Workspace
+from ui.auth import current_account
+
+KEY = "workspace.id"
+"""Session-state key of the chosen workspace's id."""
+
+
+def current_workspace(service: RagService) -> Workspace:
+    """The workspace chosen in the sidebar among those this user may see (RAG_WORKSPACE first time)."""
+    account = current_account()
+    if account is not None:
+        service.private_workspace(account)  # every account has one of its own
+    choices = service.list_workspaces(account)
+    by_id = {w.id: w for w in choices}
+    if st.session_state.get(KEY) not in by_id:
+        try:
+            st.session_state[KEY] = service.workspace(service.settings.workspace, account).id
+        except RagError:
+            st.session_state[KEY] = choices[0].id
+    with st.sidebar:
+        chosen = st.selectbox(
+            "Workspace",
+            list(by_id),
+            format_func=lambda i: by_id[i].label,
+            key=KEY,
+            help="Documents, questions and chats stay inside one workspace. Manage them on the Workspaces page.",
+        )
+    return by_id[chosen]
