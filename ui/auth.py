@@ -19,6 +19,22 @@ USER = "auth.user"
 ADMIN = "auth.admin"
 
 
+def signed_in() -> bool:
+    """Whether this session may see pages already (no sign-in or password form to show first)."""
+    try:
+        settings = load_settings()
+        accounts = Accounts.from_settings(settings)
+    except RagError:
+        return False
+    try:
+        if accounts.any():
+            return st.session_state.get(USER) is not None and accounts.get(st.session_state[USER]) is not None
+    finally:
+        accounts.close()
+    secret = settings.app_password
+    return secret is None or not secret.get_secret_value() or bool(st.session_state.get(UNLOCKED))
+
+
 def require_login() -> None:
     """Stop the page until this browser session is allowed in: signed in when accounts exist, else past
     APP_PASSWORD when it is set."""

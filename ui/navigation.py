@@ -25,7 +25,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.auth import is_admin, require_login
+from ui.auth import is_admin, require_login, signed_in
 from ui.state import keep_widget_values, session_id
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -68,20 +68,27 @@ PAGES = (
 def run_app() -> None:
     """The whole app: page config, sign-in (or password), session id, then the page the URL names."""
     st.set_page_config(page_title="Ask your documents", page_icon=":material/forum:", layout="wide")
+    if not signed_in():  # the form first, with no page list beside it (st.navigation still ends the folder mode)
+        st.navigation(_pages(admin=False), position="hidden")
+        require_login()  # the form; a successful sign-in reruns
+        st.stop()
     require_login()
     session_id()
     keep_widget_values()
-    pages = [
-        st.Page(spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=spec.default)
-        for spec in PAGES
-        if (APP_DIR / spec.file).exists() and (is_admin() or not spec.admin_only)
-    ]
-    page = st.navigation(pages)
+    page = st.navigation(_pages(admin=is_admin()))
     token = _ROUTED.set(True)
     try:
         page.run()
     finally:
         _ROUTED.reset(token)
+
+
+def _pages(admin: bool) -> list[st.Page]:
+    return [
+        st.Page(spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=spec.default)
+        for spec in PAGES
+        if (APP_DIR / spec.file).exists() and (admin or not spec.admin_only)
+    ]
 
 
 def ensure_routed() -> None:
