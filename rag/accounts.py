@@ -31,7 +31,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel
 
-from rag.config import Settings, private_dir, private_file
+from rag.config import Settings
+from rag.database import open_database
 from rag.errors import AccountError, AccountNotFoundError, LoginError, LoginThrottledError
 
 FILE_NAME = "accounts.sqlite3"
@@ -112,15 +113,11 @@ class Accounts:
         self, path: Path | str, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
     ) -> None:
         self.path = Path(path)
-        private_file(private_dir(self.path.parent) / self.path.name)  # 0700 folder, 0600 database and journal
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
         self._dummy: str | None = None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+        self._db = open_database(self.path, _SCHEMA)  # 0700 folder, 0600 database and journal
 
     @classmethod
     def from_settings(

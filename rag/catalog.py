@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from rag.config import private_dir, private_file
+from rag.database import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -73,18 +73,10 @@ class Catalog:
     """Thread-safe access to the catalog file of one collection."""
 
     def __init__(self, path: Path, collection: str) -> None:
-        private_file(private_dir(path.parent) / path.name)  # 0700 folder, 0600 database (its -wal and -shm follow)
         self.collection = collection
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, _SCHEMA, {"documents": _ADDED_COLUMNS})
         self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            have = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-            for name, declaration in _ADDED_COLUMNS:
-                if name not in have:
-                    self._db.execute(f"ALTER TABLE documents ADD COLUMN {name} {declaration}")
 
     def _rows(self, sql: str, *args: object) -> list[DocumentRecord]:
         with self._lock:

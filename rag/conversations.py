@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from rag.config import private_dir, private_file
+from rag.database import open_database
 from rag.markdown import escape_markdown, escape_math, neutralize_markdown
 from rag.query import ChatTurn, Source
 
@@ -70,17 +70,11 @@ class ConversationStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        private_file(private_dir(self.path.parent) / self.path.name)  # the conversations are nobody else's to read
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(
+            self.path, _SCHEMA, {"turns": (("workspace", "TEXT NOT NULL DEFAULT 'default'"), ("feedback", "INTEGER"))}
+        )
         self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
-            for name, declaration in (("workspace", "TEXT NOT NULL DEFAULT 'default'"), ("feedback", "INTEGER")):
-                if name not in columns:  # a file from an older version
-                    self._db.execute(f"ALTER TABLE turns ADD COLUMN {name} {declaration}")
 
     def append(self, sid: str, turn: StoredTurn | ChatTurn, workspace: str = "default") -> None:
         """Add a turn at the end of a session's conversation in a workspace."""

@@ -13,12 +13,13 @@ Calls block (SQLite), so the store runs them in worker threads, never on the eve
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from rag.database import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -97,17 +98,11 @@ class KeywordIndex:
     """BM25 over chunk text for one collection, in an SQLite file shared by all collections of a data dir."""
 
     def __init__(self, path: Path, collection: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.collection = collection
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
-            if "workspace" not in columns:  # an index from before workspaces: all of it is the default one's
-                self._db.execute("ALTER TABLE chunks ADD COLUMN workspace TEXT NOT NULL DEFAULT 'default'")
+        # An index from before workspaces gains the column: all of it is the default workspace's.
+        self._db = open_database(path, _SCHEMA, {"chunks": (("workspace", "TEXT NOT NULL DEFAULT 'default'"),)})
 
     def add(self, rows: Sequence[KeywordRow]) -> None:
         """Insert chunks, replacing any with the same id (writes are upserts, like Milvus's)."""

@@ -227,9 +227,7 @@ class RagService:
         mine = [w for w in self.workspaces.list(account) if not w.shared and w.owner == account]
         return mine[0] if mine else self.workspaces.create(f"{account}", owner=account, shared=False)
 
-    def rename_workspace(
-        self, name: str, new_name: str, account: str | None = None, admin: bool = False
-    ) -> Workspace:
+    def rename_workspace(self, name: str, new_name: str, account: str | None = None, admin: bool = False) -> Workspace:
         """Rename a workspace (its owner, or an admin for a shared one); its documents and chats stay."""
         workspace = self._managed(name, account, admin)
         return self.workspaces.rename(workspace, new_name)
@@ -284,10 +282,11 @@ class RagService:
         options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
     ) -> Answer:
         """A whole answer with sources; the options' model and temperature override the settings."""
-        llm = self._llm_for(options.llm_model, options.temperature)
-        return self.runtime.run(
-            self.engine.aquery(question, history, options, llm), timeout=self.settings.llm_timeout + 60
-        )
+        stream = self.stream_answer(question, history, options)
+        for _piece in stream:
+            pass
+        assert stream.answer is not None
+        return stream.answer
 
     def stream_answer(
         self,

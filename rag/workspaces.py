@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from rag.config import private_dir, private_file
+from rag.database import open_database
 from rag.errors import WorkspaceError, WorkspaceNotFoundError
 
 DEFAULT_ID = "default"
@@ -84,13 +84,10 @@ class Workspaces:
     """The workspaces of one collection, in the catalogue's SQLite file."""
 
     def __init__(self, path: Path, collection: str) -> None:
-        private_file(private_dir(path.parent) / path.name)
         self.collection = collection
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, _SCHEMA)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO workspaces VALUES (?,?,?,?,?,?)",
                 (collection, DEFAULT_ID, DEFAULT_ID, None, 1, time.time()),
