@@ -216,21 +216,6 @@ class QueryEngine:
             retrieval_seconds=round(retrieval_seconds, 4),
         )
 
-    async def aquery(
-        self,
-        question: str,
-        history: Sequence[ChatTurn] = (),
-        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
-        llm: Any | None = None,
-    ) -> Answer:
-        """The whole answer at once."""
-        answer: Answer | None = None
-        async for item in self.astream_answer(question, history, options, llm):
-            if isinstance(item, Answer):
-                answer = item
-        assert answer is not None
-        return answer
-
     async def _extractive(self, question: str, sources: Sequence[Source]) -> str:
         """Retrieval-only answer: the sentences of the top passages closest to the question."""
         if not sources:
