@@ -5,7 +5,9 @@ import streamlit as st
 from rag import RagError, StoredTurn
 from ui.auth import owner_id
 from ui.chat import (
+    REGENERATE,
     RETRIEVAL_ONLY_HINT,
+    answer_actions,
     chat_sidebar,
     conversation_actions,
     document_filter,
@@ -47,16 +49,21 @@ else:
         )
 
 history = conversations.history(sid, workspace.id)
-for turn in history:
+for number, turn in enumerate(history):
     with st.chat_message(turn.role):
         st.markdown(turn.safe_markdown)
         render_sources(turn.sources)
+        if turn.role == "assistant":
+            answer_actions(conversations, sid, workspace.id, turn, last=number == len(history) - 1)
 
-if question := st.chat_input("Ask a question about your documents", key="chat.question"):
+question = st.chat_input("Ask a question about your documents", key="chat.question")
+if asked_again := st.session_state.pop(REGENERATE, None):
+    question = asked_again
+if question:
     with st.chat_message("user"):
         st.markdown(md(question))
     with st.chat_message("assistant"):
-        turns = [t.as_chat_turn() for t in history]
+        turns = [t.as_chat_turn() for t in conversations.history(sid, workspace.id)]
         try:
             stream = service.stream_answer(question, turns, options)
             st.write_stream(safe_stream(stream, service.mode))
@@ -72,5 +79,6 @@ if question := st.chat_input("Ask a question about your documents", key="chat.qu
                 StoredTurn(role="assistant", content=answer.answer, mode=answer.mode, sources=answer.sources),
                 workspace.id,
             )
+            st.rerun()  # draw it again as a stored turn, with its buttons
 
 conversation_actions(conversations, sid, workspace.id)

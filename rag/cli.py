@@ -228,7 +228,7 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
 
     Example: python -m rag ask "What was the author's first program written on?" --top-k 3
     """
-    from rag import AskOptions
+    from rag import RETRIEVAL_ONLY_NOTE, AskOptions
 
     service = _service(_settings(ctx))
     try:
@@ -248,6 +248,8 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
             )
             return
         stream = service.stream_answer(question, options=options)
+        if service.mode == "retrieval-only":
+            click.echo(f"({RETRIEVAL_ONLY_NOTE})\n")
         for piece in stream:
             click.echo(piece, nl=False)
         click.echo()

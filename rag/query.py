@@ -217,9 +217,12 @@ class QueryEngine:
         )
 
     async def _extractive(self, question: str, sources: Sequence[Source]) -> str:
-        """Retrieval-only answer: the sentences of the top passages closest to the question."""
+        """Retrieval-only answer: the sentences of the top passages closest to the question.
+
+        It does not repeat RETRIEVAL_ONLY_NOTE: the chat shows that once per conversation, the CLI once per
+        answer, and `mode` says it in JSON."""
         if not sources:
-            return f"_{RETRIEVAL_ONLY_NOTE}_\n\nNo indexed document matches this question."
+            return "No indexed document matches this question."
         candidates = [(i, s) for i, src in enumerate(sources, start=1) for s in _sentences(src.text)][:200]
         lines = []
         if candidates:
@@ -236,4 +239,4 @@ class QueryEngine:
                     break
         if not lines:
             lines = [f"- “{escape_markdown(sources[0].text[:300])}” \\[1\\]"]
-        return f"_{RETRIEVAL_ONLY_NOTE}_\n\n**Best-matching sentences:**\n" + "\n".join(lines)
+        return "**Best-matching sentences:**\n" + "\n".join(lines)

@@ -7,11 +7,21 @@ already escaped by the engine and only has its `$` escaped (`escape_math`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 
 import streamlit as st
 
-from rag import AskOptions, ConversationStore, DocumentRecord, RagService, Source, escape_math, neutralize_markdown
+from rag import (
+    AskOptions,
+    ConversationStore,
+    DocumentRecord,
+    RagService,
+    Source,
+    StoredTurn,
+    escape_math,
+    neutralize_markdown,
+)
 from ui.documents import document_picker
 from ui.format import md
 
@@ -104,6 +114,32 @@ def safe_stream(pieces: Iterable[str], mode: str) -> Iterator[str]:
         yield escape_math(piece) if mode == "retrieval-only" else neutralize_markdown(piece)
 
 
+REGENERATE = "chat.regenerate"
+"""Session-state key of a question to ask again (the Regenerate button took its old answer back)."""
+
+
+def answer_actions(conversations: ConversationStore, sid: str, workspace: str, turn: StoredTurn, last: bool) -> None:
+    """Under an answer: thumbs up or down (kept with it), a copy of its text, and Regenerate for the last one."""
+    key = f"chat.feedback.{turn.id}"
+    if key not in st.session_state:
+        st.session_state[key] = {1: 1, -1: 0}.get(turn.feedback or 0)
+    thumbs, copy, again = st.columns([1, 1, 4], vertical_alignment="center")
+    with thumbs:
+        st.feedback("thumbs", key=key, on_change=_store_feedback, args=(conversations, sid, turn.id or 0, key))
+    with copy, st.popover("Copy", icon=":material/content_copy:"):
+        st.code(turn.content, language=None, wrap_lines=True)  # the code block has its own copy button
+    if last and again.button("Regenerate", key=f"chat.regenerate.{turn.id}", icon=":material/refresh:"):
+        question = conversations.pop_answer(sid, workspace)
+        if question is not None:
+            st.session_state[REGENERATE] = question.content
+            st.rerun()
+
+
+def _store_feedback(conversations: ConversationStore, sid: str, turn_id: int, key: str) -> None:
+    value = st.session_state.get(key)
+    conversations.set_feedback(sid, turn_id, None if value is None else (1 if value == 1 else -1))
+
+
 def render_sources(sources: Sequence[Source]) -> None:
     """The sources of an answer: a line naming them, then file, page, score and passage in an expander."""
     if not sources:
@@ -131,6 +167,20 @@ def conversation_actions(conversations: ConversationStore, sid: str, workspace: 
             disabled=empty,
             on_click="ignore",
             width="stretch",
+        )
+        pairs = conversations.feedback_pairs(workspace, sid)
+        st.download_button(
+            f"Helpful answers as evaluation pairs ({len(pairs)})",
+            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs),
+            file_name="helpful-answers.jsonl",
+            mime="application/jsonl",
+            key="chat.download_pairs",
+            icon=":material/fact_check:",
+            disabled=not pairs,
+            on_click="ignore",
+            width="stretch",
+            help="Answers you marked 👍, as lines for `python -m rag eval` or the Evaluate page: the question, "
+            "the file of the answer's first source and a quote from it.",
         )
         st.button(
             "Clear conversation",

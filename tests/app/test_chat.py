@@ -52,7 +52,8 @@ def test_retrieval_only_mode_is_labelled_and_answers_with_sources(app_env: AppEn
     user, assistant = at.chat_message
     assert user.name == "user" and assistant.name == "assistant"
     answer = assistant.markdown[0].value
-    assert "Retrieval-only mode" in answer and "acacia leaves" in answer
+    assert "Best-matching sentences" in answer and "acacia leaves" in answer
+    assert "Retrieval-only mode" not in answer  # the notice above the conversation says it once
     assert "giraffes.txt" in _plain(assistant.caption[0].value)
     sources = assistant.expander[0]
     assert sources.label.startswith("Sources (")
@@ -216,3 +217,27 @@ def test_sidebar_model_and_temperature_reach_the_llm_server(
     assert not at.exception and not at.error
     request = fake_openai.requests[-1]
     assert request["model"] == "other-model" and request["temperature"] == pytest.approx(0.7)
+
+
+def test_thumbs_are_kept_with_the_answer_and_regenerate_asks_again(app_env: AppEnv, tmp_path: Path) -> None:
+    _ingest(app_env, write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES))
+    at = app_env.app(CHAT)
+    at.run()
+    _ask(at, "What do giraffes eat?")
+    assert not at.exception and not at.error
+
+    at.feedback[0].set_value(1).run()  # thumbs up
+    store = app_env.service().conversations
+    [answer] = [t for t in store.history(app_env.sid) if t.role == "assistant"]
+    assert answer.feedback == 1
+    assert store.feedback_pairs("default", app_env.sid) == [
+        {"question": "What do giraffes eat?", "file": "giraffes.txt", "evidence": " ".join(GIRAFFES.split()[:30])}
+    ]
+    assert "Helpful answers as evaluation pairs (1)" in [b.label for b in at.get("download_button")]
+    assert sum("Retrieval-only mode" in i.value for i in at.info) == 1  # said once, above the conversation
+
+    at.button(key=f"chat.regenerate.{answer.id}").click().run()
+    assert not at.exception
+    turns = store.history(app_env.sid)
+    assert [t.content for t in turns if t.role == "user"] == ["What do giraffes eat?"]  # asked again, not twice
+    assert turns[-1].role == "assistant" and turns[-1].id != answer.id and turns[-1].feedback is None
