@@ -65,3 +65,14 @@ def test_the_ui_uses_no_streamlit_internals() -> None:
         text = path.read_text(encoding="utf-8")
         for banned in ("inspect.signature", "PagesManager", "streamlit.runtime", "uses_pages_directory"):
             assert banned not in text, (path.name, banned)
+
+
+def test_the_readme_map_names_every_module() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    for folder in ("rag", "ui"):
+        for path in (REPO / folder).glob("*.py"):
+            if path.name not in ("__main__.py",) and not (folder == "ui" and path.name == "__init__.py"):
+                assert f"{folder}/{path.name}" in section, f"{folder}/{path.name} is missing from README's map"
+    for path in (REPO / "pages").glob("*.py"):
+        assert path.stem in section, f"pages/{path.name} is missing from README's map"
