@@ -1,14 +1,17 @@
 """OCR of PDF pages that have no text layer (scans), offline, with word boxes for the source viewer.
 
-RapidOCR (`rapidocr-onnxruntime`) runs the PP-OCRv4 detection and recognition models and the PP-OCR
-direction classifier that ship inside its wheel, on ONNX Runtime: nothing is downloaded. The engine is
-built once per process on first use; pages are recognised one at a time (ONNX Runtime already uses every
-core, and two pages at once on 2 cores would only fight over them). Callers run this in a worker thread.
+RapidOCR (`rapidocr-onnxruntime`) runs the PP-OCRv4 detection and recognition models that ship inside its
+wheel, on ONNX Runtime: nothing is downloaded. The engine is built once per process on first use; pages are
+recognised one at a time (ONNX Runtime already uses every core, and two pages at once on 2 cores would only
+fight over them). Callers run this in a worker thread.
+
+The line direction classifier is not used: on long English lines it calls upright text upside down
+(score > 0.9) often enough to lose whole lines, and scans of documents have their lines upright.
 
 The recognition model is trained mostly on Chinese and often drops the spaces of English text
 ("TheQuillfeather"), which would ruin keyword search and embeddings. The spaces are put back from the
-image itself: a run of blank columns in the text line wider than a fifth of the line's ink height is a gap
-between words, and the characters (whose positions the recogniser reports) are split at those gaps.
+image itself: the runs of blank columns in a text line fall into narrow gaps between letters and wide
+gaps between words, and the characters (whose positions the recogniser reports) are split at the wide ones.
 
 Boxes are in PDF page coordinates as pypdfium2 reports them (points, origin bottom-left, `left, bottom,
 right, top`), like `PdfTextPage.get_charbox`, so the viewer highlights OCR'd and text-layer pages alike.
@@ -147,7 +150,7 @@ def ocr_image(image: np.ndarray) -> list[tuple[str, float, PixelBox, list[tuple[
     elif image.shape[2] == 4:
         image = image[:, :, :3]
     with _run_lock:
-        result, _ = engine()(image, return_word_box=True, text_score=_MIN_SCORE)
+        result, _ = engine()(image, use_cls=False, return_word_box=True, text_score=_MIN_SCORE)
     grey = image.mean(axis=2)
     lines = []
     for det_box, _text, score, char_boxes, chars, *_ in result or []:
