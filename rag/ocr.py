@@ -44,6 +44,9 @@ _SIDECAR_VERSION = 1
 _engine_lock = threading.Lock()
 _run_lock = threading.Lock()
 _engine: Any = None
+# pdfium is not thread-safe, not even across documents: every pdfium call in this process (the PDF reader,
+# OCR rendering, the source viewer) is made holding this lock; OCR's inference runs outside it.
+PDFIUM_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -112,29 +115,31 @@ def engine() -> Any:
 
 def ocr_pdf_page(page: pdfium.PdfPage, number: int, scale: float = OCR_SCALE) -> OcrPage:
     """Render one PDF page and recognise its text; `number` is the 1-based page number."""
-    width, height = page.get_size()
-    bitmap = page.render(scale=scale)
-    try:
-        image = bitmap.to_numpy().copy()
-    finally:
-        bitmap.close()
+    with PDFIUM_LOCK:
+        width, height = page.get_size()
+        bitmap = page.render(scale=scale)
+        try:
+            image = bitmap.to_numpy().copy()
+        finally:
+            bitmap.close()
     rows, cols = image.shape[:2]
+    found = ocr_image(image)
 
     def to_page(x0: float, y0: float, x1: float, y1: float) -> Box:
         corners = [_device_to_page(page, cols, rows, x, y) for x, y in ((x0, y0), (x1, y1))]
         xs, ys = [c[0] for c in corners], [c[1] for c in corners]
         return (round(min(xs), 2), round(min(ys), 2), round(max(xs), 2), round(max(ys), 2))
 
-    lines = []
-    for text, score, line_box, words in ocr_image(image):
-        lines.append(
+    with PDFIUM_LOCK:
+        lines = [
             OcrLine(
                 text=text,
                 score=round(score, 4),
                 box=to_page(*line_box),
                 words=tuple(OcrWord(w, to_page(*b)) for w, b in words),
             )
-        )
+            for text, score, line_box, words in found
+        ]
     return OcrPage(page=number, width=round(width, 2), height=round(height, 2), scale=scale, lines=tuple(lines))
 
 

@@ -23,6 +23,7 @@ from llama_index.core import Document
 from llama_index.core.readers.base import BaseReader
 
 from rag.errors import IngestError
+from rag.ocr import PDFIUM_LOCK
 
 if TYPE_CHECKING:
     import pypdfium2 as pdfium
@@ -150,7 +151,8 @@ class PdfReader(BaseReader):
         name = (extra_info or {}).get("file_name", file.name)
         self.notes, self.ocr_pages = [], []
         try:
-            pdf = pdfium.PdfDocument(str(file))
+            with PDFIUM_LOCK:
+                pdf = pdfium.PdfDocument(str(file))
         except pdfium.PdfiumError as exc:
             reason = str(exc).lower()
             if "password" in reason:
@@ -173,7 +175,8 @@ class PdfReader(BaseReader):
                     scanned.append(index)
             ocr_done = self._ocr(pdf, scanned, texts, name) if scanned and self.ocr == "auto" else set()
         finally:
-            pdf.close()
+            with PDFIUM_LOCK:
+                pdf.close()
         docs = [
             Document(
                 text=text,
@@ -203,11 +206,13 @@ class PdfReader(BaseReader):
         notify(0, len(indices))
         for count, index in enumerate(indices, start=1):
             try:
-                page = pdf[index]
+                with PDFIUM_LOCK:
+                    page = pdf[index]
                 try:
                     result = ocr_pdf_page(page, index + 1)
                 finally:
-                    page.close()
+                    with PDFIUM_LOCK:
+                        page.close()
             except Exception as exc:  # noqa: BLE001 - one page failing OCR must not cost the others
                 log.warning("OCR failed on page %d of %s", index + 1, name, exc_info=True)
                 self.notes.append(f"page {index + 1} could not be read by OCR: {type(exc).__name__}")
@@ -224,16 +229,17 @@ def _page_text(pdf: pdfium.PdfDocument, index: int) -> tuple[str, bool]:
     """A page's text layer, and whether anything at all is drawn on it (a blank page needs no OCR)."""
     import pypdfium2.raw as pdfium_c
 
-    page = pdf[index]
-    try:
-        textpage = page.get_textpage()
+    with PDFIUM_LOCK:
+        page = pdf[index]
         try:
-            text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+            textpage = page.get_textpage()
+            try:
+                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+            finally:
+                textpage.close()
+            return text, pdfium_c.FPDFPage_CountObjects(page.raw) > 0
         finally:
-            textpage.close()
-        return text, pdfium_c.FPDFPage_CountObjects(page.raw) > 0
-    finally:
-        page.close()
+            page.close()
 
 
 class TextReader(BaseReader):

@@ -15,7 +15,6 @@ import ctypes
 import difflib
 import functools
 import io
-import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import RagError
-from rag.ocr import OcrPage, read_sidecar
+from rag.ocr import PDFIUM_LOCK, OcrPage, read_sidecar
 
 if TYPE_CHECKING:
     import pypdfium2 as pdfium
@@ -36,7 +35,6 @@ _MIN_COVER = 0.5  # at least this share of the passage must be found on the page
 _CACHE_SIZE = 48
 
 PixelRect = tuple[int, int, int, int]  # x0, y0, x1, y1 in the PNG, origin top-left
-_pdfium_lock = threading.Lock()  # pdfium is not thread-safe; renders from several sessions take turns
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def _render_cached(path: str, _mtime_ns: int, _size: int, page_number: int, zoom
     from PIL import Image, ImageDraw
 
     ocr_pages = read_sidecar(Path(path))
-    with _pdfium_lock:
+    with PDFIUM_LOCK:  # pdfium is not thread-safe: renders, readers and OCR take turns
         try:
             pdf = pdfium.PdfDocument(path)
         except pdfium.PdfiumError as exc:
