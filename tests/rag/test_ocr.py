@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
+from rag import AskOptions
 from rag.errors import IngestError
 from rag.ingest import FileProgress, FileStatus, IngestReport, Stage
 from rag.ocr import engine, ocr_pdf_page, read_sidecar, sidecar_path
@@ -212,7 +213,7 @@ def test_a_pdf_with_a_corrupt_page_is_indexed_with_a_note(service, tmp_path: Pat
     (result,) = report.files
     assert result.status == FileStatus.INDEXED and result.chunks > 0
     assert result.notes == ["page 2 could not be read: Failed to load page."]
-    sources = service.retrieve("How many amber beetles does ledger page 3 record?", top_k=2)
+    sources = service.retrieve("How many amber beetles does ledger page 3 record?", AskOptions(top_k=2))
     assert {s.page for s in sources} <= {1, 3}
 
 
