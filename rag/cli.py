@@ -151,7 +151,7 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
 
     Example: python -m rag ingest ../shared/corpus
     """
-    from rag import SUPPORTED_EXTENSIONS, FileProgress, FileStatus
+    from rag import SUPPORTED_EXTENSIONS, FileProgress, FileStatus, Stage
 
     files: list[Path] = []
     given: list[str] = []  # each file as written on the command line; a folder's files as the folder joined with them
@@ -178,6 +178,10 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
             finished: set[str] = set()
             for item in service.iter_ingest(files, _workspace(service)):
                 if isinstance(item, FileProgress):
+                    ocr = f"{item.file}: ocr {item.pages_done}/{item.pages_total} pages"
+                    if show_bar and bar.label != (label := ocr if item.stage == Stage.OCR else "Indexing"):
+                        bar.label = label
+                        bar.render_progress()
                     if item.status is not None and item.file not in finished:
                         finished.add(item.file)
                         bar.update(1)
@@ -191,10 +195,11 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     named = zip(given, report.files) if len(given) == len(report.files) else ((r.file, r) for r in report.files)
     for typed, result in named:
         if as_json:
-            click.echo(json.dumps({**result.model_dump(mode="json", exclude={"seconds"}), "file": typed}))
+            row = result.model_dump(mode="json", exclude={"seconds", "notes"})
+            click.echo(json.dumps({**row, "file": typed, **({"notes": result.notes} if result.notes else {})}))
         else:
             detail = result.error if result.status == FileStatus.FAILED else f"{result.chunks} chunks"
-            click.echo(f"{result.status.value:10} {typed}  {detail}")
+            click.echo(f"{result.status.value:10} {typed}  {detail}" + "".join(f"; {n}" for n in result.notes))
     if not as_json:
         click.echo(f"{report.chunks} chunks written in {report.seconds:.1f} s", err=True)
     if report.count(FileStatus.FAILED):

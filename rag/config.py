@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAG_CONTEXT_CHUNKS", "context_chunks"),
         description="Neighbouring chunks (each side, same page) shown with every passage found; 0 shows the hit alone.",
     )
+    ocr: Literal["auto", "off"] = Field(
+        "auto",
+        validation_alias=AliasChoices("RAG_OCR", "ocr"),
+        description="auto: PDF pages with no text layer (scans) are read by OCR, offline; off: such PDFs are refused.",
+    )
     openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
         None,

@@ -28,7 +28,8 @@ from rag.config import Settings
 from rag.documents import LEASE_SECONDS, DocumentLibrary, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
-from rag.readers import file_type, read_file
+from rag.ocr import write_sidecar
+from rag.readers import file_type, read_document
 from rag.store import MODEL_KEY, WORKSPACE_FIELD, chunk_id
 from rag.workspaces import DEFAULT_ID
 
@@ -42,6 +43,7 @@ class Stage(StrEnum):
 
     QUEUED = "queued"
     READING = "reading"
+    OCR = "ocr"  # pages without a text layer are being recognised; pages_done/pages_total count them
     CHUNKING = "chunking"
     EMBEDDING = "embedding"
     STORING = "storing"
@@ -73,6 +75,9 @@ class FileProgress(BaseModel):
     status: FileStatus | None = None
     doc_id: str | None = None
     error: str | None = None
+    pages_total: int = 0  # pages read by OCR in this file (0: none)
+    pages_done: int = 0
+    notes: list[str] = []  # what the user should know about an indexed file (e.g. a page skipped)
 
     @property
     def elapsed(self) -> float:
@@ -103,6 +108,7 @@ class FileResult(BaseModel, frozen=True):
     chunks: int = 0
     error: str | None = None
     seconds: float = 0.0
+    notes: list[str] = []  # e.g. "page 3 could not be read: ..."; the rest of the file is indexed
 
 
 class IngestReport(BaseModel, frozen=True):
@@ -194,6 +200,25 @@ def chunk_documents(
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)
     return nodes
+
+
+class _PageHook:
+    """The reader's `on_page(done, total)` for OCR progress. It is called from the reading thread, so the
+    numbers are set (and published) on the event loop's thread; once the job is cancelled it stops the
+    reader at the next page instead of letting OCR run on for minutes."""
+
+    def __init__(self, index: int, prog: FileProgress, publish: ProgressCallback) -> None:
+        self.loop, self.index, self.prog, self.publish = asyncio.get_running_loop(), index, prog, publish
+        self.cancelled = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.cancelled:
+            raise IngestError(self.prog.file, "was cancelled")
+        self.loop.call_soon_threadsafe(self._update, done, total)
+
+    def _update(self, done: int, total: int) -> None:
+        self.prog.stage, self.prog.pages_done, self.prog.pages_total = Stage.OCR, done, total
+        self.publish(self.index, self.prog.model_copy())
 
 
 @dataclass
@@ -336,7 +361,15 @@ class Ingestor:
                 file=name, status=FileStatus.UNCHANGED, doc_id=doc_id, chunks=existing.chunks, error=note
             )
             return _Prepared(index, prog, result=result)
-        docs = await asyncio.to_thread(read_file, stored, name)
+        hook = _PageHook(index, prog, publish)
+        try:
+            read = await asyncio.to_thread(read_document, stored, name, self.settings.ocr, hook)
+        except asyncio.CancelledError:
+            hook.cancelled = True
+            raise
+        docs, prog.notes = read.documents, list(read.notes)
+        if read.ocr_pages:
+            await asyncio.to_thread(write_sidecar, stored, read.ocr_pages)
         estimate = sum(len(d.text) for d in docs) // (4 * self.splitter.chunk_size)  # ~4 characters per token
         if estimate > self.settings.max_chunks_per_file:
             raise IngestError(
@@ -430,7 +463,12 @@ class Ingestor:
         prog.stage, prog.status, prog.finished_at = Stage.DONE, status, time.time()
         publish(index, prog.model_copy())
         return FileResult(
-            file=record.file_name, status=status, doc_id=record.doc_id, chunks=len(nodes), seconds=prog.elapsed
+            file=record.file_name,
+            status=status,
+            doc_id=record.doc_id,
+            chunks=len(nodes),
+            seconds=prog.elapsed,
+            notes=list(prog.notes),
         )
 
     async def _embed_and_insert(self, item: _Prepared, publish: ProgressCallback) -> None:

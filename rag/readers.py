@@ -1,24 +1,36 @@
 """File → LlamaIndex Documents, one reader per format, each page a Document where the format has pages.
 
 Readers are LlamaIndex `BaseReader`s. PDFs go through pypdfium2 (much faster than pypdf, and it tells
-encrypted and text-less files apart). Every failure is an IngestError naming the file and the reason.
+encrypted and text-less files apart); pages without a text layer are read by OCR (`rag/ocr.py`, RAG_OCR).
+Every failure is an IngestError naming the file and the reason; a damaged page alone is a note, not a failure.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llama_index.core import Document
 from llama_index.core.readers.base import BaseReader
 
 from rag.errors import IngestError
+from rag.ocr import PDFIUM_LOCK
+
+if TYPE_CHECKING:
+    import pypdfium2 as pdfium
+
+    from rag.ocr import OcrPage
+
+log = logging.getLogger(__name__)
 
 _MAX_UNZIPPED = 512 * 1024 * 1024  # a docx/pptx/epub that inflates past this is refused (zip bomb)
 _MAX_RATIO = 200
@@ -116,39 +128,118 @@ def clean_texts(texts: Sequence[str]) -> list[str]:
     return cleaned
 
 
+PageCallback = Callable[[int, int], None]  # on_page(done, total): OCR progress, called from the reading thread
+
+
 class PdfReader(BaseReader):
-    """PDF text per page with pypdfium2; `page` metadata is 1-based like a PDF viewer's."""
+    """PDF text per page with pypdfium2; `page` metadata is 1-based like a PDF viewer's.
+
+    A page without a text layer is read by OCR when `ocr` is "auto" (its Document says `ocr: True`, and
+    its lines and boxes are kept in `ocr_pages` for the source viewer). A page pdfium cannot load is skipped
+    with a note naming it, so one damaged page does not cost the rest of the file.
+    """
+
+    def __init__(self, ocr: str = "auto", on_page: PageCallback | None = None) -> None:
+        self.ocr = ocr
+        self.on_page = on_page
+        self.notes: list[str] = []
+        self.ocr_pages: list[OcrPage] = []
 
     def load_data(self, file: Path, extra_info: dict | None = None) -> list[Document]:
         import pypdfium2 as pdfium
 
         name = (extra_info or {}).get("file_name", file.name)
+        self.notes, self.ocr_pages = [], []
         try:
-            pdf = pdfium.PdfDocument(str(file))
+            with PDFIUM_LOCK:
+                pdf = pdfium.PdfDocument(str(file))
         except pdfium.PdfiumError as exc:
             reason = str(exc).lower()
             if "password" in reason:
                 raise IngestError(name, "is an encrypted PDF; remove the password and upload it again") from exc
             raise IngestError(name, f"is not a readable PDF ({exc})") from exc
-        texts = []
+        texts: list[str] = []
+        scanned: list[int] = []  # pages with no text layer but something drawn on them
+        unreadable = 0
         try:
-            for index in range(len(pdf)):
-                page = pdf[index]
-                textpage = page.get_textpage()
-                texts.append(textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n"))
-                textpage.close()
-                page.close()
             pages = len(pdf)
+            for index in range(pages):
+                try:
+                    text, drawn = _page_text(pdf, index)
+                except pdfium.PdfiumError as exc:
+                    self.notes.append(f"page {index + 1} could not be read: {exc}")
+                    unreadable += 1
+                    text, drawn = "", False
+                texts.append(text)
+                if not text.strip() and drawn:
+                    scanned.append(index)
+            ocr_done = self._ocr(pdf, scanned, texts, name) if scanned and self.ocr == "auto" else set()
         finally:
-            pdf.close()
+            with PDFIUM_LOCK:
+                pdf.close()
         docs = [
-            Document(text=text, metadata={**(extra_info or {}), "page": index + 1})
+            Document(
+                text=text,
+                metadata={**(extra_info or {}), "page": index + 1, **({"ocr": True} if index in ocr_done else {})},
+            )
             for index, text in enumerate(_strip_running_lines(texts))
             if text.strip()
         ]
         if not docs:
-            raise IngestError(name, f"has no text layer in its {pages} page(s) (a scan?); OCR is not supported")
+            if unreadable == pages and pages:
+                raise IngestError(name, f"has no page that could be read ({self.notes[0]})")
+            if scanned and self.ocr != "auto":
+                raise IngestError(
+                    name, f"has no text layer in its {pages} page(s) (a scan?) and OCR is off (RAG_OCR=off)"
+                )
+            if scanned:
+                raise IngestError(name, f"has no text layer, and OCR found no text in its {pages} page(s)")
+            raise IngestError(name, f"has no text layer in its {pages} page(s), and nothing on them to read")
         return docs
+
+    def _ocr(self, pdf: pdfium.PdfDocument, indices: list[int], texts: list[str], name: str) -> set[int]:
+        """OCR the given pages into `texts`; return the indices that gave text."""
+        from rag.ocr import ocr_pdf_page
+
+        done: set[int] = set()
+        notify = self.on_page or (lambda _done, _total: None)
+        notify(0, len(indices))
+        for count, index in enumerate(indices, start=1):
+            try:
+                with PDFIUM_LOCK:
+                    page = pdf[index]
+                try:
+                    result = ocr_pdf_page(page, index + 1)
+                finally:
+                    with PDFIUM_LOCK:
+                        page.close()
+            except Exception as exc:  # noqa: BLE001 - one page failing OCR must not cost the others
+                log.warning("OCR failed on page %d of %s", index + 1, name, exc_info=True)
+                self.notes.append(f"page {index + 1} could not be read by OCR: {type(exc).__name__}")
+                result = None
+            if result is not None and result.lines:
+                texts[index] = result.text
+                self.ocr_pages.append(result)
+                done.add(index)
+            notify(count, len(indices))
+        return done
+
+
+def _page_text(pdf: pdfium.PdfDocument, index: int) -> tuple[str, bool]:
+    """A page's text layer, and whether anything at all is drawn on it (a blank page needs no OCR)."""
+    import pypdfium2.raw as pdfium_c
+
+    with PDFIUM_LOCK:
+        page = pdf[index]
+        try:
+            textpage = page.get_textpage()
+            try:
+                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+            finally:
+                textpage.close()
+            return text, pdfium_c.FPDFPage_CountObjects(page.raw) > 0
+        finally:
+            page.close()
 
 
 class TextReader(BaseReader):
@@ -274,18 +365,39 @@ def file_type(name: str) -> str:
     return Path(name).suffix.lower()
 
 
-def read_file(path: Path, name: str) -> list[Document]:
-    """Read one stored file into Documents; `name` is what the user calls it (for messages and metadata)."""
-    reader = READERS.get(file_type(name))
-    if reader is None:
+@dataclass
+class ReadResult:
+    """What reading a file gave: its Documents, notes for the user (pages skipped), and the OCR'd pages."""
+
+    documents: list[Document]
+    notes: list[str] = field(default_factory=list)
+    ocr_pages: list[OcrPage] = field(default_factory=list)
+
+
+def read_document(path: Path, name: str, ocr: str = "auto", on_page: PageCallback | None = None) -> ReadResult:
+    """Read one stored file; `name` is what the user calls it (for messages and metadata).
+
+    `ocr` is RAG_OCR ("auto" reads text-less PDF pages by OCR, "off" does not); `on_page(done, total)` is
+    called from this thread as OCR'd pages finish, and may raise to stop reading.
+    """
+    kind = file_type(name)
+    if kind not in READERS:
         raise IngestError(
             name,
-            f"has an unsupported type {file_type(name) or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+            f"has an unsupported type {kind or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
         )
-    docs = reader().load_data(path, extra_info={"file_name": name})
+    reader = PdfReader(ocr=ocr, on_page=on_page) if kind == ".pdf" else READERS[kind]()
+    docs = reader.load_data(path, extra_info={"file_name": name})
     for doc, text in zip(docs, clean_texts([doc.text for doc in docs])):
         doc.set_content(text)
     docs = [doc for doc in docs if doc.text.strip()]
     if not any(doc.text.strip() for doc in docs):
         raise IngestError(name, "contains no text")
-    return docs
+    if isinstance(reader, PdfReader):
+        return ReadResult(docs, list(reader.notes), list(reader.ocr_pages))
+    return ReadResult(docs)
+
+
+def read_file(path: Path, name: str, ocr: str = "auto") -> list[Document]:
+    """Read one stored file into Documents (see `read_document`, which also gives notes and OCR boxes)."""
+    return read_document(path, name, ocr).documents

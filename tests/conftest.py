@@ -49,6 +49,7 @@ _ENV_NAMES = (
     "RAG_MAX_FILES",
     "APP_PASSWORD",
     "RAG_MAX_RUNNING_JOBS",
+    "RAG_OCR",
 )
 
 
