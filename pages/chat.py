@@ -52,7 +52,7 @@ history = conversations.history(sid, workspace.id)
 for number, turn in enumerate(history):
     with st.chat_message(turn.role):
         st.markdown(turn.safe_markdown)
-        render_sources(turn.sources)
+        render_sources(turn.sources, service, workspace.id, key=str(turn.id))
         if turn.role == "assistant":
             answer_actions(conversations, sid, workspace.id, turn, last=number == len(history) - 1)
 

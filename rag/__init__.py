@@ -54,6 +54,7 @@ _LOCATIONS = {
     "QAPair": "rag.evaluate",
     "RagError": "rag.errors",
     "RagService": "rag.service",
+    "RenderedPage": "rag.sources",
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
     "ServiceStatus": "rag.service",
@@ -121,6 +122,7 @@ __all__ = [
     "QAPair",
     "RagError",
     "RagService",
+    "RenderedPage",
     "Retrieval",
     "Runtime",
     "ServiceStatus",
@@ -206,4 +208,5 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
     from rag.service import AnswerStream, RagService, ServiceStatus
+    from rag.sources import RenderedPage
     from rag.workspaces import Workspace

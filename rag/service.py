@@ -27,6 +27,7 @@ from rag.llms import build_llm, describe_llm
 from rag.options import AskOptions, Retrieval
 from rag.query import Answer, ChatTurn, QueryEngine, Source
 from rag.runtime import Runtime
+from rag.sources import RenderedPage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 from rag.workspaces import DEFAULT_ID, Workspace, Workspaces
 
@@ -198,6 +199,25 @@ class RagService:
     def delete_document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
         """Remove a document of a workspace: every chunk, its keyword entries, its row and its stored bytes."""
         return self.runtime.run(self.library.adelete(doc_id, workspace), timeout=120)
+
+    def document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
+        """One document of a workspace, by id or unique id prefix."""
+        return self.library.resolve(doc_id, workspace)
+
+    def source_page(self, doc_id: str, workspace: str, page: int, passage: str = "", zoom: float = 1.0) -> RenderedPage:
+        """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
+        record = self.document(doc_id, workspace)
+        return render_page(Path(record.stored_path), page, passage, zoom)
+
+    def source_context(self, doc_id: str, workspace: str, passage: str) -> tuple[str, str, str]:
+        """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
+        record = self.document(doc_id, workspace)
+        return source_context(Path(record.stored_path), record.file_name, passage)
+
+    def original(self, doc_id: str, workspace: str) -> tuple[str, bytes]:
+        """A document's name and original bytes, for download."""
+        record = self.document(doc_id, workspace)
+        return record.file_name, Path(record.stored_path).read_bytes()
 
     def reindex_document(self, doc_id: str, owner: str = "cli", workspace: str = DEFAULT_ID) -> JobSnapshot:
         """Rebuild a document's chunks from its stored upload (e.g. after a splitter change); the current chunks

@@ -213,3 +213,21 @@ def _to_pixels(page: pdfium.PdfPage, cols: int, rows: int, box: tuple[float, flo
         min(max(xs) + pad, cols - 1),
         min(max(ys) + pad, rows - 1),
     )
+
+
+def source_context(stored: Path, name: str, passage: str, window: int = 600) -> tuple[str, str, str]:
+    """`passage_context` over a stored file's whole text (formats without pages); the text is read once per
+    file version. CPU work: call it from a worker thread, not from an event loop."""
+    path = Path(stored)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise RagError(f"{path}: {exc}", user_message="The original file is no longer stored.") from exc
+    return passage_context(_document_text(str(path), stat.st_mtime_ns, name), passage, window)
+
+
+@functools.lru_cache(maxsize=8)
+def _document_text(path: str, _mtime_ns: int, name: str) -> str:
+    from rag.readers import read_file
+
+    return "\n\n".join(d.text for d in read_file(Path(path), name, ocr="off"))

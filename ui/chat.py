@@ -24,6 +24,7 @@ from rag import (
 )
 from ui.documents import document_picker
 from ui.format import md
+from ui.sources import source_viewer
 
 RETRIEVAL_ONLY_HINT = (
     "**Retrieval-only mode**: no language model is connected, so answers quote the best-matching "
@@ -140,12 +141,23 @@ def _store_feedback(conversations: ConversationStore, sid: str, turn_id: int, ke
     conversations.set_feedback(sid, turn_id, None if value is None else (1 if value == 1 else -1))
 
 
-def render_sources(sources: Sequence[Source]) -> None:
-    """The sources of an answer: a line naming them, then file, page, score and passage in an expander."""
+def render_sources(
+    sources: Sequence[Source], service: RagService | None = None, workspace: str = "default", key: str = "new"
+) -> None:
+    """The sources of an answer: a line naming them, a button per source opening where it came from (the
+    source viewer), then file, page, score and passage in an expander."""
     if not sources:
         return
     names = " · ".join(f"\\[{i}\\] {md(s.label)}" for i, s in enumerate(sources, start=1))
     st.caption(f"Sources: {names}")
+    if service is not None:
+        columns = st.columns(min(len(sources), 6))
+        for i, src in enumerate(sources, start=1):
+            opened = columns[(i - 1) % len(columns)].button(
+                f"[{i}] {src.label}"[:40], key=f"chat.open.{key}.{i}", icon=":material/visibility:", type="tertiary"
+            )
+            if opened:
+                source_viewer(service, src, workspace, f"viewer.{key}.{i}")
     with st.expander(f"Sources ({len(sources)})", icon=":material/description:"):
         for i, src in enumerate(sources, start=1):
             st.markdown(f"**\\[{i}\\] {md(src.label)}** · score {src.score:.3f}")

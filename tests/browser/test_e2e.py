@@ -132,3 +132,27 @@ def test_hostile_document_text_neither_runs_nor_loads(page, streamlit_app: Runni
         assert tracker.hits == [] and not [u for u in requests if u.startswith(origin)]  # ...nothing was fetched
     finally:
         tracker.close()
+
+
+def test_a_source_opens_on_its_page_with_the_passage_highlighted(page, streamlit_app: RunningApp, corpus: Path) -> None:  # noqa: ANN001
+    from io import BytesIO
+
+    from PIL import Image
+
+    _upload(page, streamlit_app, corpus / "zoo.pdf")
+    page.get_by_text(re.compile(r"(Indexed|Already present \(unchanged\)) \(1\): zoo\.pdf")).wait_for(timeout=240_000)
+    page.get_by_role("link", name="Chat", exact=True).click()
+    page.get_by_placeholder("Ask a question about your documents").wait_for()
+    _ask(page, "Who are the authors of the zoo package's introduction?")
+    page.get_by_text(re.compile(r"Sources: \[1\] zoo\.pdf, p\. \d+")).last.wait_for(timeout=120_000)
+
+    page.get_by_role("button", name=re.compile(r"^\[1\] zoo\.pdf")).last.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("The passage is highlighted on this page.").wait_for()
+    image = dialog.get_by_role("img").first
+    image.wait_for()
+    shot = Image.open(BytesIO(image.screenshot())).convert("RGB")
+    # The marker tint: yellow over white paper is (255, ~243, ~159); no such pixel is on an untouched page.
+    tinted = sum(1 for r, g, b in shot.getdata() if r > 230 and 225 < g < 250 and 120 < b < 200)
+    assert tinted > 500, tinted
+    assert dialog.get_by_role("button", name="Download zoo.pdf").count() == 1
