@@ -18,6 +18,7 @@ from ui.format import human_duration, md
 _STAGE_ICONS = {
     "queued": ":material/schedule:",
     "reading": ":material/menu_book:",
+    "ocr": ":material/document_scanner:",
     "chunking": ":material/content_cut:",
     "embedding": ":material/memory:",
     "storing": ":material/database:",
@@ -93,9 +94,13 @@ def render_running_job(job: JobSnapshot) -> None:
             value = 1.0
         elif f.chunks_total:
             value = min(1.0, (f.chunks_embedded + f.chunks_done) / (2 * f.chunks_total))
+        elif f.pages_total:  # reading scanned pages comes before any chunk
+            value = 0.5 * f.pages_done / f.pages_total
         else:
             value = 0.0
         parts = [f"{_STAGE_ICONS.get(f.stage, '')} **{md(f.file)}**", str(f.stage)]
+        if f.pages_total and f.stage == "ocr":
+            parts.append(f"{f.pages_done}/{f.pages_total} pages read by OCR")
         if f.chunks_total:
             parts.append(f"{f.chunks_done}/{f.chunks_total} chunks")
         if f.rate > 0 and f.status is None:

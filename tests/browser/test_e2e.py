@@ -156,3 +156,17 @@ def test_a_source_opens_on_its_page_with_the_passage_highlighted(page, streamlit
     tinted = sum(1 for r, g, b in shot.getdata() if r > 230 and 225 < g < 250 and 120 < b < 200)
     assert tinted > 500, tinted
     assert dialog.get_by_role("button", name="Download zoo.pdf").count() == 1
+
+
+def test_a_scanned_pdf_is_read_by_ocr_and_answers(page, streamlit_app: RunningApp, tmp_path: Path) -> None:  # noqa: ANN001
+    from tests.rag.test_ocr import FACTS, write_scanned_pdf
+
+    scan = write_scanned_pdf(tmp_path / "heron-scan.pdf", [[FACTS]])
+    _upload(page, streamlit_app, scan)
+    page.get_by_text(re.compile(r"heron-scan\.pdf · (queued|reading|ocr)")).first.wait_for()
+    page.get_by_text(re.compile(r"Indexed \(1\): heron-scan\.pdf")).wait_for(timeout=300_000)
+    page.get_by_role("link", name="Chat", exact=True).click()
+    page.get_by_placeholder("Ask a question about your documents").wait_for()
+    _ask(page, "Who founded the Quillfeather Observatory, and when?")
+    sources = page.get_by_text(re.compile(r"Sources: \[1\] heron-scan\.pdf, p\. 1")).last
+    sources.wait_for(timeout=120_000)
