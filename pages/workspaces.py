@@ -7,7 +7,7 @@ from ui.auth import current_account, is_admin
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
-from ui.workspaces import KEY, current_workspace
+from ui.workspaces import KEY, choose, current_workspace
 
 ensure_routed()
 
@@ -56,7 +56,7 @@ with st.form("workspaces.create", clear_on_submit=True):
         except RagError as err:
             show_error(err)
         else:
-            st.session_state[KEY] = created.id
+            choose(created.id)
             st.session_state["workspaces.flash"] = f"Created {created.label}."
             st.rerun()
 
@@ -93,7 +93,7 @@ if manageable:
                 show_error(err)
             else:
                 if st.session_state.get(KEY) == chosen.id:
-                    st.session_state.pop(KEY, None)
+                    choose(None)
                 st.session_state["workspaces.flash"] = f"Deleted {chosen.label} and {len(removed)} document(s)."
                 st.rerun()
         if no.button("Cancel", key="workspaces.cancel_delete"):

@@ -71,7 +71,8 @@ def _login_form(accounts: Accounts) -> None:
         submitted = st.form_submit_button("Sign in")
     if submitted:
         try:
-            account = accounts.login(name, password, st.context.ip_address)
+            address = st.context.ip_address
+            account = accounts.login(name, password, address if isinstance(address, str) else None)
         except RagError as exc:
             st.error(exc.user_message)  # the same words for an unknown name and a wrong password
             return

@@ -9,6 +9,13 @@ from ui.auth import current_account
 
 KEY = "workspace.id"
 """Session-state key of the chosen workspace's id."""
+_NEXT = "workspace.next"
+
+
+def choose(workspace_id: str | None) -> None:
+    """Make a workspace the chosen one from the next run on (None: back to the default choice); the
+    chooser is already drawn in this run, so its state cannot change now."""
+    st.session_state[_NEXT] = workspace_id
 
 
 def current_workspace(service: RagService) -> Workspace:
@@ -18,6 +25,8 @@ def current_workspace(service: RagService) -> Workspace:
         service.private_workspace(account)  # every account has one of its own
     choices = service.list_workspaces(account)
     by_id = {w.id: w for w in choices}
+    if _NEXT in st.session_state:
+        st.session_state[KEY] = st.session_state.pop(_NEXT)
     if st.session_state.get(KEY) not in by_id:
         try:
             st.session_state[KEY] = service.workspace(service.settings.workspace, account).id

@@ -24,12 +24,14 @@ HEADINGS = {
     "home": "Ask your documents",
     "upload": "Upload documents",
     "documents": "Documents",
+    "workspaces": "Workspaces",
     "chat": "Chat",
     "benchmarks": "Benchmarks",
     "evaluate": "Evaluate retrieval",
     "settings": "Settings",
 }
-SIDEBAR = [spec.title for spec in PAGES]
+OPEN_PAGES = [spec for spec in PAGES if not spec.admin_only]  # without accounts there are no admins' pages
+SIDEBAR = [spec.title for spec in OPEN_PAGES]
 
 
 def _url(base: str, spec: PageSpec) -> str:
@@ -61,7 +63,7 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         context.close()
 
 
-@pytest.mark.parametrize("spec", PAGES, ids=lambda spec: spec.url_path)
+@pytest.mark.parametrize("spec", OPEN_PAGES, ids=lambda spec: spec.url_path)
 def test_each_page_as_the_first_request_of_a_fresh_server(chromium, spec: PageSpec, tmp_path: Path) -> None:  # noqa: ANN001
     # Each page draws its heading before it needs the engine, so this server gets a Milvus address where
     # nothing listens: the routing is under test, not the engine (and no collection is left behind).
@@ -76,8 +78,8 @@ def test_each_page_as_the_first_request_of_a_fresh_server(chromium, spec: PageSp
 
 @pytest.mark.milvus
 def test_every_page_by_its_url_right_after_a_start_and_later(chromium, streamlit_app: RunningApp) -> None:  # noqa: ANN001
-    first = next(spec for spec in PAGES if spec.url_path == "chat")  # the server's first request
-    for spec in [first, *(s for s in PAGES if s is not first)]:
+    first = next(spec for spec in OPEN_PAGES if spec.url_path == "chat")  # the server's first request
+    for spec in [first, *(s for s in OPEN_PAGES if s is not first)]:
         _open_and_check(chromium, streamlit_app.url, spec)
-    for spec in PAGES:  # later: the process has long left Streamlit's folder mode
+    for spec in OPEN_PAGES:  # later: the process has long left Streamlit's folder mode
         _open_and_check(chromium, streamlit_app.url, spec)
