@@ -365,7 +365,7 @@ def onnx_folder(settings: Settings) -> Path:
 def load_onnx_embedder(settings: Settings, variant: str) -> OnnxEmbedder:
     """The configured model on ONNX Runtime (`onnx` or `onnx-int8`); raises BackendUnavailableError."""
     _, model_id, _ = _model_source(settings)
-    model = OnnxModel(onnx_folder(settings), variant)  # type: ignore[arg-type]
+    model = OnnxModel(onnx_folder(settings), variant, batch_size=settings.embed_batch_size)  # type: ignore[arg-type]
     return OnnxEmbedder(
         model_id=model_id,
         model=model,

@@ -223,20 +223,19 @@ class QueryEngine:
         answer, and `mode` says it in JSON."""
         if not sources:
             return "No indexed document matches this question."
-        candidates = [(i, s) for i, src in enumerate(sources, start=1) for s in _sentences(src.text)][:200]
+        # A sentence shared by overlapping passages is embedded once and cited from the first passage holding it.
+        firsts: dict[str, int] = {}
+        for i, src in enumerate(sources, start=1):
+            for sentence in _sentences(src.text):
+                firsts.setdefault(sentence, i)
+        candidates = [(i, s) for s, i in firsts.items()][:200]
         lines = []
         if candidates:
             q = await self.embedder.aembed_query(question)
             vectors = await self.embedder.aembed([s for _, s in candidates], interactive=True)
             ranked = sorted(zip(candidates, vectors), key=lambda cv: _cosine(q, cv[1]), reverse=True)
-            seen: set[str] = set()
-            for (i, sentence), _vec in ranked:
-                if sentence in seen:
-                    continue
-                seen.add(sentence)
+            for (i, sentence), _vec in ranked[:3]:
                 lines.append(f"- “{escape_markdown(sentence)}” \\[{i}\\]")
-                if len(lines) == 3:
-                    break
         if not lines:
             lines = [f"- “{escape_markdown(sources[0].text[:300])}” \\[1\\]"]
         return "**Best-matching sentences:**\n" + "\n".join(lines)
