@@ -21,7 +21,7 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
-    "AnswerStream": "rag.service",
+    "AnswerStream": "rag.query",
     "AskOptions": "rag.options",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
@@ -52,6 +52,7 @@ _LOCATIONS = {
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
     "QAPair": "rag.evaluate",
+    "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
     "RenderedPage": "rag.sources",
@@ -120,6 +121,7 @@ __all__ = [
     "ModelError",
     "OperationTimeoutError",
     "QAPair",
+    "QuestionService",
     "RagError",
     "RagService",
     "RenderedPage",
@@ -204,9 +206,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
-    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, ChatTurn, Source
+    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
+    from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
-    from rag.service import AnswerStream, RagService, ServiceStatus
+    from rag.service import RagService, ServiceStatus
     from rag.sources import RenderedPage
     from rag.workspaces import Workspace

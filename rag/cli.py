@@ -233,9 +233,9 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
 
     Example: python -m rag ask "What was the author's first program written on?" --top-k 3
     """
-    from rag import RETRIEVAL_ONLY_NOTE, AskOptions
+    from rag import RETRIEVAL_ONLY_NOTE, AskOptions, QuestionService
 
-    service = _service(_settings(ctx))
+    service = QuestionService(_settings(ctx))  # answers without starting the rest of the engine
     try:
         options = AskOptions(top_k=top_k, retrieval=retrieval, workspace=_workspace(service))  # type: ignore[arg-type]
         if as_json:

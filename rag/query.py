@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
-from llama_index.core.llms import ChatMessage, MessageRole
 from pydantic import BaseModel
 
 from rag.config import Settings
@@ -75,6 +74,21 @@ class Answer(BaseModel, frozen=True):
     sources: list[Source]
     standalone_question: str | None = None
     retrieval_seconds: float | None = None
+
+
+class AnswerStream:
+    """Text pieces for `st.write_stream` or a terminal; `.answer` holds the Answer once exhausted."""
+
+    def __init__(self, items: Iterator[str | Answer]) -> None:
+        self._items = items
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._items:
+            if isinstance(item, Answer):
+                self.answer = item
+            else:
+                yield item
 
 
 def _sentences(text: str) -> list[str]:
@@ -196,6 +210,8 @@ class QueryEngine:
             pieces.append(text)
             yield text
         else:
+            from llama_index.core.llms import ChatMessage, MessageRole  # only with an LLM: 2-3 s of imports
+
             messages = [ChatMessage(role=MessageRole.SYSTEM, content=SYSTEM_PROMPT)]
             for turn in history[-6:]:
                 messages.append(ChatMessage(role=MessageRole(turn.role), content=turn.content))

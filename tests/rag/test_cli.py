@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from rag.cli import cli
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.milvus
 
@@ -106,3 +110,25 @@ def test_ingest_json_echoes_each_file_as_given(cli_env, tmp_path: Path, monkeypa
     assert [r["status"] for r in rows] == ["indexed", "indexed"]
     shown = {d["file_name"] for d in json.loads(CliRunner().invoke(cli, ["docs", "list", "--json"], obj={}).stdout)}
     assert "zebras.md" in shown and any(len(n) == 200 and n.endswith("….txt") for n in shown)  # display names
+
+
+def test_ask_imports_only_what_answering_needs(cli_env, tmp_path: Path) -> None:  # noqa: ANN001
+    """`ask` is meant to answer in seconds: no LlamaIndex (2-3 s of imports), no torch on the ONNX backend, no
+    Streamlit, none of the ingestion, job or benchmark machinery. A real process, since imports are the point."""
+    (tmp_path / "giraffes.txt").write_text("Giraffes eat acacia leaves high in the savanna canopy. " * 20)
+    assert CliRunner().invoke(cli, ["ingest", str(tmp_path / "giraffes.txt")], obj={}).exit_code == 0
+    forbidden = ("torch", "transformers", "sentence_transformers", "streamlit", "llama_index", "rag.ingest",
+                 "rag.jobs", "rag.bench", "rag.service", "rag.readers")  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from rag.cli import cli\n"
+        "cli(['ask', 'What do giraffes eat?', '--json'], obj={}, standalone_mode=False)\n"
+        f"found = [m for m in {forbidden!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)]\n"
+        "print(json.dumps(found))\n"
+    )
+    env = {**os.environ, "RAG_EMBED_BACKEND": "onnx-int8"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer, imported = done.stdout.strip().splitlines()[-2:]
+    assert json.loads(answer)["sources"][0]["file_name"] == "giraffes.txt"
+    assert json.loads(imported) == []
