@@ -51,6 +51,7 @@ _LOCATIONS = {
     "LoginThrottledError": "rag.errors",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
+    "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
     "QuestionService": "rag.questions",
     "RagError": "rag.errors",
@@ -76,6 +77,7 @@ _LOCATIONS = {
     "neutralize_markdown": "rag.markdown",
     "parse_pairs": "rag.evaluate",
     "plan": "rag.bench",
+    "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
 }
 
@@ -120,6 +122,7 @@ __all__ = [
     "LoginThrottledError",
     "ModelError",
     "OperationTimeoutError",
+    "Preparation",
     "QAPair",
     "QuestionService",
     "RagError",
@@ -145,6 +148,7 @@ __all__ = [
     "neutralize_markdown",
     "parse_pairs",
     "plan",
+    "prepare_backend",
     "redact_url",
 ]
 
@@ -179,6 +183,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.documents import list_documents
+    from rag.embeddings import Preparation, prepare_backend
     from rag.errors import (
         AccountError,
         AccountNotFoundError,

@@ -36,7 +36,14 @@ from typing import Any, Literal
 
 from rag.config import Settings
 from rag.errors import ConfigError, ModelError
-from rag.onnx_backend import BackendUnavailableError, OnnxModel, available_providers, cpu_threads, ensure_built
+from rag.onnx_backend import (
+    BackendUnavailableError,
+    OnnxModel,
+    available_providers,
+    cache_dir,
+    cpu_threads,
+    ensure_built,
+)
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +409,49 @@ def load_embedder(settings: Settings) -> Embedder:
         log.warning("RAG_EMBED_BACKEND=%s is not available (%s); embedding with %s", requested, exc, embedder.backend)
         embedder.fallback = f"{requested} unavailable: {exc}"
         return embedder
+
+
+# -- building ahead of the first start -------------------------------------------------------------
+@dataclass(frozen=True)
+class Preparation:
+    """What `prepare_backend` did: the backend the engine will use, and whether anything had to be made now."""
+
+    backend: str
+    description: str
+    folder: Path | None = None  # the ONNX build, when the configured backend has one
+    built: bool = False  # the ONNX models were exported now (False: found in the cache, or none needed)
+    calibrated: bool = False  # auto measured the backends now (False: its decision was cached, or not auto)
+    seconds: float = 0.0
+    fallback: str = ""  # why the configured backend could not be built ("" when it was)
+
+    @property
+    def already_built(self) -> bool:
+        """Nothing had to be built or measured: the first start will be fast."""
+        return not (self.built or self.calibrated or self.fallback)
+
+
+def prepare_backend(settings: Settings) -> Preparation:
+    """Build the configured backend into the model cache now (the ONNX export and, for `auto`, the calibration),
+    so that the app's first start does not spend one to two minutes on it; then load it once as a check."""
+    started = time.perf_counter()
+    folder, before_built = None, False
+    _, model_id, source = _model_source(settings)
+    if settings.embed_backend != "torch" and source is not None:
+        with contextlib.suppress(BackendUnavailableError, OSError):
+            folder = cache_dir(source, settings.model_cache_dir, Path(model_id).name)
+            before_built = (folder / "manifest.json").is_file()
+    embedder = load_embedder(settings)
+    built = folder is not None and not before_built and (folder / "manifest.json").is_file()
+    calibrated = bool(embedder.choice and embedder.choice.measurements and not embedder.choice.cached)
+    return Preparation(
+        backend=embedder.backend,
+        description=embedder.describe(),
+        folder=folder if folder is not None and folder.is_dir() else None,
+        built=built,
+        calibrated=calibrated,
+        seconds=round(time.perf_counter() - started, 1),
+        fallback=embedder.fallback,
+    )
 
 
 # -- auto: calibrate once per machine --------------------------------------------------------------

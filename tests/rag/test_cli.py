@@ -132,3 +132,33 @@ def test_ask_imports_only_what_answering_needs(cli_env, tmp_path: Path) -> None:
     answer, imported = done.stdout.strip().splitlines()[-2:]
     assert json.loads(answer)["sources"][0]["file_name"] == "giraffes.txt"
     assert json.loads(imported) == []
+
+
+def test_models_build_builds_once_then_reports_it_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set-up's `models build` exports and calibrates into a fresh cache; the second run has nothing to do.
+    A tiny random model stands in for the bundled one (the same steps, seconds instead of minutes)."""
+    from tests.rag.test_embeddings import _tiny_model
+
+    monkeypatch.setenv("EMBED_MODEL", str(_tiny_model(tmp_path / "tiny")))
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+
+    first = CliRunner().invoke(cli, ["models", "build", "--json"], obj={})
+    assert first.exit_code == 0, first.output
+    made = json.loads(first.stdout)
+    assert made["built"] and made["calibrated"] and not made["already_built"] and made["fallback"] is None
+    assert Path(made["folder"]).parent == tmp_path / "cache" and (Path(made["folder"]) / "model-int8.onnx").is_file()
+    assert list(Path(made["folder"]).glob("choice-*.json"))  # auto's decision is kept beside the build
+
+    again = CliRunner().invoke(cli, ["models", "build"], obj={})
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == "already built" and f"models: {made['folder']}" in again.output
+    assert made["backend"] in again.output
+
+
+def test_models_build_with_torch_has_nothing_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_EMBED_BACKEND", "torch")
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["models", "build"], obj={})
+    assert result.exit_code == 0 and result.output.startswith("nothing to build: torch-")
+    assert not (tmp_path / "cache").exists()
