@@ -70,6 +70,7 @@ _LOCATIONS = {
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
     "default_corpus_dir": "rag.bench",
+    "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
     "escape_math": "rag.markdown",
     "list_documents": "rag.documents",
@@ -141,6 +142,7 @@ __all__ = [
     "WorkspaceNotFoundError",
     "aiter_bench",
     "default_corpus_dir",
+    "describe_embedding",
     "escape_markdown",
     "escape_math",
     "list_documents",
@@ -183,7 +185,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.documents import list_documents
-    from rag.embeddings import Preparation, prepare_backend
+    from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccountError,
         AccountNotFoundError,

@@ -116,10 +116,12 @@ def milvus_stop(ctx: click.Context) -> None:
 @click.pass_context
 @_edge
 def milvus_status(ctx: click.Context, as_json: bool) -> None:
-    """Say whether the embedded server runs, where, and whether it is healthy.
+    """Say whether the embedded server runs, where, and whether it is healthy; and what embeds, and why.
 
     Example: python -m rag milvus status --json
     """
+    from rag import describe_embedding
+
     status = _embedded(ctx).status()
     payload = {
         "running": status.running,
@@ -127,6 +129,7 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
         "uri": redact_url(status.uri) if status.uri else None,
         "pid": status.state.pid if status.state else None,
         "data_dir": str(status.data_dir),
+        "embedding": describe_embedding(_settings(ctx)),
     }
     if as_json:
         click.echo(json.dumps(payload))
@@ -135,6 +138,8 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"running at {payload['uri']} (pid {payload['pid']}), {health}")
     else:
         click.echo("not running")
+    if not as_json:
+        click.echo(f"embedding: {payload['embedding']}")
     if not status.healthy:
         sys.exit(3)
 

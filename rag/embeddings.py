@@ -454,6 +454,26 @@ def prepare_backend(settings: Settings) -> Preparation:
     )
 
 
+def describe_embedding(settings: Settings) -> str:
+    """`Embedder.describe()` of the configured backend for status output, without building anything: a backend
+    not built yet (or auto not yet calibrated) is reported as such, with the command that builds it."""
+    if settings.embed_backend == "torch":
+        return f"torch-{resolve_precision(settings.embed_precision)} (set by RAG_EMBED_BACKEND)"
+    _, model_id, source = _model_source(settings)
+    if source is None:
+        return "torch (the ONNX backends need a local model folder; EMBED_MODEL names a hub model)"
+    try:
+        folder = cache_dir(source, settings.model_cache_dir, Path(model_id).name)
+        ready = (folder / "manifest.json").is_file()
+        if ready and settings.embed_backend == "auto":
+            ready = _choice_path(folder, settings, _candidates(settings)).is_file()
+    except (BackendUnavailableError, OSError) as exc:
+        return f"{settings.embed_backend}: unavailable here ({exc})"
+    if not ready:
+        return f"{settings.embed_backend}: not built yet (python -m rag models build; else the first start builds it)"
+    return load_embedder(settings).describe()
+
+
 # -- auto: calibrate once per machine --------------------------------------------------------------
 def _choice_path(folder: Path, settings: Settings, candidates: Sequence[str]) -> Path:
     """The cached decision for this CPU, thread count, batch size and candidate set."""

@@ -162,3 +162,15 @@ def test_models_build_with_torch_has_nothing_to_build(tmp_path: Path, monkeypatc
     result = CliRunner().invoke(cli, ["models", "build"], obj={})
     assert result.exit_code == 0 and result.output.startswith("nothing to build: torch-")
     assert not (tmp_path / "cache").exists()
+
+
+def test_status_says_what_embeds_and_why_without_building_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))  # no embedded server runs here: exit code 3
+    built = CliRunner().invoke(cli, ["milvus", "status", "--json"], obj={})  # the tests' cache: built, chosen
+    assert built.exit_code == 3 and "auto: fastest of" in json.loads(built.stdout)["embedding"]
+
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "empty"))
+    fresh = CliRunner().invoke(cli, ["milvus", "status"], obj={})
+    assert fresh.exit_code == 3
+    assert "embedding: auto: not built yet (python -m rag models build" in fresh.output
+    assert not list((tmp_path / "empty").glob("all-MiniLM-L6-v2-*"))  # nothing was built
