@@ -174,3 +174,18 @@ def test_status_says_what_embeds_and_why_without_building_it(tmp_path: Path, mon
     assert fresh.exit_code == 3
     assert "embedding: auto: not built yet (python -m rag models build" in fresh.output
     assert not list((tmp_path / "empty").glob("all-MiniLM-L6-v2-*"))  # nothing was built
+
+
+def test_docs_list_reads_the_catalogue_alone(tmp_path: Path) -> None:
+    """`docs list` reads SQLite: no LlamaIndex, Milvus client or model is imported (it answers in under a second)."""
+    forbidden = ("llama_index", "pymilvus", "onnxruntime", "torch", "streamlit")
+    code = (
+        "import json, sys\n"
+        "from rag.cli import cli\n"
+        "cli(['docs', 'list', '--json'], obj={}, standalone_mode=False)\n"
+        f"print(json.dumps([m for m in {forbidden!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)]))\n"
+    )
+    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == ["[]", "[]"]  # no documents, nothing heavy imported
