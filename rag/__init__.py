@@ -21,7 +21,7 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
-    "AnswerStream": "rag.service",
+    "AnswerStream": "rag.query",
     "AskOptions": "rag.options",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
@@ -51,7 +51,9 @@ _LOCATIONS = {
     "LoginThrottledError": "rag.errors",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
+    "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
+    "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
     "RenderedPage": "rag.sources",
@@ -68,6 +70,7 @@ _LOCATIONS = {
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
     "default_corpus_dir": "rag.bench",
+    "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
     "escape_math": "rag.markdown",
     "list_documents": "rag.documents",
@@ -75,6 +78,7 @@ _LOCATIONS = {
     "neutralize_markdown": "rag.markdown",
     "parse_pairs": "rag.evaluate",
     "plan": "rag.bench",
+    "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
 }
 
@@ -119,7 +123,9 @@ __all__ = [
     "LoginThrottledError",
     "ModelError",
     "OperationTimeoutError",
+    "Preparation",
     "QAPair",
+    "QuestionService",
     "RagError",
     "RagService",
     "RenderedPage",
@@ -136,6 +142,7 @@ __all__ = [
     "WorkspaceNotFoundError",
     "aiter_bench",
     "default_corpus_dir",
+    "describe_embedding",
     "escape_markdown",
     "escape_math",
     "list_documents",
@@ -143,6 +150,7 @@ __all__ = [
     "neutralize_markdown",
     "parse_pairs",
     "plan",
+    "prepare_backend",
     "redact_url",
 ]
 
@@ -177,6 +185,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.documents import list_documents
+    from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccountError,
         AccountNotFoundError,
@@ -204,9 +213,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
-    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, ChatTurn, Source
+    from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
+    from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
-    from rag.service import AnswerStream, RagService, ServiceStatus
+    from rag.service import RagService, ServiceStatus
     from rag.sources import RenderedPage
     from rag.workspaces import Workspace

@@ -116,10 +116,12 @@ def milvus_stop(ctx: click.Context) -> None:
 @click.pass_context
 @_edge
 def milvus_status(ctx: click.Context, as_json: bool) -> None:
-    """Say whether the embedded server runs, where, and whether it is healthy.
+    """Say whether the embedded server runs, where, and whether it is healthy; and what embeds, and why.
 
     Example: python -m rag milvus status --json
     """
+    from rag import describe_embedding
+
     status = _embedded(ctx).status()
     payload = {
         "running": status.running,
@@ -127,6 +129,7 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
         "uri": redact_url(status.uri) if status.uri else None,
         "pid": status.state.pid if status.state else None,
         "data_dir": str(status.data_dir),
+        "embedding": describe_embedding(_settings(ctx)),
     }
     if as_json:
         click.echo(json.dumps(payload))
@@ -135,8 +138,65 @@ def milvus_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"running at {payload['uri']} (pid {payload['pid']}), {health}")
     else:
         click.echo("not running")
+    if not as_json:
+        click.echo(f"embedding: {payload['embedding']}")
     if not status.healthy:
         sys.exit(3)
+
+
+@cli.group()
+def models() -> None:
+    """Prepare the embedding model's backend ahead of the first start."""
+
+
+@models.command("build")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print {backend, description, folder, built, calibrated, already_built, seconds, fallback}.",
+)
+@click.pass_context
+@_edge
+def models_build(ctx: click.Context, as_json: bool) -> None:
+    """Build the embedding backend into the model cache now, so the app's first start does not wait for it.
+
+    \b
+    With RAG_EMBED_BACKEND=auto (the default) or onnx/onnx-int8, this exports the model to ONNX (and its
+    int8 copy) into RAG_EMBED_CACHE_DIR (default <data dir>/models), and auto also times the backends on this
+    machine and keeps its choice there: one to two minutes, once. A second run finds everything built and
+    says so. With RAG_EMBED_BACKEND=torch there is nothing to build. Exit code 1 when the configured backend
+    could not be built (the engine would fall back to torch; the reason is printed).
+
+    Example: python -m rag models build
+    """
+    from rag import prepare_backend
+
+    done = prepare_backend(_settings(ctx))
+    payload = {
+        "backend": done.backend,
+        "description": done.description,
+        "folder": str(done.folder) if done.folder else None,
+        "built": done.built,
+        "calibrated": done.calibrated,
+        "already_built": done.already_built,
+        "seconds": done.seconds,
+        "fallback": done.fallback or None,
+    }
+    if as_json:
+        click.echo(json.dumps(payload))
+    elif done.fallback:
+        click.echo(f"could not build: {done.fallback}")
+    elif done.folder is None:
+        click.echo(f"nothing to build: {done.description}")
+    else:
+        steps = (("built the ONNX models", done.built), ("measured the backends", done.calibrated))
+        made = [what for what, now in steps if now]
+        click.echo(f"{' and '.join(made).capitalize()} in {done.seconds:.1f} s" if made else "already built")
+        click.echo(f"models: {done.folder}")
+        click.echo(f"backend: {done.description}")
+    if done.fallback:
+        sys.exit(1)
 
 
 @cli.command()
@@ -233,9 +293,9 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
 
     Example: python -m rag ask "What was the author's first program written on?" --top-k 3
     """
-    from rag import RETRIEVAL_ONLY_NOTE, AskOptions
+    from rag import RETRIEVAL_ONLY_NOTE, AskOptions, QuestionService
 
-    service = _service(_settings(ctx))
+    service = QuestionService(_settings(ctx))  # answers without starting the rest of the engine
     try:
         options = AskOptions(top_k=top_k, retrieval=retrieval, workspace=_workspace(service))  # type: ignore[arg-type]
         if as_json:

@@ -32,7 +32,6 @@ from typing import BinaryIO
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
-from rag.readers import file_type
 from rag.store import DocumentStore, chunk_id
 from rag.workspaces import DEFAULT_ID, Workspaces
 
@@ -137,7 +136,9 @@ class DocumentLibrary:
                     digest.update(block)
                     out.write(block)
             content_hash = digest.hexdigest()
-            target = self.uploads / f"{content_hash}{file_type(name)[:16]}"
+            # The extension as rag.readers.file_type gives it: importing that module (LlamaIndex, 2-3 s) here
+            # would make `docs list` wait for it.
+            target = self.uploads / f"{content_hash}{Path(name).suffix.lower()[:16]}"
             with self._holds_lock:
                 if target.exists():
                     tmp.unlink()

@@ -36,7 +36,14 @@ from typing import Any, Literal
 
 from rag.config import Settings
 from rag.errors import ConfigError, ModelError
-from rag.onnx_backend import BackendUnavailableError, OnnxModel, available_providers, cpu_threads, ensure_built
+from rag.onnx_backend import (
+    BackendUnavailableError,
+    OnnxModel,
+    available_providers,
+    cache_dir,
+    cpu_threads,
+    ensure_built,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +372,7 @@ def onnx_folder(settings: Settings) -> Path:
 def load_onnx_embedder(settings: Settings, variant: str) -> OnnxEmbedder:
     """The configured model on ONNX Runtime (`onnx` or `onnx-int8`); raises BackendUnavailableError."""
     _, model_id, _ = _model_source(settings)
-    model = OnnxModel(onnx_folder(settings), variant)  # type: ignore[arg-type]
+    model = OnnxModel(onnx_folder(settings), variant, batch_size=settings.embed_batch_size)  # type: ignore[arg-type]
     return OnnxEmbedder(
         model_id=model_id,
         model=model,
@@ -402,6 +409,69 @@ def load_embedder(settings: Settings) -> Embedder:
         log.warning("RAG_EMBED_BACKEND=%s is not available (%s); embedding with %s", requested, exc, embedder.backend)
         embedder.fallback = f"{requested} unavailable: {exc}"
         return embedder
+
+
+# -- building ahead of the first start -------------------------------------------------------------
+@dataclass(frozen=True)
+class Preparation:
+    """What `prepare_backend` did: the backend the engine will use, and whether anything had to be made now."""
+
+    backend: str
+    description: str
+    folder: Path | None = None  # the ONNX build, when the configured backend has one
+    built: bool = False  # the ONNX models were exported now (False: found in the cache, or none needed)
+    calibrated: bool = False  # auto measured the backends now (False: its decision was cached, or not auto)
+    seconds: float = 0.0
+    fallback: str = ""  # why the configured backend could not be built ("" when it was)
+
+    @property
+    def already_built(self) -> bool:
+        """Nothing had to be built or measured: the first start will be fast."""
+        return not (self.built or self.calibrated or self.fallback)
+
+
+def prepare_backend(settings: Settings) -> Preparation:
+    """Build the configured backend into the model cache now (the ONNX export and, for `auto`, the calibration),
+    so that the app's first start does not spend one to two minutes on it; then load it once as a check."""
+    started = time.perf_counter()
+    folder, before_built = None, False
+    _, model_id, source = _model_source(settings)
+    if settings.embed_backend != "torch" and source is not None:
+        with contextlib.suppress(BackendUnavailableError, OSError):
+            folder = cache_dir(source, settings.model_cache_dir, Path(model_id).name)
+            before_built = (folder / "manifest.json").is_file()
+    embedder = load_embedder(settings)
+    built = folder is not None and not before_built and (folder / "manifest.json").is_file()
+    calibrated = bool(embedder.choice and embedder.choice.measurements and not embedder.choice.cached)
+    return Preparation(
+        backend=embedder.backend,
+        description=embedder.describe(),
+        folder=folder if folder is not None and folder.is_dir() else None,
+        built=built,
+        calibrated=calibrated,
+        seconds=round(time.perf_counter() - started, 1),
+        fallback=embedder.fallback,
+    )
+
+
+def describe_embedding(settings: Settings) -> str:
+    """`Embedder.describe()` of the configured backend for status output, without building anything: a backend
+    not built yet (or auto not yet calibrated) is reported as such, with the command that builds it."""
+    if settings.embed_backend == "torch":
+        return f"torch-{resolve_precision(settings.embed_precision)} (set by RAG_EMBED_BACKEND)"
+    _, model_id, source = _model_source(settings)
+    if source is None:
+        return "torch (the ONNX backends need a local model folder; EMBED_MODEL names a hub model)"
+    try:
+        folder = cache_dir(source, settings.model_cache_dir, Path(model_id).name)
+        ready = (folder / "manifest.json").is_file()
+        if ready and settings.embed_backend == "auto":
+            ready = _choice_path(folder, settings, _candidates(settings)).is_file()
+    except (BackendUnavailableError, OSError) as exc:
+        return f"{settings.embed_backend}: unavailable here ({exc})"
+    if not ready:
+        return f"{settings.embed_backend}: not built yet (python -m rag models build; else the first start builds it)"
+    return load_embedder(settings).describe()
 
 
 # -- auto: calibrate once per machine --------------------------------------------------------------

@@ -322,14 +322,14 @@ def cpu_threads() -> int:
 class OnnxModel:
     """One built variant of the model in an ONNX Runtime session, with its tokenizer and pooling."""
 
-    def __init__(self, folder: Path, variant: Variant, use_gpu: bool = True) -> None:
+    def __init__(self, folder: Path, variant: Variant, use_gpu: bool = True, batch_size: int = 16) -> None:
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise BackendUnavailableError(f"a runtime package is missing: {exc}") from exc
         manifest = json.loads((folder / "manifest.json").read_text())
-        self.folder, self.variant = folder, variant
+        self.folder, self.variant, self.batch_size = folder, variant, max(1, batch_size)
         self.pipeline = Pipeline(**manifest["pipeline"])
         self.input_names: list[str] = json.loads((folder / "inputs.json").read_text())
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -360,7 +360,24 @@ class OnnxModel:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
     def encode(self, texts: Sequence[str]) -> Any:
-        """Unit vectors (a float32 numpy array, one row per text), as sentence-transformers computes them."""
+        """Unit vectors (a float32 numpy array, one row per text), as sentence-transformers computes them.
+
+        More texts than a batch run as batches of similar length: a batch is padded to its longest text, so
+        one batch of a retrieval-only answer's 127 sentences (one of 132 tokens, most under 30) took 3.7 s
+        here against 1.1 s sorted into batches of 16.
+        """
+        import numpy as np
+
+        if len(texts) <= self.batch_size:
+            return self._encode_batch(texts)
+        vectors = np.empty((len(texts), self.pipeline.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            vectors[rows] = self._encode_batch([texts[i] for i in rows])
+        return vectors
+
+    def _encode_batch(self, texts: Sequence[str]) -> Any:
         import numpy as np
 
         if not texts:

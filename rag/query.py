@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
-from llama_index.core.llms import ChatMessage, MessageRole
 from pydantic import BaseModel
 
 from rag.config import Settings
@@ -75,6 +74,21 @@ class Answer(BaseModel, frozen=True):
     sources: list[Source]
     standalone_question: str | None = None
     retrieval_seconds: float | None = None
+
+
+class AnswerStream:
+    """Text pieces for `st.write_stream` or a terminal; `.answer` holds the Answer once exhausted."""
+
+    def __init__(self, items: Iterator[str | Answer]) -> None:
+        self._items = items
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._items:
+            if isinstance(item, Answer):
+                self.answer = item
+            else:
+                yield item
 
 
 def _sentences(text: str) -> list[str]:
@@ -196,6 +210,8 @@ class QueryEngine:
             pieces.append(text)
             yield text
         else:
+            from llama_index.core.llms import ChatMessage, MessageRole  # only with an LLM: 2-3 s of imports
+
             messages = [ChatMessage(role=MessageRole.SYSTEM, content=SYSTEM_PROMPT)]
             for turn in history[-6:]:
                 messages.append(ChatMessage(role=MessageRole(turn.role), content=turn.content))
@@ -223,20 +239,19 @@ class QueryEngine:
         answer, and `mode` says it in JSON."""
         if not sources:
             return "No indexed document matches this question."
-        candidates = [(i, s) for i, src in enumerate(sources, start=1) for s in _sentences(src.text)][:200]
+        # A sentence shared by overlapping passages is embedded once and cited from the first passage holding it.
+        firsts: dict[str, int] = {}
+        for i, src in enumerate(sources, start=1):
+            for sentence in _sentences(src.text):
+                firsts.setdefault(sentence, i)
+        candidates = [(i, s) for s, i in firsts.items()][:200]
         lines = []
         if candidates:
             q = await self.embedder.aembed_query(question)
             vectors = await self.embedder.aembed([s for _, s in candidates], interactive=True)
             ranked = sorted(zip(candidates, vectors), key=lambda cv: _cosine(q, cv[1]), reverse=True)
-            seen: set[str] = set()
-            for (i, sentence), _vec in ranked:
-                if sentence in seen:
-                    continue
-                seen.add(sentence)
+            for (i, sentence), _vec in ranked[:3]:
                 lines.append(f"- “{escape_markdown(sentence)}” \\[{i}\\]")
-                if len(lines) == 3:
-                    break
         if not lines:
             lines = [f"- “{escape_markdown(sources[0].text[:300])}” \\[1\\]"]
         return "**Best-matching sentences:**\n" + "\n".join(lines)

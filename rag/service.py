@@ -25,28 +25,13 @@ from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import build_llm, describe_llm
 from rag.options import AskOptions, Retrieval
-from rag.query import Answer, ChatTurn, QueryEngine, Source
+from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
 from rag.runtime import Runtime
 from rag.sources import RenderedPage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 from rag.workspaces import DEFAULT_ID, Workspace, Workspaces
 
 log = logging.getLogger(__name__)
-
-
-class AnswerStream:
-    """Text pieces for `st.write_stream` or a terminal; `.answer` holds the Answer once exhausted."""
-
-    def __init__(self, items: Iterator[str | Answer]) -> None:
-        self._items = items
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self._items:
-            if isinstance(item, Answer):
-                self.answer = item
-            else:
-                yield item
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llama_index.core.schema import BaseNode, NodeWithScore
-from llama_index.core.vector_stores import (
-    FilterOperator,
-    MetadataFilter,
-    MetadataFilters,
-    VectorStoreQuery,
-)
-from llama_index.core.vector_stores.types import VectorStoreQueryMode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rag.coalesce import Coalescer
@@ -40,6 +33,9 @@ from rag.errors import (
 )
 from rag.keyword import KeywordHit, KeywordIndex, KeywordRow
 from rag.milvus_server import EmbeddedMilvus
+
+if TYPE_CHECKING:  # LlamaIndex takes 2-3 s to import: searches work without it (see Hit), writes import it
+    from llama_index.core.schema import BaseNode
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +68,28 @@ def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
 def neighbour_id(of_chunk: str, position: int) -> str:
     """The id of the chunk at `position` in the same document and generation as `of_chunk`."""
     return f"{of_chunk.rsplit('-', 1)[0]}-{position:06d}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stored chunk as a search returns it. It answers what the engine asks of LlamaIndex's TextNode
+    (`node_id`, `metadata`, `get_content()`), so questions are answered without importing LlamaIndex."""
+
+    node_id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def get_content(self) -> str:
+        """The chunk's text."""
+        return self.text
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result shaped like LlamaIndex's NodeWithScore: a chunk (or node) and its score."""
+
+    node: Any  # Chunk, or a LlamaIndex node from the server's own hybrid search
+    score: float
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,10 @@ def probe_features(connection: Connection, collection: str, overwrite: bool = Fa
             fields = client.describe_collection(collection)["fields"] if exists else []
         finally:
             client.close()
+    return _features(connection, collection, version, exists, fields)
+
+
+def _features(connection: Connection, collection: str, version: str, exists: bool, fields: list[dict]) -> Features:
     lite = connection.kind == "lite" or version.startswith("milvus_lite")
     server_ok = lite or _version_tuple(version) >= (2, 5)
     if not server_ok:
@@ -233,7 +255,7 @@ class DocumentStore:
         self._synced = False
         dim = int(getattr(vector_store, "dim", None) or 0) or 1024
         # Dense searches started together leave as a few multi-vector requests (see rag.coalesce).
-        self.searches: Coalescer[tuple[int, str], list[float], list[NodeWithScore]] = Coalescer(
+        self.searches: Coalescer[tuple[int, str], list[float], list[Hit]] = Coalescer(
             self._adense_batch,
             max_batch=max(1, min(_MAX_NQ, _MAX_REQUEST_BYTES // (4 * dim))),
             max_requests=search_requests,
@@ -342,6 +364,38 @@ class DocumentStore:
         if rows:
             log.info("moved %d chunks of collection %s into the default workspace", len(rows), self.name)
         return len(rows)
+
+    @classmethod
+    async def aopen_for_search(
+        cls, settings: Settings, connection: Connection, dim: int, model_id: str
+    ) -> DocumentStore:
+        """Open the collection to search it only (`ask`): one async client, no LlamaIndex, no index or load calls.
+
+        A collection that does not exist yet, whose keyword search runs in the server (LlamaIndex's hybrid
+        query) or that predates workspaces (a migration writes) is opened by `abuild` instead.
+        """
+        from pymilvus import AsyncMilvusClient
+
+        name = settings.collection
+        aclient = AsyncMilvusClient(uri=connection.uri, token=connection.token, timeout=30)
+        try:
+            with map_milvus_errors("open the collection"):
+                version = str(await aclient.get_server_version())
+                exists = await aclient.has_collection(name)
+                fields = (await aclient.describe_collection(name))["fields"] if exists else []
+            features = _features(connection, name, version, exists, fields)
+        except BaseException:
+            await aclient.close()
+            raise
+        if not exists or features.keyword_search or WORKSPACE_FIELD not in {f["name"] for f in fields}:
+            # a new collection, the server's own BM25, or chunks from before workspaces (migrated by abuild)
+            await aclient.close()
+            return await cls.abuild(settings, connection, dim, model_id)
+        keyword = await asyncio.to_thread(KeywordIndex, Path(settings.data_dir) / "keyword.sqlite3", name)
+        features = Features(features.version, True, features.reason, keyword_backend="local")
+        self = cls(_SearchCollection(aclient, connection, name, dim), connection, settings, features, keyword=keyword)
+        await self._check_model(dim, model_id)
+        return self
 
     def _retrying(self) -> AsyncRetrying:
         """Retry transient failures with backoff; a collection found unloaded is loaded before the retry."""
@@ -502,7 +556,7 @@ class DocumentStore:
         retrieval: str = "dense",
         query_text: str | None = None,
         workspace: str | None = None,
-    ) -> list[NodeWithScore]:
+    ) -> list[Hit]:
         """Dense, keyword (BM25) or hybrid (both, fused by RRF) search within a workspace (every one when None),
         optionally limited to some of its documents."""
         if retrieval != "dense" and not self.features.keyword_search:
@@ -518,6 +572,9 @@ class DocumentStore:
                 self._adense(embedding, depth, scope), self._akeyword(query_text or "", depth, scope)
             )
             return fuse_rrf([dense, keyword], top_k)
+        from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+        from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
         conditions = []
         if workspace is not None:
             conditions.append(MetadataFilter(key=WORKSPACE_FIELD, value=workspace, operator=FilterOperator.EQ))
@@ -535,8 +592,7 @@ class DocumentStore:
             with attempt, map_milvus_errors("search"):
                 result = await self.vector_store.aquery(query)
         return [
-            NodeWithScore(node=node, score=float(score))
-            for node, score in zip(result.nodes or [], result.similarities or [])
+            Hit(node=node, score=float(score)) for node, score in zip(result.nodes or [], result.similarities or [])
         ]
 
     async def aload_state(self) -> str:
@@ -546,7 +602,7 @@ class DocumentStore:
         name = getattr(state, "name", str(state))
         return {"Loaded": "loaded", "Loading": "loading", "NotLoad": "not loaded"}.get(name, name.lower())
 
-    async def aneighbours(self, hits: Sequence[NodeWithScore], width: int) -> dict[str, tuple[str, int | None]]:
+    async def aneighbours(self, hits: Sequence[Hit], width: int) -> dict[str, tuple[str, int | None]]:
         """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
         wanted: set[str] = set()
         for hit in hits:
@@ -567,7 +623,7 @@ class DocumentStore:
                 rows = await self.aclient.query(self.name, filter=f"id in [{ids}]", output_fields=[TEXT_FIELD, "page"])
         return {str(r["id"]): (str(r.get(TEXT_FIELD) or ""), _int_or_none(r.get("page"))) for r in rows}
 
-    async def _adense(self, embedding: list[float] | None, top_k: int, scope: Scope) -> list[NodeWithScore]:
+    async def _adense(self, embedding: list[float] | None, top_k: int, scope: Scope) -> list[Hit]:
         """A dense search that never answers "nothing" for chunks that are stored but not yet visible."""
         if embedding is None:
             raise ValueError("a dense search needs an embedding")
@@ -595,7 +651,7 @@ class DocumentStore:
                 )
         return int(rows[0]["count(*)"]) if rows else 0
 
-    async def _adense_batch(self, key: tuple[int, str], vectors: list[list[float]]) -> list[list[NodeWithScore]]:
+    async def _adense_batch(self, key: tuple[int, str], vectors: list[list[float]]) -> list[list[Hit]]:
         """One search request for many query vectors; each query's hits become nodes as `aquery` makes them."""
         top_k, flt = key
         async for attempt in self._retrying():
@@ -613,11 +669,10 @@ class DocumentStore:
             return [self._hits_to_nodes(hits) for hits in res]
         return await asyncio.to_thread(lambda: [self._hits_to_nodes(hits) for hits in res])  # big: off the loop
 
-    def _hits_to_nodes(self, hits: Any) -> list[NodeWithScore]:
-        nodes, scores, _ids = self.vector_store._parse_from_milvus_results([hits])
-        return [NodeWithScore(node=n, score=float(s)) for n, s in zip(nodes, scores)]
+    def _hits_to_nodes(self, hits: Any) -> list[Hit]:
+        return [Hit(node=_chunk(hit), score=float(hit["distance"])) for hit in hits]
 
-    async def _akeyword(self, text: str, top_k: int, scope: Scope) -> list[NodeWithScore]:
+    async def _akeyword(self, text: str, top_k: int, scope: Scope) -> list[Hit]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
         if self.keyword is not None:
             hits = await asyncio.to_thread(self.keyword.search, text, top_k, scope.doc_ids, scope.workspace)
@@ -634,7 +689,7 @@ class DocumentStore:
                     output_fields=list(_OUTPUT_FIELDS) + [TEXT_FIELD],
                     search_params={"metric_type": "BM25"},
                 )
-        return [NodeWithScore(node=n.node, score=abs(n.score or 0.0)) for n in self._hits_to_nodes(res[0])]
+        return [Hit(node=n.node, score=abs(n.score or 0.0)) for n in self._hits_to_nodes(res[0])]
 
     async def aversion(self) -> str:
         """The server's version string."""
@@ -653,22 +708,49 @@ class DocumentStore:
         with contextlib.suppress(Exception):
             await self.aclient.close()
         with contextlib.suppress(Exception):
-            self.vector_store.client.close()
+            if isinstance(self.vector_store, _SearchCollection):
+                self.vector_store.close()  # without opening the sync client it may never have used
+            else:
+                self.vector_store.client.close()
         if self.keyword is not None:
             self.keyword.close()
 
 
-def fuse_rrf(rankings: Sequence[Sequence[NodeWithScore]], top_k: int, k: int = RRF_K) -> list[NodeWithScore]:
+class _SearchCollection:
+    """The parts of MilvusVectorStore a search uses (`DocumentStore.aopen_for_search`), without LlamaIndex."""
+
+    search_config: dict[str, Any] = {}  # noqa: RUF012 - MilvusVectorStore's default: the index's own parameters
+
+    def __init__(self, aclient: Any, connection: Connection, name: str, dim: int) -> None:
+        self.aclient, self.connection, self.collection_name, self.dim = aclient, connection, name, dim
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """A sync client, connected on first use (reading every row of a document pages through it)."""
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            self._client = MilvusClient(uri=self.connection.uri, token=self.connection.token, timeout=30)
+        return self._client
+
+    def close(self) -> None:
+        """Close the sync client if one was opened (the async one is closed by the store)."""
+        if self._client is not None:
+            self._client.close()
+
+
+def fuse_rrf(rankings: Sequence[Sequence[Any]], top_k: int, k: int = RRF_K) -> list[Hit]:
     """Reciprocal rank fusion: each list gives a node 1/(k + rank); the fused score is the sum."""
     scores: dict[str, float] = {}
-    nodes: dict[str, NodeWithScore] = {}
+    nodes: dict[str, Any] = {}
     for ranking in rankings:
         for rank, hit in enumerate(ranking, start=1):
             key = hit.node.node_id
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
             nodes.setdefault(key, hit)
     best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
-    return [NodeWithScore(node=nodes[key].node, score=scores[key]) for key in best]
+    return [Hit(node=nodes[key].node, score=scores[key]) for key in best]
 
 
 def _keyword_row(node: BaseNode) -> KeywordRow:
@@ -684,15 +766,24 @@ def _keyword_row(node: BaseNode) -> KeywordRow:
     )
 
 
-def _keyword_node(hit: KeywordHit) -> NodeWithScore:
-    from llama_index.core.schema import TextNode
+def _chunk(hit: Any) -> Chunk:
+    """A search hit's chunk as `MilvusVectorStore` would rebuild its node: id and metadata from the stored node
+    JSON (`_node_content`), text from the text field."""
+    entity = hit["entity"]
+    stored = json.loads(entity["_node_content"]) if entity.get("_node_content") else {}
+    metadata = stored.get("metadata") if isinstance(stored.get("metadata"), dict) else None
+    if metadata is None:
+        metadata = {key: entity.get(key) for key in _OUTPUT_FIELDS}
+    return Chunk(node_id=str(stored.get("id_") or hit["id"]), text=str(entity.get(TEXT_FIELD) or ""), metadata=metadata)
 
+
+def _keyword_node(hit: KeywordHit) -> Hit:
     meta: dict[str, Any] = {"file_name": hit.file_name, DOC_ID_FIELD: hit.doc_id}
     if hit.page is not None:
         meta["page"] = hit.page
     if hit.chunk is not None:
         meta["chunk"] = hit.chunk
-    return NodeWithScore(node=TextNode(id_=hit.chunk_id, text=hit.text, metadata=meta), score=hit.score)
+    return Hit(node=Chunk(node_id=hit.chunk_id, text=hit.text, metadata=meta), score=hit.score)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from rag.cli import cli
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.milvus
 
@@ -106,3 +110,82 @@ def test_ingest_json_echoes_each_file_as_given(cli_env, tmp_path: Path, monkeypa
     assert [r["status"] for r in rows] == ["indexed", "indexed"]
     shown = {d["file_name"] for d in json.loads(CliRunner().invoke(cli, ["docs", "list", "--json"], obj={}).stdout)}
     assert "zebras.md" in shown and any(len(n) == 200 and n.endswith("….txt") for n in shown)  # display names
+
+
+def test_ask_imports_only_what_answering_needs(cli_env, tmp_path: Path) -> None:  # noqa: ANN001
+    """`ask` is meant to answer in seconds: no LlamaIndex (2-3 s of imports), no torch on the ONNX backend, no
+    Streamlit, none of the ingestion, job or benchmark machinery. A real process, since imports are the point."""
+    (tmp_path / "giraffes.txt").write_text("Giraffes eat acacia leaves high in the savanna canopy. " * 20)
+    assert CliRunner().invoke(cli, ["ingest", str(tmp_path / "giraffes.txt")], obj={}).exit_code == 0
+    forbidden = ("torch", "transformers", "sentence_transformers", "streamlit", "llama_index", "rag.ingest",
+                 "rag.jobs", "rag.bench", "rag.service", "rag.readers")  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from rag.cli import cli\n"
+        "cli(['ask', 'What do giraffes eat?', '--json'], obj={}, standalone_mode=False)\n"
+        f"found = [m for m in {forbidden!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)]\n"
+        "print(json.dumps(found))\n"
+    )
+    env = {**os.environ, "RAG_EMBED_BACKEND": "onnx-int8"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer, imported = done.stdout.strip().splitlines()[-2:]
+    assert json.loads(answer)["sources"][0]["file_name"] == "giraffes.txt"
+    assert json.loads(imported) == []
+
+
+def test_models_build_builds_once_then_reports_it_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set-up's `models build` exports and calibrates into a fresh cache; the second run has nothing to do.
+    A tiny random model stands in for the bundled one (the same steps, seconds instead of minutes)."""
+    from tests.rag.test_embeddings import _tiny_model
+
+    monkeypatch.setenv("EMBED_MODEL", str(_tiny_model(tmp_path / "tiny")))
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+
+    first = CliRunner().invoke(cli, ["models", "build", "--json"], obj={})
+    assert first.exit_code == 0, first.output
+    made = json.loads(first.stdout)
+    assert made["built"] and made["calibrated"] and not made["already_built"] and made["fallback"] is None
+    assert Path(made["folder"]).parent == tmp_path / "cache" and (Path(made["folder"]) / "model-int8.onnx").is_file()
+    assert list(Path(made["folder"]).glob("choice-*.json"))  # auto's decision is kept beside the build
+
+    again = CliRunner().invoke(cli, ["models", "build"], obj={})
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == "already built" and f"models: {made['folder']}" in again.output
+    assert made["backend"] in again.output
+
+
+def test_models_build_with_torch_has_nothing_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_EMBED_BACKEND", "torch")
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["models", "build"], obj={})
+    assert result.exit_code == 0 and result.output.startswith("nothing to build: torch-")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_status_says_what_embeds_and_why_without_building_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))  # no embedded server runs here: exit code 3
+    built = CliRunner().invoke(cli, ["milvus", "status", "--json"], obj={})  # the tests' cache: built, chosen
+    assert built.exit_code == 3 and "auto: fastest of" in json.loads(built.stdout)["embedding"]
+
+    monkeypatch.setenv("RAG_EMBED_CACHE_DIR", str(tmp_path / "empty"))
+    fresh = CliRunner().invoke(cli, ["milvus", "status"], obj={})
+    assert fresh.exit_code == 3
+    assert "embedding: auto: not built yet (python -m rag models build" in fresh.output
+    assert not list((tmp_path / "empty").glob("all-MiniLM-L6-v2-*"))  # nothing was built
+
+
+def test_docs_list_reads_the_catalogue_alone(tmp_path: Path) -> None:
+    """`docs list` reads SQLite: no LlamaIndex, Milvus client or model is imported (it answers in under a second)."""
+    forbidden = ("llama_index", "pymilvus", "onnxruntime", "torch", "streamlit")
+    code = (
+        "import json, sys\n"
+        "from rag.cli import cli\n"
+        "cli(['docs', 'list', '--json'], obj={}, standalone_mode=False)\n"
+        f"print(json.dumps([m for m in {forbidden!r} if any(k == m or k.startswith(m + '.') for k in sys.modules)]))\n"
+    )
+    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == ["[]", "[]"]  # no documents, nothing heavy imported

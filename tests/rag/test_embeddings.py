@@ -169,6 +169,17 @@ def test_the_build_is_reused_and_rebuilt_when_the_model_changes(tmp_path: Path) 
     assert not first.exists()  # the stale build is removed
 
 
+def test_many_texts_run_in_length_sorted_batches_and_come_back_in_order(
+    onnx_embedders: dict[str, OnnxEmbedder],
+) -> None:
+    model = onnx_embedders["onnx"].model
+    texts = [TEXTS[i % 3][: 20 + 37 * i] for i in range(2 * model.batch_size + 3)]  # lengths out of order
+    together = model.encode(texts)
+    alone = np.vstack([model.encode([text]) for text in texts])
+    assert together.shape == (len(texts), 384)
+    assert cosines(together, alone).min() > 0.9999
+
+
 def test_auto_chooses_within_the_quality_limits_and_caches_the_decision(embedder: Embedder) -> None:
     settings = load_settings(data_dir=Path("/tmp"), embed_cache_dir=MODEL_CACHE)
     assert settings.embed_backend == "auto"

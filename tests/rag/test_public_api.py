@@ -45,6 +45,13 @@ def test_streamlit_upload_limit_agrees_with_the_engine() -> None:
     assert config["server"]["maxUploadSize"] == Settings.model_fields["max_file_mb"].default
 
 
+def test_streamlit_does_not_collect_garbage_after_every_run() -> None:
+    """Streamlit's default gc.collect(2) after each run (the upload panel reruns every second) cost the Upload
+    page a quarter of its server's time during indexing (BENCHMARKS.md, "Upload page against the CLI")."""
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["runner"]["postScriptGC"] is False
+
+
 def test_pages_ui_and_cli_use_only_the_public_surface() -> None:
     files = [*(REPO / "pages").glob("*.py"), *(REPO / "ui").glob("*.py"), REPO / "app.py", REPO / "rag" / "cli.py"]
     for path in files:

@@ -1,0 +1,96 @@
+"""QuestionService: answering questions and nothing else, so `python -m rag ask` starts in seconds.
+
+RagService opens the whole engine: ingestion, background jobs, the recovery pass over half-indexed
+documents and LlamaIndex's vector store (2-3 s of imports alone). A question needs only the embedder, a
+search-only store (`DocumentStore.aopen_for_search`) and the query engine. It writes nothing, so it
+skips the recovery pass: another process may be indexing those documents right now. Without an LLM,
+asking imports neither LlamaIndex nor Streamlit, and no torch on the ONNX backends (tests/rag/test_cli.py
+checks the `ask` process's modules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rag.config import Settings
+from rag.documents import catalog_path
+from rag.embeddings import Embedder, load_embedder
+from rag.llms import build_llm
+from rag.options import AskOptions
+from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
+from rag.runtime import Runtime
+from rag.store import DocumentStore, resolve_connection
+from rag.workspaces import Workspace, Workspaces
+
+
+class QuestionService:
+    """Questions against the configured collection, as plain sync calls (the CLI's `ask`)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self._own_runtime = runtime is None
+        self.runtime = runtime or Runtime()
+        try:
+            connection = resolve_connection(settings)
+            self.embedder = embedder or load_embedder(settings)
+            self.store = self.runtime.run(
+                DocumentStore.aopen_for_search(settings, connection, self.embedder.dim, self.embedder.model_id),
+                timeout=120,
+            )
+            self.engine = QueryEngine(settings, self.embedder, self.store, self.runtime.run(self._abuild_llm(), 30))
+            self.workspaces = Workspaces(catalog_path(settings), settings.collection)
+        except BaseException:
+            if self._own_runtime:
+                self.runtime.close()
+            raise
+
+    async def _abuild_llm(self, settings: Settings | None = None) -> object | None:
+        return build_llm(settings or self.settings)  # on the loop: the LLM's async client belongs to it
+
+    def _llm_for(self, options: AskOptions) -> object | None:
+        """An LLM for a question's own model or temperature (None: the engine's own)."""
+        update = {"llm_model": options.llm_model, "temperature": options.temperature}
+        update = {key: value for key, value in update.items() if value is not None}
+        if not update or not self.settings.llm_enabled:
+            return None
+        return self.runtime.run(self._abuild_llm(self.settings.model_copy(update=update)), timeout=30)
+
+    def workspace(self, name: str, account: str | None = None) -> Workspace:
+        """A workspace by name (or id) that the account may see."""
+        return self.workspaces.get(name, account)
+
+    def retrieve(self, question: str, options: AskOptions = AskOptions()) -> list[Source]:  # noqa: B008
+        """The passages that best match a question."""
+        return self.runtime.run(self.engine.aretrieve(question, options), timeout=120)
+
+    def ask(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> Answer:
+        """A whole answer with its sources: the stream read to its end."""
+        stream = self.stream_answer(question, history, options)
+        for _piece in stream:
+            pass
+        assert stream.answer is not None
+        return stream.answer
+
+    def stream_answer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> AnswerStream:
+        """An answer as it is written; read `.answer` after iterating."""
+        agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
+        return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    def close(self) -> None:
+        """Close the clients and stop the loop."""
+        self.workspaces.close()
+        try:
+            self.runtime.run(self.store.aclose(), timeout=10)
+        finally:
+            if self._own_runtime:
+                self.runtime.close()
