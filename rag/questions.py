@@ -10,6 +10,7 @@ checks the `ask` process's modules).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from rag.config import Settings
@@ -24,21 +25,34 @@ from rag.workspaces import Workspace, Workspaces
 
 
 class QuestionService:
-    """Questions against the configured collection, as plain sync calls (the CLI's `ask`)."""
+    """Questions against the configured collection, as plain sync calls (the CLI's `ask`).
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
+    RagService is a QuestionService over the full store: both answer through these same methods.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime | None = None,
+        embedder: Embedder | None = None,
+        store: DocumentStore | None = None,
+    ) -> None:
         self.settings = settings
         self._own_runtime = runtime is None
         self.runtime = runtime or Runtime()
         try:
-            connection = resolve_connection(settings)
             self.embedder = embedder or load_embedder(settings)
-            self.store = self.runtime.run(
-                DocumentStore.aopen_for_search(settings, connection, self.embedder.dim, self.embedder.model_id),
-                timeout=120,
-            )
+            if store is None:
+                connection = resolve_connection(settings)
+                store = self.runtime.run(
+                    DocumentStore.aopen_for_search(settings, connection, self.embedder.dim, self.embedder.model_id),
+                    timeout=120,
+                )
+            self.store = store
             self.engine = QueryEngine(settings, self.embedder, self.store, self.runtime.run(self._abuild_llm(), 30))
             self.workspaces = Workspaces(catalog_path(settings), settings.collection)
+            self._llms: dict[tuple[str, float], object | None] = {}
+            self._llm_lock = threading.Lock()
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -48,12 +62,22 @@ class QuestionService:
         return build_llm(settings or self.settings)  # on the loop: the LLM's async client belongs to it
 
     def _llm_for(self, options: AskOptions) -> object | None:
-        """An LLM for a question's own model or temperature (None: the engine's own)."""
-        update = {"llm_model": options.llm_model, "temperature": options.temperature}
-        update = {key: value for key, value in update.items() if value is not None}
-        if not update or not self.settings.llm_enabled:
+        """The LLM for a question's own model or temperature (None: the engine's own), built once per
+        (model, temperature) on the runtime loop."""
+        model, temperature = options.llm_model, options.temperature
+        if not self.settings.llm_enabled or (model in (None, self.settings.llm_model) and temperature is None):
             return None
-        return self.runtime.run(self._abuild_llm(self.settings.model_copy(update=update)), timeout=30)
+        key = (model or self.settings.llm_model, self.settings.temperature if temperature is None else temperature)
+        with self._llm_lock:
+            if key not in self._llms:
+                overrides = self.settings.model_copy(update={"llm_model": key[0], "temperature": key[1]})
+                self._llms[key] = self.runtime.run(self._abuild_llm(overrides), timeout=30)
+            return self._llms[key]
+
+    @property
+    def mode(self) -> str:
+        """`llm` or `retrieval-only`."""
+        return self.engine.mode
 
     def workspace(self, name: str, account: str | None = None) -> Workspace:
         """A workspace by name (or id) that the account may see."""

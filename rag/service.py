@@ -8,7 +8,6 @@ crash left half-indexed.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +17,18 @@ from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
-from rag.documents import DocumentLibrary, SourceFile, catalog_path, stage_all
+from rag.documents import DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
-from rag.llms import build_llm, describe_llm
-from rag.options import AskOptions, Retrieval
-from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
+from rag.llms import describe_llm
+from rag.options import Retrieval
+from rag.questions import QuestionService
 from rag.runtime import Runtime
 from rag.sources import RenderedPage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
-from rag.workspaces import DEFAULT_ID, Workspace, Workspaces
+from rag.workspaces import DEFAULT_ID, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,9 @@ class ServiceStatus:
     recovered: tuple[str, ...]
 
 
-class RagService:
-    """Everything the UI and CLI need, as plain sync calls."""
+class RagService(QuestionService):
+    """Everything the UI and CLI need, as plain sync calls: questions (from QuestionService, over the full
+    store) and documents, workspaces, jobs, evaluation and benchmarks."""
 
     def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
         self.settings = settings
@@ -61,8 +61,9 @@ class RagService:
             self.store: DocumentStore = self.runtime.run(
                 DocumentStore.abuild(settings, self.connection, self.embedder.dim, self.embedder.model_id), timeout=120
             )
+            super().__init__(settings, self.runtime, self.embedder, self.store)
+            self._own_runtime = runtime is None  # the runtime handed to the questions part is still ours to close
             self.library = DocumentLibrary(settings, self.store)
-            self.workspaces = Workspaces(catalog_path(settings), settings.collection)
             self.conversations = ConversationStore(Path(settings.data_dir) / "conversations.sqlite3")
             self.ingestor = Ingestor(settings, self.embedder, self.library)
             self.jobs = JobManager(
@@ -72,17 +73,10 @@ class RagService:
                 release=lambda source: self.library.release(source.path),
             )
             self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
-            llm = self.runtime.run(self._abuild_llm(), timeout=30)
-            self.engine = QueryEngine(settings, self.embedder, self.store, llm)
-            self._llms: dict[tuple[str, float], object | None] = {}
-            self._llm_lock = threading.Lock()
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
             raise
-
-    async def _abuild_llm(self) -> object | None:
-        return build_llm(self.settings)
 
     # -- ingestion --------------------------------------------------------------------------
     def ingest(
@@ -219,10 +213,6 @@ class RagService:
         """The workspaces an account may see (all of them without accounts), `default` first."""
         return self.workspaces.list(account)
 
-    def workspace(self, name: str, account: str | None = None) -> Workspace:
-        """A workspace by name (or id) that the account may see."""
-        return self.workspaces.get(name, account)
-
     def create_workspace(self, name: str, owner: str | None = None, shared: bool = True) -> Workspace:
         """A new, empty workspace."""
         return self.workspaces.create(name, owner, shared)
@@ -275,59 +265,10 @@ class RagService:
         """Chunks in Milvus (for one document or all)."""
         return self.runtime.run(self.store.acount(doc_id), timeout=60)
 
-    # -- questions --------------------------------------------------------------------------
-    def retrieve(self, question: str, options: AskOptions = AskOptions()) -> list[Source]:  # noqa: B008
-        """The passages that best match a question."""
-        return self.runtime.run(self.engine.aretrieve(question, options), timeout=120)
-
-    def ask(
-        self,
-        question: str,
-        history: Sequence[ChatTurn] = (),
-        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
-    ) -> Answer:
-        """A whole answer with sources; the options' model and temperature override the settings."""
-        stream = self.stream_answer(question, history, options)
-        for _piece in stream:
-            pass
-        assert stream.answer is not None
-        return stream.answer
-
-    def stream_answer(
-        self,
-        question: str,
-        history: Sequence[ChatTurn] = (),
-        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
-    ) -> AnswerStream:
-        """An answer as it is written; read `.answer` after iterating."""
-        llm = self._llm_for(options.llm_model, options.temperature)
-        agen = self.engine.astream_answer(question, history, options, llm)
-        return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
-
-    def _llm_for(self, llm_model: str | None, temperature: float | None) -> object | None:
-        """The LLM for one question's overrides, built once per (model, temperature) on the runtime loop."""
-        if not self.settings.llm_enabled or (llm_model in (None, self.settings.llm_model) and temperature is None):
-            return None
-        key = (llm_model or self.settings.llm_model, self.settings.temperature if temperature is None else temperature)
-        with self._llm_lock:
-            if key not in self._llms:
-                overrides = self.settings.model_copy(update={"llm_model": key[0], "temperature": key[1]})
-
-                async def _build() -> object | None:
-                    return build_llm(overrides)
-
-                self._llms[key] = self.runtime.run(_build(), timeout=30)
-            return self._llms[key]
-
     @property
     def features(self) -> Features:
         """What the server and collection support (keyword and hybrid retrieval need Milvus 2.5+ or Lite)."""
         return self.store.features
-
-    @property
-    def mode(self) -> str:
-        """`llm` or `retrieval-only`."""
-        return self.engine.mode
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(
@@ -396,15 +337,12 @@ class RagService:
     def close(self) -> None:
         """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
         self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
+        self.library.close()
+        self.conversations.close()
         try:
-            self.runtime.run(self.store.aclose(), timeout=10)
+            super().close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
-        self.library.close()
-        self.workspaces.close()
-        self.conversations.close()
-        if self._own_runtime:
-            self.runtime.close()
 
 
 def _sources(

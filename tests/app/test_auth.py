@@ -42,7 +42,9 @@ def test_with_accounts_every_page_asks_for_a_sign_in(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("APP_PASSWORD", "ignored once accounts exist")
-    accounts = Accounts(tmp_path / "data" / "accounts.sqlite3", hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+    accounts = Accounts(
+        tmp_path / "data" / "accounts.sqlite3", hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+    )
     accounts.add("carol", "carol-password")
     accounts.close()
     at = AppTest.from_file(str(APP), default_timeout=60)
