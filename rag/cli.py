@@ -5,11 +5,12 @@ Every command converts RagError to a one-line message and a non-zero exit at thi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,10 +44,16 @@ def _workspace(service: Any) -> str:
     return service.workspace(service.settings.workspace).id
 
 
-def _service(settings: Settings):  # noqa: ANN202 - RagService, imported lazily for a fast --help
+@contextlib.contextmanager
+def _service(settings: Settings) -> Iterator[Any]:
+    """The whole engine (a RagService, imported lazily for a fast --help), closed when the command ends."""
     from rag import RagService
 
-    return RagService(settings)
+    service = RagService(settings)
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -226,29 +233,26 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
             given.append(typed)
     if not files:
         raise click.ClickException("No supported files found.")
-    service = _service(_settings(ctx))
     report = None
     show_bar = not as_json and sys.stderr.isatty()
-    try:
-        with (
-            click.progressbar(length=len(files), label="Indexing", file=sys.stderr, show_pos=True)
-            if show_bar
-            else _NullBar() as bar
-        ):
-            finished: set[str] = set()
-            for item in service.iter_ingest(files, _workspace(service)):
-                if isinstance(item, FileProgress):
-                    ocr = f"{item.file}: ocr {item.pages_done}/{item.pages_total} pages"
-                    if show_bar and bar.label != (label := ocr if item.stage == Stage.OCR else "Indexing"):
-                        bar.label = label
-                        bar.render_progress()
-                    if item.status is not None and item.file not in finished:
-                        finished.add(item.file)
-                        bar.update(1)
-                else:
-                    report = item
-    finally:
-        service.close()
+    with (
+        _service(_settings(ctx)) as service,
+        click.progressbar(length=len(files), label="Indexing", file=sys.stderr, show_pos=True)
+        if show_bar
+        else _NullBar() as bar,
+    ):
+        finished: set[str] = set()
+        for item in service.iter_ingest(files, _workspace(service)):
+            if isinstance(item, FileProgress):
+                ocr = f"{item.file}: ocr {item.pages_done}/{item.pages_total} pages"
+                if show_bar and bar.label != (label := ocr if item.stage == Stage.OCR else "Indexing"):
+                    bar.label = label
+                    bar.render_progress()
+                if item.status is not None and item.file not in finished:
+                    finished.add(item.file)
+                    bar.update(1)
+            else:
+                report = item
     assert report is not None
     # The report lists files in the order they were given; its `file` is the display name (no folders, long
     # names shortened), so each row takes back the path the user wrote.
@@ -358,11 +362,8 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
     pairs = parse_pairs(text, str(qa_file))
     settings = _settings(ctx, top_k=top_k)
     modes = ["dense", "keyword", "hybrid"] if retrieval == "all" else [retrieval or settings.retrieval_mode]
-    service = _service(settings)
-    try:
+    with _service(settings) as service:
         reports = service.evaluate(pairs, modes, top_k, _workspace(service))
-    finally:
-        service.close()
     if as_json:
         for report in reports:
             click.echo(json.dumps(report.model_dump(mode="json")))
@@ -417,11 +418,8 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
 
     Example: python -m rag docs delete fd63de7b0dc3
     """
-    service = _service(_settings(ctx))
-    try:
+    with _service(_settings(ctx)) as service:
         record = service.delete_document(doc_id, _workspace(service))
-    finally:
-        service.close()
     click.echo(f"Deleted {record.file_name} ({record.chunks} chunks)")
 
 
@@ -444,11 +442,8 @@ def workspaces_list(ctx: click.Context, as_json: bool) -> None:
 
     Example: python -m rag workspaces list --json
     """
-    service = _service(_settings(ctx))
-    try:
+    with _service(_settings(ctx)) as service:
         rows = [(w, len(service.documents(w.id))) for w in service.list_workspaces()]
-    finally:
-        service.close()
     if as_json:
         click.echo(json.dumps([_workspace_json(w, n) for w, n in rows]))
         return
@@ -466,11 +461,8 @@ def workspaces_create(ctx: click.Context, name: str, as_json: bool) -> None:
 
     Example: python -m rag workspaces create "HR policies"
     """
-    service = _service(_settings(ctx))
-    try:
+    with _service(_settings(ctx)) as service:
         workspace = service.create_workspace(name)
-    finally:
-        service.close()
     click.echo(json.dumps(_workspace_json(workspace)) if as_json else f"Created workspace {workspace.name}")
 
 
@@ -485,11 +477,8 @@ def workspaces_rename(ctx: click.Context, old: str, new: str, as_json: bool) -> 
 
     Example: python -m rag workspaces rename "HR policies" HR
     """
-    service = _service(_settings(ctx))
-    try:
+    with _service(_settings(ctx)) as service:
         workspace = service.rename_workspace(old, new)
-    finally:
-        service.close()
     click.echo(json.dumps(_workspace_json(workspace)) if as_json else f"Renamed {old} to {workspace.name}")
 
 
@@ -503,11 +492,8 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
 
     Example: python -m rag workspaces delete HR
     """
-    service = _service(_settings(ctx))
-    try:
+    with _service(_settings(ctx)) as service:
         removed = service.delete_workspace(name)
-    finally:
-        service.close()
     if as_json:
         click.echo(json.dumps({"name": name, "documents": len(removed)}))
     else:
@@ -594,9 +580,10 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     settings = _settings(ctx)
+    stack = contextlib.ExitStack()
     if any(e in MILVUS_EXPERIMENTS for e in config.experiments):
-        service = _service(settings)
-        items, close = service.bench(config), service.close
+        service = stack.enter_context(_service(settings))
+        items, close = service.bench(config), stack.close
     else:  # embedding alone needs no Milvus: a bare runtime
         from rag import Runtime
 
