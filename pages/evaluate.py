@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from rag import RagError, parse_pairs
+from rag import RagError, Source, parse_pairs
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
+from ui.sources import source_viewer
 from ui.workspaces import current_workspace
 
 ensure_routed()
@@ -77,10 +78,15 @@ for report in reports:
     if not report.misses:
         continue
     st.subheader(f"Misses: {_MODES[report.mode]} ({len(report.misses)})")
-    for row in report.misses:
+    for number, row in enumerate(report.misses):
         with st.expander(f"{row.question} — expected in {row.file}"):
             st.markdown("**Returned instead:**")
             for rank, passage in enumerate(row.returned, start=1):
                 page = f", p. {passage.page}" if passage.page else ""
-                st.markdown(f"{rank}. {md(passage.file_name)}{page}")
+                label, opener = st.columns([5, 1], vertical_alignment="center")
+                label.markdown(f"{rank}. {md(passage.file_name)}{page}")
+                key = f"evaluate.{report.mode}.{number}.{rank}"
+                if opener.button("Open", key=f"{key}.open", icon=":material/visibility:", type="tertiary"):
+                    source = Source(**passage.model_dump(), score=0.0)
+                    source_viewer(service, source, workspace.id, key)
                 st.text(passage.text[:600])

@@ -43,6 +43,7 @@ class Returned(BaseModel, frozen=True):
     file_name: str
     page: int | None
     text: str
+    doc_id: str | None = None
 
 
 class EvalRow(BaseModel, frozen=True):
@@ -156,7 +157,7 @@ async def aevaluate(
         started = time.perf_counter()
         sources = await engine.aretrieve(pair.question, AskOptions(top_k=top_k, retrieval=mode, workspace=workspace))  # type: ignore[attr-defined]
         seconds = time.perf_counter() - started
-        returned = [Returned(file_name=s.file_name, page=s.page, text=s.text) for s in sources]
+        returned = [Returned(file_name=s.file_name, page=s.page, text=s.text, doc_id=s.doc_id) for s in sources]
         rank = first_hit(pair, returned)
         rows.append(EvalRow(question=pair.question, file=pair.file, rank=rank, seconds=seconds, returned=returned))
     return summarise(mode, top_k, rows)

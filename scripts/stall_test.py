@@ -38,36 +38,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-QUESTIONS = [
-    "How many airplanes of U.S. registry does the proposed AD affect?",
-    "What is the zoo class for irregular time series?",
-    "How does declarative partitioning work in PostgreSQL?",
-    "What did the author work on before college?",
-    "What changed in pdfplumber 0.11.0?",
-    "What are class variables and instance variables in Python?",
+import load_test  # noqa: E402 - beside this script: the same questions and percentiles
+
+# The load test's questions about the seed files (not the two on files this test does not index), and two more.
+QUESTIONS = [q for q in load_test.QUESTIONS if "linear model" not in q and "layoffs" not in q] + [
     "How are partitions pruned during query planning?",
     "Which function merges two zoo series?",
 ]
-SEED_FILES = [  # what the questions are about: 401 chunks
-    "zoo.pdf",
-    "federal-register-2020-17221.pdf",
-    "postgresql15_ddl-partitioning.html",
-    "paul_graham_essay.txt",
-    "python3.11-doc_tutorial_classes.html",
-    "pdfplumber_CHANGELOG.md",
-]
+SEED_FILES = load_test.SEED_FILES  # what the questions are about: 401 chunks
 UPLOAD_FILES = ["R-intro.pdf", "WARN-Report-for-7-1-2015-to-03-25-2016.pdf", "unstructured_README.md"]  # 500 chunks
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def _ms(values: list[float], q: float) -> float:
-    return round(_pct(values, q) * 1000, 1)
+    return round(load_test._pct(values, q) * 1000, 1)
 
 
 class LoopWatch:
@@ -241,7 +224,9 @@ def main() -> int:
                 "with_upload_only": {"questions": len(upload_only), "p95_ms": _ms(upload_only, 0.95)},
                 "with_bench_only": {"questions": len(bench_only), "p95_ms": _ms(bench_only, 0.95)},
             },
-            "p95_ratio": round(_pct(during, 0.95) / _pct(idle, 0.95), 2) if idle and during else None,
+            "p95_ratio": round(load_test._pct(during, 0.95) / load_test._pct(idle, 0.95), 2)
+            if idle and during
+            else None,
             "upload": {
                 "state": final.state,
                 "chunks": final.report.chunks if final.report else 0,

@@ -22,13 +22,11 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rag import EmbeddedMilvus, load_settings  # noqa: E402
+from tests.browser.conftest import _drop, _free_port, _wait_healthy  # noqa: E402 - the tests' own server helpers
 
 CORPUS = REPO.parent / "shared" / "corpus"
 DEFAULT_FILES = ("R-intro.pdf", "federal-register-2020-17221.pdf", "paul_graham_essay.txt")
@@ -87,12 +86,6 @@ def _cli(files: list[Path], env: dict[str, str]) -> Run:
         raise SystemExit(f"the CLI failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     chunks, seconds = int(found.group(1)), float(found.group(2))
     return Run("cli", chunks, seconds, round(wall, 2), seconds, round(cpu, 1))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _web(files: list[Path], env: dict[str, str], work: Path, browser: object) -> Run:
@@ -149,33 +142,6 @@ def _duration(text: str) -> float:
     return (int(found.group(1) or 0) * 60 + float(found.group(2))) if found else float("nan")
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"streamlit did not become healthy at {url}")
-
-
-def _drop(uri: str, token: str, collections: list[str]) -> None:
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=uri, token=token)
-    try:
-        for name in collections:
-            if client.has_collection(name):
-                client.drop_collection(name)
-    finally:
-        client.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="files to index (default: two corpus PDFs and a text)")
@@ -217,7 +183,8 @@ def main() -> None:
                           file=sys.stderr, flush=True)  # fmt: skip
             browser.close()
     finally:
-        _drop(uri, token, collections)
+        for name in collections:
+            _drop(uri, token, name)
         shutil.rmtree(work, ignore_errors=True)
     cli_rates = [r.chunks / r.seconds for r in runs if r.path == "cli"]
     web_rates = [r.chunks / r.seconds for r in runs if r.path == "web"]
