@@ -45,7 +45,8 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(_url(base, spec))
-        heading = page.get_by_test_id("stHeading").first
+        # The main area's heading: a page's sidebar may carry headings of its own (Chat's "Answer settings").
+        heading = page.get_by_test_id("stMain").get_by_test_id("stHeading").first
         heading.wait_for()
         nav = page.get_by_test_id("stSidebarNav")
         with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
