@@ -488,12 +488,9 @@ def _plain_embedder(settings: Settings) -> Embedder:
     return load_torch_embedder(settings.model_copy(update={"embed_batch_size": DEFAULT_EMBED_BATCH_SIZE}), "fp32")
 
 
-def _raw_embedding(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], int]:
+def _raw_embedding(embedder: Embedder, texts: Sequence[str]) -> Callable[[threading.Event], int]:
     def _run(stop: threading.Event) -> int:
-        for start in range(0, len(texts), batch):
-            if stop.is_set():
-                raise JobCancelledError("benchmark stopped")
-            embedder.embed(list(texts[start : start + batch]))
+        _embed_round(embedder, texts)(stop)
         return len(texts)
 
     return _run
@@ -572,7 +569,7 @@ async def _aingest(
         seconds, chunks = await _project_ingest(settings, connection, embedder, files, config.consistency_level)
     yield _row("ingest", "project-async", chunks, seconds, sync, note)
 
-    seconds, chunks = await _timed(_in_thread(_raw_embedding(embedder, texts, settings.embed_batch_size)))
+    seconds, chunks = await _timed(_in_thread(_raw_embedding(embedder, texts)))
     yield _row(
         "ingest",
         "raw-embedding",
@@ -621,14 +618,17 @@ def _load_backends(settings: Settings, engine: Embedder, modes: Sequence[Mode]) 
     return loaded
 
 
-def _embed_round(embedder: Embedder, texts: Sequence[str], batch: int) -> Callable[[threading.Event], Any]:
+def _embed_round(embedder: Embedder, texts: Sequence[str]) -> Callable[[threading.Event], Any]:
+    """Embed `texts` as ingestion does (`embed_documents`, a group per step) and time it."""
+
     def _run(stop: threading.Event) -> tuple[float, list[list[float]]]:
         vectors: list[list[float]] = []
         started = time.perf_counter()
-        for start in range(0, len(texts), batch):
+        group = embedder.document_group
+        for start in range(0, len(texts), group):
             if stop.is_set():
                 raise JobCancelledError("benchmark stopped")
-            vectors.extend(embedder.embed(list(texts[start : start + batch])))
+            vectors.extend(embedder.embed_documents(list(texts[start : start + group])))
         return time.perf_counter() - started, vectors
 
     return _run
@@ -642,19 +642,19 @@ async def _aembed(settings: Settings, embedder: Embedder, config: BenchConfig) -
     chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
     every = [t for nodes in chunked for t in embed_texts(nodes)]
     texts = _spread(every, config.embed_chunks)
-    batch = settings.embed_batch_size
     backends = await asyncio.to_thread(_load_backends, settings, embedder, embed_modes())
-    for model in backends.values():  # warmed alike: one untimed batch each
-        await asyncio.to_thread(model.embed, texts[:batch])
+    for model in backends.values():  # warmed alike: one untimed group each (every lane's session made)
+        await asyncio.to_thread(model.embed_documents, texts[: model.document_group])
     seconds: dict[str, list[float]] = {mode: [] for mode in backends}
     vectors: dict[str, list[list[float]]] = {}
     for _ in range(config.repeat):  # interleaved, so a busy neighbour slows every backend alike
         for mode, model in backends.items():
-            elapsed, vectors[mode] = await _in_thread(_embed_round(model, texts, batch))
+            elapsed, vectors[mode] = await _in_thread(_embed_round(model, texts))
             seconds[mode].append(elapsed)
     base = statistics.median(seconds["torch-fp32"])
-    note = f"{len(texts)} of {len(every)} corpus chunks from {len(files)} files, batches of {batch}"
+    note = f"{len(texts)} of {len(every)} corpus chunks from {len(files)} files, batches of {settings.embed_batch_size}"
     for mode, times in seconds.items():
+        lanes = backends[mode].lanes
         median = statistics.median(times)
         cos = cosines(vectors[mode], vectors["torch-fp32"])
         chosen = mode == embedder.backend
@@ -665,7 +665,7 @@ async def _aembed(settings: Settings, embedder: Embedder, config: BenchConfig) -
             seconds=median,
             ms_per_item=median * 1000 / len(texts),
             speedup=base / median if mode != "torch-fp32" else None,
-            note=note + ("; the engine's backend" if chosen else ""),
+            note=f"{note}, {lanes} lane{'s' * (lanes > 1)}" + ("; the engine's backend" if chosen else ""),
             chunks=len(texts),
             chunks_per_s=len(texts) / median,
             cosine_mean=float(cos.mean()),

@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAG_EMBED_CACHE_DIR", "embed_cache_dir"),
         description="Where the built ONNX models and auto's backend decision are kept; empty: <RAG_DATA_DIR>/models.",
     )
+    ingest_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        validation_alias=AliasChoices("RAG_INGEST_NICE", "ingest_nice"),
+        description=(
+            "How much lower the CPU priority of the threads that embed uploaded documents is (0-19; 0: the same), "
+            "so that questions and Milvus are served first while an upload runs."
+        ),
+    )
     chunk_size: int = Field(
         256,
         ge=32,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, Document, MetadataMode, NodeRelationship, RelatedNodeInfo
@@ -30,10 +30,12 @@ from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.ocr import write_sidecar
 from rag.readers import file_type, read_document
+from rag.runtime import background_executor
 from rag.store import MODEL_KEY, WORKSPACE_FIELD, chunk_id
 from rag.workspaces import DEFAULT_ID
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _SPECIAL_TOKEN_MARGIN = 16  # [CLS]/[SEP] plus slack for how joined text re-tokenizes
 
@@ -242,6 +244,12 @@ class Ingestor:
         self.library = library
         self.store = library.store
         self.splitter = make_splitter(settings, embedder)
+        # Reading (OCR above all) and chunking at low priority, like the embedding: questions come first.
+        self._cpu = background_executor(settings.ingest_nice, 2, "rag-ingest-read")
+
+    async def _in_background(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run `func(*args)` in a low-priority reader thread (RAG_INGEST_NICE)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, func, *args)
 
     async def aingest(self, files: Sequence[SourceFile], on_progress: ProgressCallback | None = None) -> IngestReport:
         """Ingest files in order; one file failing never stops the others. Cancellation cleans up.
@@ -363,7 +371,7 @@ class Ingestor:
             return _Prepared(index, prog, result=result)
         hook = _PageHook(index, prog, publish)
         try:
-            read = await asyncio.to_thread(read_document, stored, name, self.settings.ocr, hook)
+            read = await self._in_background(read_document, stored, name, self.settings.ocr, hook)
         except asyncio.CancelledError:
             hook.cancelled = True
             raise
@@ -380,7 +388,7 @@ class Ingestor:
         prog.stage = Stage.CHUNKING
         publish(index, prog.model_copy())
         kind = file_type(name).lstrip(".")
-        nodes = await asyncio.to_thread(
+        nodes = await self._in_background(
             chunk_documents, docs, self.splitter, doc_id, self.embedder.model_id, kind, generation, src.workspace
         )
         if not nodes:
@@ -488,7 +496,7 @@ class Ingestor:
 
         prog.stage = Stage.EMBEDDING
         publish(index, prog.model_copy())
-        size, write_size = self.settings.embed_batch_size, self.settings.insert_batch_size
+        size, write_size = self.embedder.document_group, self.settings.insert_batch_size
         written = 0  # nodes[:written] are handed to inserts
         try:
             for start in range(0, len(nodes), size):

@@ -322,7 +322,9 @@ def cpu_threads() -> int:
 class OnnxModel:
     """One built variant of the model in an ONNX Runtime session, with its tokenizer and pooling."""
 
-    def __init__(self, folder: Path, variant: Variant, use_gpu: bool = True, batch_size: int = 16) -> None:
+    def __init__(
+        self, folder: Path, variant: Variant, use_gpu: bool = True, batch_size: int = 16, threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -340,7 +342,7 @@ class OnnxModel:
             pad_token=padding.get("pad_token", "[PAD]"),
         )  # fmt: skip
         options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_threads()
+        options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Threads that spin between operators burn the core a neighbour needs (reading, Milvus, another

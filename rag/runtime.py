@@ -1,14 +1,20 @@
-"""The one background event loop that owns every async client.
+"""The one background event loop that owns every async client, and the low-priority worker threads.
 
 The async Milvus client binds to the first loop it awaits on and Streamlit reruns have no running loop,
 so sync callers (pages, the CLI) hand coroutines to this loop and wait on futures. This is the only
 module that touches loop plumbing.
+
+Ingestion's CPU work (reading and OCR, embedding document chunks) runs in `background_executor` threads
+whose priority is lowered (`RAG_INGEST_NICE`): on a 2-core machine another user's question and Milvus
+then get the cores first, and an upload takes what is left (BENCHMARKS.md, "Stall test").
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -18,6 +24,24 @@ from rag.errors import OperationTimeoutError
 T = TypeVar("T")
 
 _DONE = object()
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Make the calling thread `nice` steps less favoured by the scheduler (Linux: niceness is per thread;
+    threads it starts, such as ONNX Runtime's or torch's pools, inherit it). Elsewhere, or when refused,
+    nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+def background_executor(nice: int, workers: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """Worker threads running `nice` steps below the process: for bulk CPU work that must yield to questions."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix=name, initializer=lower_thread_priority, initargs=(nice,)
+    )
 
 
 class Runtime:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from rag.errors import BackendUnavailableError, ConfigError
 from rag.ingest import _token_ids
 from rag.onnx_backend import OnnxModel, ensure_built
 from tests.conftest import MODEL_CACHE, REPO
+from tests.rag.test_runtime import niceness
 
 TEXTS = [
     "Giraffes eat acacia leaves on the savanna.",
@@ -178,6 +180,28 @@ def test_many_texts_run_in_length_sorted_batches_and_come_back_in_order(
     alone = np.vstack([model.encode([text]) for text in texts])
     assert together.shape == (len(texts), 384)
     assert cosines(together, alone).min() > 0.9999
+
+
+def test_document_lanes_deal_batches_out_and_give_every_vector_back_in_order(
+    onnx_embedders: dict[str, OnnxEmbedder],
+) -> None:
+    settings = load_settings(data_dir=Path("/tmp"), embed_cache_dir=MODEL_CACHE, ingest_nice=7)
+    embedder = replace(load_onnx_embedder(settings, "onnx"), lanes=2)  # two lanes even on a one-core machine
+    texts = [TEXTS[i % 3][: 15 + 41 * i] for i in range(2 * embedder.batch_size + 5)]  # lengths out of order
+    parts = embedder._deal(texts)
+    assert len(parts) == 2 and sorted(i for part in parts for i in part) == list(range(len(texts)))
+    assert {len(part) for part in parts} != {len(texts)}  # both lanes got work
+    lanes = embedder.embed_documents(texts)
+    alone = onnx_embedders["onnx"].embed(texts)
+    assert cosines(lanes, alone).min() > 0.9999  # same model, same order: one session per lane changes nothing
+
+    workers = [t for t in threading.enumerate() if t.name.startswith("rag-embed-lane")]
+    mine = [t for t in workers if t in embedder._pool._threads]  # type: ignore[union-attr]
+    assert mine, workers
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for thread in mine:  # the lanes run less favoured than the process (questions) by RAG_INGEST_NICE
+        assert niceness(thread.native_id) == min(19, base + 7), thread.name
+    assert niceness(threading.get_native_id()) == base  # the caller's own priority is untouched
 
 
 def test_auto_chooses_within_the_quality_limits_and_caches_the_decision(embedder: Embedder) -> None:

@@ -1,10 +1,38 @@
 import asyncio
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from rag.errors import OperationTimeoutError
-from rag.runtime import Runtime
+from rag.runtime import Runtime, background_executor
+
+
+def niceness(native_id: int) -> int:
+    """A thread's niceness as the kernel reports it (/proc/self/task/<tid>/stat, field 19)."""
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_background_threads_run_below_the_process_and_their_children_inherit_it() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = background_executor(6, 1, "test-low")
+    try:
+
+        def where() -> tuple[int, int]:
+            child: list[int] = []
+            started = threading.Thread(target=lambda: child.append(niceness(threading.get_native_id())))
+            started.start()
+            started.join()
+            return niceness(threading.get_native_id()), child[0]
+
+        own, child = pool.submit(where).result(timeout=10)
+    finally:
+        pool.shutdown()
+    assert own == min(19, base + 6)
+    assert child == own  # a pool the worker starts (ONNX Runtime's, torch's) runs at the same low priority
+    assert niceness(threading.get_native_id()) == base
 
 
 def test_run_uses_one_loop_thread() -> None:
