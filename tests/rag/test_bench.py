@@ -82,6 +82,7 @@ def test_plan_lists_every_measurement_in_order() -> None:
         ("add", "project-async", 5),
         ("add", "project-async", 20),
         ("ingest", "sync", None),
+        ("ingest", "sync-same-embedding", None),
         ("ingest", "project-async", None),
         ("ingest", "raw-embedding", None),
     ]
@@ -197,11 +198,15 @@ def test_ingest_compares_sync_engine_and_raw_embedding(
 
     assert [(r.experiment, r.mode) for r in rows] == [
         ("ingest", "sync"),
+        ("ingest", "sync-same-embedding"),
         ("ingest", "project-async"),
         ("ingest", "raw-embedding"),
     ]
     assert len({r.n for r in rows}) == 1 and rows[0].n > 0  # the same chunks in every mode
     _check_consistent(rows)
+    same, project = rows[1], rows[2]
+    assert service.embedder.backend in same.note  # the sync pipeline ran with the engine's own embedding
+    assert f"{same.seconds / project.seconds:.2f}× the sync pipeline with the same embedding" in project.note
     assert rows[0].note.startswith("2 files")
     assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
     # The engine's scratch data dir is gone too; torch's own compile cache (made in the temp dir the first time
