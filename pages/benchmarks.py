@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from rag import EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
 from ui.errors import service_or_stop, show_error
 from ui.navigation import ensure_routed
 
@@ -22,17 +22,7 @@ ensure_routed()
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
 
-MODE_ORDER = [
-    "sync",
-    "sync-same-embedding",
-    "seed-async",
-    "project-async",
-    "raw-embedding",
-    "torch-fp32",
-    "torch-bf16",
-    "onnx",
-    "onnx-int8",
-]
+MODE_ORDER = list(BENCH_MODES)
 LABELS = {"add": "Add nodes", "search": "Search", "ingest": "Ingest documents", "embed": "Embedding backends"}
 COUNT_OPTIONS = [1, 10, 50, 100, 500, 1000, 2000, 5000]
 CORPUS, UPLOADS = "Shared corpus", "My uploaded documents"

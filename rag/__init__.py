@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. Names load on first use (PEP 562), so `python -m rag docs list` does not pay
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
+    "BENCH_MODES": "rag.bench",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
     "RETRIEVAL_MODES": "rag.options",
@@ -83,6 +84,7 @@ _LOCATIONS = {
 }
 
 __all__ = [
+    "BENCH_MODES",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
@@ -172,6 +174,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.accounts import Account, Accounts
     from rag.bench import (
+        BENCH_MODES,
         EXPERIMENTS,
         MILVUS_EXPERIMENTS,
         BenchConfig,

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores import VectorStoreQuery
@@ -82,6 +82,7 @@ Mode = Literal[
     "onnx-int8",
 ]
 
+BENCH_MODES: tuple[Mode, ...] = get_args(Mode)  # in the order the page shows them
 EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest", "embed")
 MILVUS_EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest")
 MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
