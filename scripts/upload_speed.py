@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rag import EmbeddedMilvus, load_settings  # noqa: E402
-from tests.browser.conftest import _drop, _free_port, _wait_healthy  # noqa: E402 - the tests' own server helpers
+from tests.browser.conftest import _drop, serve_process  # noqa: E402 - the tests' own server helpers
 
 CORPUS = REPO.parent / "shared" / "corpus"
 DEFAULT_FILES = ("R-intro.pdf", "federal-register-2020-17221.pdf", "paul_graham_essay.txt")
@@ -89,17 +89,7 @@ def _cli(files: list[Path], env: dict[str, str]) -> Run:
 
 
 def _web(files: list[Path], env: dict[str, str], work: Path, browser: object) -> Run:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = work / f"streamlit-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        _wait_healthy(url, proc)
+    with serve_process(env, work / f"streamlit-{uuid.uuid4().hex[:8]}.log") as (url, proc):
         context = browser.new_context(viewport={"width": 1300, "height": 950})  # type: ignore[attr-defined]
         page = context.new_page()
         page.set_default_timeout(600_000)
@@ -120,12 +110,6 @@ def _web(files: list[Path], env: dict[str, str], work: Path, browser: object) ->
         cpu = _cpu_seconds(proc.pid) - cpu
         text = summary.inner_text()
         context.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     chunks = int(re.search(r"(\d+) chunk\(s\) written", text).group(1))  # type: ignore[union-attr]
     return Run("web", chunks, round(wall, 2), round(wall, 2), _duration(text), round(cpu, 1))
 

@@ -85,6 +85,13 @@ def app_environment(**settings: str) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(env: dict[str, str], log: Path) -> Iterator[str]:
     """`streamlit run app.py` on a free loopback port, once healthy (no page has run yet); yields its URL."""
+    with serve_process(env, log) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`serve`, yielding the server process too (scripts/upload_speed.py reads its CPU time)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
@@ -95,7 +102,7 @@ def serve(env: dict[str, str], log: Path) -> Iterator[str]:
         )  # fmt: skip
     try:
         _wait_healthy(url, proc)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -113,16 +120,14 @@ def streamlit_app(
     state = milvus_server.start()
     work = tmp_path_factory.mktemp("app")
     collection = f"t_{uuid.uuid4().hex[:12]}"
-    env = app_environment(
-        MILVUS_URI=state.uri,
-        MILVUS_TOKEN=milvus_server.token,
-        RAG_DATA_DIR=str(work / "data"),
-        RAG_COLLECTION=collection,
-        RAG_CONSISTENCY="Strong",
+    env = milvus_app_environment(
+        state.uri,
+        milvus_server.token,
+        work / "data",
+        collection,
         OPENAI_BASE_URL=fake_openai.base_url,
         OPENAI_API_KEY="",
         LLM_MODEL="fake-model",
-        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),  # the models the tests already built, as every other test uses
     )
     log = work / "streamlit.log"
     try:
@@ -130,6 +135,20 @@ def streamlit_app(
             yield RunningApp(url=url, log=log, collection=collection)
     finally:
         _drop(state.uri, milvus_server.token, collection)
+
+
+def milvus_app_environment(uri: str, token: str, data_dir: Path, collection: str, **settings: str) -> dict[str, str]:
+    """`app_environment` for an app on the tests' Milvus, in its own data dir and collection, searching with
+    Strong consistency and using the models the tests already built."""
+    return app_environment(
+        MILVUS_URI=uri,
+        MILVUS_TOKEN=token,
+        RAG_DATA_DIR=str(data_dir),
+        RAG_COLLECTION=collection,
+        RAG_CONSISTENCY="Strong",
+        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),
+        **settings,
+    )
 
 
 def _drop(uri: str, token: str, collection: str) -> None:

@@ -17,7 +17,7 @@ from rag.config import load_settings
 from rag.embeddings import Embedder
 from rag.milvus_server import EmbeddedMilvus
 from rag.service import RagService
-from tests.browser.conftest import ARTIFACTS, MODEL_CACHE, _drop, app_environment, serve, sidebar_labels
+from tests.browser.conftest import ARTIFACTS, MODEL_CACHE, _drop, milvus_app_environment, serve, sidebar_labels
 
 pytestmark = [pytest.mark.browser, pytest.mark.milvus]
 
@@ -56,14 +56,7 @@ def accounts_app(
         assert service.ingest([work / "cafeteria.txt"]).files[0].status == "indexed"
     finally:
         service.close()
-    env = app_environment(
-        MILVUS_URI=state.uri,
-        MILVUS_TOKEN=milvus_server.token,
-        RAG_DATA_DIR=str(work / "data"),
-        RAG_COLLECTION=collection,
-        RAG_CONSISTENCY="Strong",
-        RAG_EMBED_CACHE_DIR=str(MODEL_CACHE),
-    )
+    env = milvus_app_environment(state.uri, milvus_server.token, work / "data", collection)
     try:
         with serve(env, work / "streamlit.log") as url:
             yield url
@@ -123,6 +116,8 @@ def test_a_private_workspace_and_its_chats_stay_with_their_owner(chromium, accou
         _sign_in(bob, accounts_app, "nobody-here", "whatever-password")
         bob.get_by_text(wrong.inner_text()).first.wait_for()
 
+        # Both browsers come from 127.0.0.1, and bob's two failures made that address wait 1 s, then 2 s.
+        alice.wait_for_timeout(2500)
         _sign_in(alice, accounts_app, "alice", PASSWORDS["alice"])
         alice.get_by_text("Signed in as").first.wait_for()
         assert "Accounts" in _nav(alice)  # an admin's page list
