@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
 
 from tests.browser.conftest import RunningApp, app_environment, serve, sidebar_labels
 from tests.conftest import MODEL_CACHE
@@ -46,14 +47,14 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         page.set_default_timeout(60_000)
         page.goto(_url(base, spec))
         # The main area's heading: a page's sidebar may carry headings of its own (Chat's "Answer settings").
+        # A web-first assertion, retried until it holds: the page may rerun (and redraw) while it loads.
         heading = page.get_by_test_id("stMain").get_by_test_id("stHeading").first
-        heading.wait_for()
+        expect(heading).to_have_text(HEADINGS[spec.url_path], use_inner_text=True, timeout=60_000)
         nav = page.get_by_test_id("stSidebarNav")
         with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
             nav.get_by_role("link", name=SIDEBAR[-1], exact=True).wait_for(timeout=15_000)
         links = sidebar_labels(page)
 
-        assert heading.inner_text().strip() == HEADINGS[spec.url_path], (spec.url_path, heading.inner_text())
         assert links == SIDEBAR, (spec.url_path, links)  # app.py's navigation, not one built from the folder
         assert page.title() == "Ask your documents", (spec.url_path, page.title())  # app.py's page config ran
         assert page.get_by_text("Page not found").count() == 0, spec.url_path
