@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
-from tests.browser.conftest import RunningApp, app_environment, serve, sidebar_labels
+from tests.browser.conftest import ARTIFACTS, RunningApp, app_environment, serve, sidebar_labels
 from tests.conftest import MODEL_CACHE
 from ui.navigation import PAGES, PageSpec
 
@@ -49,7 +49,13 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         # The main area's heading: a page's sidebar may carry headings of its own (Chat's "Answer settings").
         # A web-first assertion, retried until it holds: the page may rerun (and redraw) while it loads.
         heading = page.get_by_test_id("stMain").get_by_test_id("stHeading").first
-        expect(heading).to_have_text(HEADINGS[spec.url_path], use_inner_text=True, timeout=60_000)
+        try:
+            expect(heading).to_have_text(HEADINGS[spec.url_path], use_inner_text=True, timeout=60_000)
+        except AssertionError:  # keep what the browser showed, for the next reader of a CI failure
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"deep-link-{spec.url_path}.png"), full_page=True)
+            (ARTIFACTS / f"deep-link-{spec.url_path}.html").write_text(page.content(), encoding="utf-8")
+            raise
         nav = page.get_by_test_id("stSidebarNav")
         with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
             nav.get_by_role("link", name=SIDEBAR[-1], exact=True).wait_for(timeout=15_000)
