@@ -12,9 +12,9 @@ Shared by the Benchmarks page and `python -m rag bench`. Three experiments:
   async pipeline's alone, at equal backend and precision), the engine's `Ingestor`, and the engine's
   embedding of the same chunks with no Milvus at all (the ceiling for the engine on this machine).
 - `embed`: the corpus chunks embedded by every backend available here (torch fp32, the baseline; torch
-  bf16 on AMX; ONNX Runtime fp32 and int8), each warmed by one batch, the rounds interleaved and repeated
-  `repeat` times, reported as the median with its spread, plus each backend's cosine to torch fp32. The
-  engine's own backend is marked `chosen`. No Milvus is needed.
+  bf16 on AMX; ONNX Runtime fp32 and int8), each warmed by one untimed group (every lane's session made),
+  the rounds interleaved and repeated `repeat` times, reported as the median with its spread, plus each
+  backend's cosine to torch fp32. The engine's own backend is marked `chosen`. No Milvus is needed.
 
 Everything runs on the runtime loop; sync clients run in worker threads so the loop stays free.
 Every collection is a fresh `bench_<uuid8>` dropped in a `finally`, so the user's documents are never
@@ -563,8 +563,8 @@ async def _aingest(
     chunked = await asyncio.to_thread(lambda: [_chunk_file(p, splitter, embedder.model_id) for p in files])
     texts = [t for nodes in chunked for t in embed_texts(nodes)]
     plain = await asyncio.to_thread(_plain_embedder, settings)
-    for model in (embedder, plain):
-        await asyncio.to_thread(model.embed, texts[: settings.embed_batch_size])
+    for model in (embedder, plain):  # the lanes' sessions too: project-async must not pay for making them
+        await asyncio.to_thread(model.embed_documents, texts[: model.document_group])
     size_mb = sum(p.stat().st_size for p in files) / 1048576
     note = f"{len(files)} files, {size_mb:.1f} MB"
 

@@ -631,9 +631,9 @@ def time_embedding(embed: Callable[[list[str]], Any], texts: Sequence[str], batc
 
 
 def calibrate(embedders: dict[str, Embedder], rounds: int = 2) -> BackendChoice:
-    """Time every backend on CALIBRATION_TEXTS (each warmed by one batch, rounds interleaved so a busy
-    neighbour slows all alike, the best round kept), compare its vectors and its hit@5 on
-    CALIBRATION_QUESTIONS with torch fp32's, and choose the fastest that keeps QUALITY."""
+    """Time every backend on CALIBRATION_TEXTS (each warmed by one group of its document lanes, rounds
+    interleaved so a busy neighbour slows all alike, the best round kept), compare its vectors and its hit@5
+    on CALIBRATION_QUESTIONS with torch fp32's, and choose the fastest that keeps QUALITY."""
     import numpy as np
 
     texts = list(CALIBRATION_TEXTS)
