@@ -178,6 +178,12 @@ def map_milvus_errors(action: str) -> Iterator[None]:
     except asyncio.CancelledError:
         raise
     except MilvusException as exc:
+        if _refused_credentials(exc):  # pymilvus says "illegal connection params or server unavailable"
+            raise StoreUnavailableError(
+                f"Milvus {action} failed: the server refused the credentials ({exc})",
+                user_message=f"Milvus could not {action}: the server refused the credentials. Set MILVUS_TOKEN "
+                "to its user:password (or API key); for the embedded server leave MILVUS_URI and MILVUS_TOKEN unset.",
+            ) from exc
         text = str(exc)
         transient = any(s in text.lower() for s in ("unavailable", "connect", "deadline", "not ready", "closed"))
         cls = TransientStoreError if transient else StoreUnavailableError
@@ -194,6 +200,23 @@ def map_milvus_errors(action: str) -> Iterator[None]:
                 f"Milvus {action} failed: {exc}", user_message=f"Milvus is unreachable ({action})."
             ) from exc
         raise
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """Whether a gRPC UNAUTHENTICATED status lies under `exc` (pymilvus hides it behind a connection error)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # pymilvus's chains can loop back on themselves
+        seen.add(id(cause))
+        code = getattr(cause, "code", None)
+        if (
+            type(cause).__module__.startswith("grpc")
+            and callable(code)
+            and getattr(code(), "name", "") == "UNAUTHENTICATED"
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def collection_schema(connection: Connection, name: str, dim: int, consistency_level: str) -> dict[str, Any]:

@@ -39,6 +39,13 @@ def _ask(page, question: str) -> None:  # noqa: ANN001
     box.press("Enter")
 
 
+def _ask_in_chat(page, question: str) -> None:  # noqa: ANN001
+    """Go to Chat by the sidebar, as a user does after an upload, and ask."""
+    page.get_by_role("link", name="Chat", exact=True).click()
+    page.get_by_placeholder("Ask a question about your documents").wait_for()
+    _ask(page, question)
+
+
 def test_drop_a_pdf_watch_it_index_and_chat_with_cited_sources(page, streamlit_app: RunningApp, corpus: Path) -> None:  # noqa: ANN001
     _upload(page, streamlit_app, corpus / "zoo.pdf")  # a deep link is the server's first request
     _assert_routed(page)
@@ -117,9 +124,7 @@ def test_hostile_document_text_neither_runs_nor_loads(page, streamlit_app: Runni
         _upload(page, streamlit_app, hostile)
         page.get_by_text(re.compile(r"Indexed \(1\): pelicans\.txt")).wait_for(timeout=240_000)
 
-        page.get_by_role("link", name="Chat", exact=True).click()
-        page.get_by_placeholder("Ask a question about your documents").wait_for()
-        _ask(page, "Where do pelicans store fish?")
+        _ask_in_chat(page, "Where do pelicans store fish?")
         answer = page.get_by_text(re.compile(r"According to pelicans\.txt")).first
         answer.wait_for(timeout=120_000)
         page.get_by_text(re.compile(r"^Sources \(\d+\)$")).first.click()
@@ -142,9 +147,7 @@ def test_a_source_opens_on_its_page_with_the_passage_highlighted(page, streamlit
 
     _upload(page, streamlit_app, corpus / "zoo.pdf")
     page.get_by_text(re.compile(r"(Indexed|Already present \(unchanged\)) \(1\): zoo\.pdf")).wait_for(timeout=240_000)
-    page.get_by_role("link", name="Chat", exact=True).click()
-    page.get_by_placeholder("Ask a question about your documents").wait_for()
-    _ask(page, "Who are the authors of the zoo package's introduction?")
+    _ask_in_chat(page, "Who are the authors of the zoo package's introduction?")
     page.get_by_text(re.compile(r"Sources: \[1\] zoo\.pdf, p\. \d+")).last.wait_for(timeout=120_000)
 
     page.get_by_role("button", name=re.compile(r"^\[1\] zoo\.pdf")).last.click()
@@ -167,8 +170,6 @@ def test_a_scanned_pdf_is_read_by_ocr_and_answers(page, streamlit_app: RunningAp
     _upload(page, streamlit_app, scan)
     page.get_by_text(re.compile(r"heron-scan\.pdf · (queued|reading|ocr)")).first.wait_for()
     page.get_by_text(re.compile(r"Indexed \(1\): heron-scan\.pdf")).wait_for(timeout=300_000)
-    page.get_by_role("link", name="Chat", exact=True).click()
-    page.get_by_placeholder("Ask a question about your documents").wait_for()
-    _ask(page, "Who founded the Quillfeather Observatory, and when?")
+    _ask_in_chat(page, "Who founded the Quillfeather Observatory, and when?")
     sources = page.get_by_text(re.compile(r"Sources: \[1\] heron-scan\.pdf, p\. 1")).last
     sources.wait_for(timeout=120_000)

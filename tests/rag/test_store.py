@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.errors import EmbeddingMismatchError
+from rag.errors import EmbeddingMismatchError, StoreUnavailableError, TransientStoreError
 from rag.ingest import FileStatus
 from rag.options import AskOptions
 from rag.service import RagService
@@ -116,3 +116,12 @@ def test_searches_started_together_share_requests_and_match_single_searches(serv
         assert all(h.node.metadata["file_name"] == "zoo.pdf" and h.node.get_content() for h in hits)
     sent = store.searches.calls - calls
     assert sent == 2  # one request per filter: five queries are too few to split
+
+
+def test_a_wrong_token_is_named_as_such_and_not_retried(make_settings, embedder) -> None:  # noqa: ANN001
+    # pymilvus reports a refused password as "illegal connection params or server unavailable"
+    settings = make_settings(milvus_token="root:not-the-password")
+    with pytest.raises(StoreUnavailableError) as caught:
+        RagService(settings, embedder=embedder)
+    assert not isinstance(caught.value, TransientStoreError)  # retrying cannot help
+    assert "refused the credentials" in caught.value.user_message and "MILVUS_TOKEN" in caught.value.user_message
