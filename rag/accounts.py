@@ -124,7 +124,14 @@ class Accounts:
         cls, settings: Settings, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
     ) -> Accounts:
         """The accounts of `settings.data_dir`."""
-        return cls(Path(settings.data_dir) / FILE_NAME, clock=clock, hasher=hasher)
+        return cls.in_data_dir(settings.data_dir, clock=clock, hasher=hasher)
+
+    @classmethod
+    def in_data_dir(
+        cls, data_dir: Path | str, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
+    ) -> Accounts:
+        """The accounts of a data dir."""
+        return cls(Path(data_dir) / FILE_NAME, clock=clock, hasher=hasher)
 
     check_name = staticmethod(check_name)
     check_password = staticmethod(check_password)

@@ -7,6 +7,7 @@ Teams wanting single sign-on use Streamlit's OIDC login (README).
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 
 import streamlit as st
 
@@ -19,18 +20,26 @@ USER = "auth.user"
 ADMIN = "auth.admin"
 
 
+@st.cache_resource(show_spinner=False, on_release=lambda accounts: accounts.close())
+def _open_accounts(data_dir: str) -> Accounts:
+    return Accounts.in_data_dir(data_dir)
+
+
+def get_accounts(data_dir: Path | str) -> Accounts:
+    """The accounts database of a data dir, opened once per process: every run of every page checks it
+    (Accounts is safe to share between threads; other processes' changes show through SQLite)."""
+    return _open_accounts(str(data_dir))
+
+
 def signed_in() -> bool:
     """Whether this session may see pages already (no sign-in or password form to show first)."""
     try:
         settings = load_settings()
-        accounts = Accounts.from_settings(settings)
+        accounts = get_accounts(settings.data_dir)
     except RagError:
         return False
-    try:
-        if accounts.any():
-            return st.session_state.get(USER) is not None and accounts.get(st.session_state[USER]) is not None
-    finally:
-        accounts.close()
+    if accounts.any():
+        return st.session_state.get(USER) is not None and accounts.get(st.session_state[USER]) is not None
     secret = settings.app_password
     return secret is None or not secret.get_secret_value() or bool(st.session_state.get(UNLOCKED))
 
@@ -39,27 +48,23 @@ def require_login() -> None:
     """Stop the page until this browser session is allowed in: signed in when accounts exist, else past
     APP_PASSWORD when it is set."""
     try:
-        settings = load_settings()
-        accounts = Accounts.from_settings(settings)
+        accounts = get_accounts(load_settings().data_dir)
     except RagError as exc:
         st.error(exc.user_message)
         st.stop()
-    try:
-        if not accounts.any():
-            st.session_state.pop(USER, None)
-            require_password()
+    if not accounts.any():
+        st.session_state.pop(USER, None)
+        require_password()
+        return
+    name = st.session_state.get(USER)
+    if name is not None:
+        account = accounts.get(name)
+        if account is not None:  # still exists (an admin may have removed it meanwhile)
+            st.session_state[ADMIN] = account.admin
+            _sign_out_button(account.name)
             return
-        name = st.session_state.get(USER)
-        if name is not None:
-            account = accounts.get(name)
-            if account is not None:  # still exists (an admin may have removed it meanwhile)
-                st.session_state[ADMIN] = account.admin
-                _sign_out_button(account.name)
-                return
-            st.session_state.pop(USER, None)
-        _login_form(accounts)
-    finally:
-        accounts.close()
+        st.session_state.pop(USER, None)
+    _login_form(accounts)
     st.stop()
 
 
