@@ -406,6 +406,7 @@ class Ingestor:
             added_at=existing.added_at if src.reindex and existing else time.time(),
             generation=generation,
             workspace=src.workspace,
+            owner=existing.owner if src.reindex and existing else src.owner,
         )
         prog.chunks_total = len(nodes)
         publish(index, prog.model_copy())
