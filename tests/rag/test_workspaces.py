@@ -181,22 +181,3 @@ def test_a_collection_from_before_workspaces_becomes_default(make_settings, embe
         assert [d.doc_id for d in svc.documents()] == [doc_id]
     finally:
         _drop(svc)
-
-
-def test_a_private_workspace_is_invisible_and_unmanageable_to_others(service: RagService) -> None:
-    mine = service.private_workspace("alice")
-    assert service.private_workspace("alice") == mine  # made once
-    assert mine.id not in {w.id for w in service.list_workspaces("bob")}
-    for action in (
-        lambda: service.workspace(mine.name, "bob"),
-        lambda: service.rename_workspace(mine.name, "taken", "bob"),
-        lambda: service.delete_workspace(mine.name, "bob", admin=True),  # even an admin cannot see it
-    ):
-        with pytest.raises(WorkspaceNotFoundError):
-            action()
-    shared = service.create_workspace("Research", owner="alice", shared=True)
-    assert shared.id in {w.id for w in service.list_workspaces("bob")}
-    with pytest.raises(WorkspaceError) as err:
-        service.delete_workspace("Research", "bob")  # shared: only an admin manages it
-    assert "Only an admin" in err.value.user_message
-    assert service.delete_workspace("Research", "carol", admin=True) == []
