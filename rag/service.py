@@ -313,11 +313,10 @@ class RagService(QuestionService):
         """A workspace the caller may rename (`rename`: its owners) or delete and give roles in (`manage`:
         admins for a shared one, its owner for a private one)."""
         workspace = self.workspaces.get(name, caller)
-        allowed = (
-            at_least(workspace.role, "owner")
-            if verb == "rename"
-            else (caller.manages if workspace.shared else workspace.role == "owner")
-        )
+        if verb == "rename" or not workspace.shared:
+            allowed = at_least(workspace.role, "owner")  # a private one's owner; anyone while no account exists
+        else:
+            allowed = caller.manages or (caller.kind == "anonymous" and workspace.role == "owner")
         if not allowed:
             raise AccessDeniedError(
                 f"{caller.label} may not {verb} {workspace.id}",

@@ -72,7 +72,7 @@ def run_app() -> None:
     """The whole app: page config, sign-in (or password), session id, then the page the URL names."""
     st.set_page_config(page_title="Ask your documents", page_icon=":material/forum:", layout="wide")
     if not signed_in():  # the form first, with no page list beside it (st.navigation still ends the folder mode)
-        st.navigation(_pages(admin=False, open_app=False), position="hidden")
+        st.navigation(_pages(admin=False, open_app=True), position="hidden")  # the form blocks them all
         require_login()  # the form; a successful sign-in reruns
         st.stop()
     require_login()
