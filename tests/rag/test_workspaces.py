@@ -73,7 +73,7 @@ def test_documents_of_one_workspace_never_reach_another(cli_env, corpus: Path, t
         assert deleted == {"name": "a", "documents": 2}
 
         count = svc.runtime.run(svc.store.acount_filtered(Scope(a_id)))
-        assert count == 0 and svc.documents(a_id) == []
+        assert count == 0 and svc.library.list(a_id) == []
         assert svc.store.keyword is not None and not any(svc.store.keyword.chunk_ids(d.doc_id) for d in a_docs)
         assert not stored["zoo.pdf"].exists()  # its bytes were a's alone
         assert stored["shared.txt"].exists()  # these bytes are b's too
@@ -107,8 +107,10 @@ def test_a_search_in_one_workspace_never_returns_another_chunk(service: RagServi
         for workspace, ids in ((one.id, ids_one), (two.id, ids_two)):
             hits = service.retrieve(question, AskOptions(top_k=20, retrieval=mode, workspace=workspace))
             assert hits and {h.doc_id for h in hits} <= ids, (mode, workspace)
-        nothing = service.retrieve(question, AskOptions(retrieval=mode, workspace="nobody"))
-        assert nothing == [], mode
+        unknown = AskOptions(retrieval=mode, workspace="nobody")
+        with pytest.raises(WorkspaceNotFoundError):  # the service refuses a workspace that does not exist
+            service.retrieve(question, unknown)
+        assert service.runtime.run(service.engine.aretrieve(question, unknown)) == [], mode  # and nothing matches
 
 
 @pytest.mark.parametrize(
