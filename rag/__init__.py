@@ -67,6 +67,7 @@ _LOCATIONS = {
     "OperationTimeoutError": "rag.errors",
     "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
+    "QueueStatus": "rag.jobs",
     "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
@@ -74,6 +75,7 @@ _LOCATIONS = {
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
     "ServiceStatus": "rag.service",
+    "WorkerInfo": "rag.jobs",
     "Settings": "rag.config",
     "Source": "rag.query",
     "Stage": "rag.ingest",
@@ -92,6 +94,7 @@ _LOCATIONS = {
     "neutralize_markdown": "rag.markdown",
     "parse_pairs": "rag.evaluate",
     "plan": "rag.bench",
+    "queue_status": "rag.jobs",
     "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
 }
@@ -145,6 +148,7 @@ __all__ = [
     "OperationTimeoutError",
     "Preparation",
     "QAPair",
+    "QueueStatus",
     "QuestionService",
     "RagError",
     "RagService",
@@ -159,6 +163,7 @@ __all__ = [
     "StoredTurn",
     "Workspace",
     "WorkspaceError",
+    "WorkerInfo",
     "WorkspaceNotFoundError",
     "aiter_bench",
     "default_corpus_dir",
@@ -170,6 +175,7 @@ __all__ = [
     "neutralize_markdown",
     "parse_pairs",
     "plan",
+    "queue_status",
     "prepare_backend",
     "redact_url",
 ]
@@ -233,7 +239,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     )
     from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
-    from rag.jobs import JobSnapshot, JobState
+    from rag.jobs import JobSnapshot, JobState, QueueStatus, WorkerInfo, queue_status
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval

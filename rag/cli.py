@@ -45,11 +45,12 @@ def _workspace(service: Any) -> str:
 
 
 @contextlib.contextmanager
-def _service(settings: Settings) -> Iterator[Any]:
-    """The whole engine (a RagService, imported lazily for a fast --help), closed when the command ends."""
+def _service(settings: Settings, worker: str = "own", concurrency: int | None = None) -> Iterator[Any]:
+    """The whole engine (a RagService, imported lazily for a fast --help), closed when the command ends. A command
+    runs only the jobs it queued itself, and only when no worker would (`RagService(worker=...)`)."""
     from rag import RagService
 
-    service = RagService(settings)
+    service = RagService(settings, worker=worker, concurrency=concurrency)
     try:
         yield service
     finally:
@@ -376,6 +377,90 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
     for r in reports:
         for row in r.misses:
             click.echo(f"miss ({r.mode}): {row.question}  [{row.file}]")
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Jobs this worker runs at once (RAG_MAX_RUNNING_JOBS still caps all workers together).",
+)
+@click.pass_context
+@_edge
+def worker(ctx: click.Context, concurrency: int) -> None:
+    """Run queued ingestion jobs until stopped (SIGTERM or Ctrl-C): start as many as you like, on any machine that
+    reaches the database (RAG_DATABASE_URL), the file store (RAG_STORAGE_URL) and Milvus.
+
+    \b
+    Jobs a stopping worker was running go back to the queue and start again from their first unfinished file;
+    a worker that dies is noticed when its lease (RAG_JOB_LEASE) runs out, and its jobs run elsewhere.
+
+    Example: python -m rag worker --concurrency 2
+    """
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_args: stop.set())
+    settings = _settings(ctx)
+    with _service(settings, worker="worker", concurrency=concurrency) as service:
+        me = service.worker
+        click.echo(
+            f"worker {me.id.split('|')[0]} (pid {os.getpid()}) runs up to {concurrency} job(s) of collection "
+            f"{settings.collection}; database {redact_url(service.jobs.db.url)}, files in "
+            f"{service.library.storage.describe()}",
+            err=True,
+        )
+        while not stop.wait(1.0):
+            pass
+        click.echo("stopping: running jobs go back to the queue", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print {queue: {queued, running}, workers: [...]}.")
+@click.pass_context
+@_edge
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the job queue and its workers: where each runs, what it runs, when it last said it was alive.
+
+    A worker that stopped heart-beating for longer than its lease (RAG_JOB_LEASE) is shown as lost. Reads the
+    database only (no Milvus, no model).
+
+    Example: python -m rag status --json
+    """
+    from rag import queue_status
+
+    found = queue_status(_settings(ctx))
+    workers = [
+        {
+            "id": w.id,
+            "host": w.host,
+            "pid": w.pid,
+            "kind": w.kind,
+            "state": w.state,
+            "concurrency": w.concurrency,
+            "jobs": w.jobs,
+            "started_at": w.started_at,
+            "heartbeat_at": w.heartbeat_at,
+            "heartbeat_age": round(max(0.0, found.checked_at - w.heartbeat_at), 1),
+        }
+        for w in found.workers
+    ]
+    if as_json:
+        click.echo(json.dumps({"queue": {"queued": found.queued, "running": found.running}, "workers": workers}))
+        return
+    click.echo(f"jobs: {found.queued} queued, {found.running} running")
+    if not workers:
+        click.echo("no worker has run here in the last day")
+    for w in workers:
+        doing = ", ".join(w["jobs"]) or "idle"
+        click.echo(
+            f"{w['state']:8} {w['host']} pid {w['pid']} ({w['kind']}, {w['concurrency']} at once): {doing}; "
+            f"last heartbeat {w['heartbeat_age']:.0f} s ago"
+        )
 
 
 @cli.group()

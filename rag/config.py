@@ -42,6 +42,33 @@ class Settings(BaseSettings):
             "database shared by every app process, CLI and worker."
         ),
     )
+    storage_url: str = Field(
+        "",
+        validation_alias=AliasChoices("RAG_STORAGE_URL", "storage_url"),
+        description=(
+            "Where uploaded files are kept, for every process that indexes or shows them. Empty: RAG_DATA_DIR/uploads. "
+            "A path (e.g. a shared volume mounted on every machine), or s3://bucket/prefix (S3-compatible, via s3fs; "
+            "credentials and endpoint from the usual AWS_* variables)."
+        ),
+    )
+    inprocess_worker: Literal["auto", "on", "off"] = Field(
+        "auto",
+        validation_alias=AliasChoices("RAG_INPROCESS_WORKER", "inprocess_worker"),
+        description=(
+            "Whether the web app runs ingestion jobs itself. auto: yes with the embedded SQLite database, no with "
+            "PostgreSQL, where `python -m rag worker` processes (on any machine) run them."
+        ),
+    )
+    job_lease: float = Field(
+        60.0,
+        ge=3,
+        le=3600,
+        validation_alias=AliasChoices("RAG_JOB_LEASE", "job_lease"),
+        description=(
+            "Seconds a worker's claim on a running job lasts without renewal (renewed every sixth of it); a job whose "
+            "worker stopped renewing is run again by another worker, and the worker is shown as lost."
+        ),
+    )
     milvus_uri: str = Field(
         "",
         validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"),
@@ -188,7 +215,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("openai_base_url", "milvus_uri", "database_url")
+    @field_validator("openai_base_url", "milvus_uri", "database_url", "storage_url")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if isinstance(value, str) else value
@@ -210,6 +237,26 @@ class Settings(BaseSettings):
             f"unsupported database {scheme!r}: use empty (SQLite in RAG_DATA_DIR), sqlite:///path/to/file "
             "or postgresql+psycopg://user:password@host/db"
         )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        """Empty, a local path (or file://), or s3://bucket[/prefix]."""
+        scheme, sep, rest = value.partition("://")
+        if not value or not sep or scheme == "file":
+            return value
+        if scheme in ("s3", "s3a") and rest.strip("/"):
+            return f"s3://{rest.strip('/')}"
+        raise ValueError(
+            f"unsupported storage {scheme!r}: use empty (RAG_DATA_DIR/uploads), a path, or s3://bucket/prefix"
+        )
+
+    @property
+    def inprocess_jobs(self) -> bool:
+        """Whether the app runs ingestion jobs in its own process (RAG_INPROCESS_WORKER)."""
+        if self.inprocess_worker == "auto":
+            return not self.database_url.startswith("postgresql")
+        return self.inprocess_worker == "on"
 
     @property
     def model_cache_dir(self) -> Path:
@@ -267,7 +314,7 @@ def _readable(exc: ValidationError) -> str:
     return "Invalid configuration: " + "; ".join(parts)
 
 
-_URL_FIELDS = ("milvus_uri", "openai_base_url", "database_url")
+_URL_FIELDS = ("milvus_uri", "openai_base_url", "database_url", "storage_url")
 _SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential", re.IGNORECASE)
 
 

@@ -4,8 +4,10 @@ re-index, delete and recovery.
 Ingestion (`rag.ingest`) reads, chunks and embeds; it asks this module to stage, begin, renew, commit or
 abandon a document. The service asks it to list, delete and re-index. The rules it keeps:
 
-- bytes are staged once, under their SHA-256, and removed as soon as no catalogue row and no job holds them
-  (so rejected, failed, cancelled and duplicate uploads leave nothing behind);
+- bytes are stored once (`rag.storage`, RAG_STORAGE_URL), under their SHA-256, and removed as soon as no catalogue
+  row and no queued or running job refers to them (so rejected, failed, cancelled and duplicate uploads leave
+  nothing behind); that check and the removal hold the database's "storage" lock, which enqueueing a job takes
+  too, so bytes are never removed under a job being queued;
 - a document is listed only once all its chunks are stored; until then its row is `indexing`;
 - a writer holds a lease on its row and renews it while it writes; recovery at start removes only rows whose
   lease ran out, so a CLI ingest still writing in another process is left alone;
@@ -20,20 +22,21 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlalchemy import func, select
+
+from rag import schema
 from rag.access import OPERATOR
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
 from rag.database import Database
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
+from rag.storage import Staged, Storage
 from rag.store import DocumentStore, chunk_id
 from rag.workspaces import DEFAULT_ID, Workspaces
 
@@ -48,7 +51,7 @@ class SourceFile:
     """A file to ingest: where its bytes are, what the user calls it, which workspace it goes into, and
     whether its bytes are staged already (`content_hash`, their SHA-256, is then set). `reindex` asks for a
     new generation of an indexed document's chunks; `owner` is the uploader's account id (None: the operator,
-    or no accounts)."""
+    or no accounts); `key` names the stored bytes in `rag.storage` (`path` is then a local file with them)."""
 
     path: Path
     name: str
@@ -56,6 +59,7 @@ class SourceFile:
     reindex: bool = False
     workspace: str = DEFAULT_ID
     owner: str | None = None
+    key: str | None = None
 
     @property
     def doc_id(self) -> str | None:
@@ -86,9 +90,8 @@ class DocumentLibrary:
         self.settings = settings
         self.store = store
         self.catalog = Catalog(Database.open(settings), settings.collection)
-        self.uploads = Path(settings.data_dir) / "uploads"
-        self._holds: Counter[str] = Counter()  # stored path -> jobs still using the bytes
-        self._holds_lock = threading.Lock()
+        self.storage = Storage(settings)
+        self.uploads = Path(self.storage.root)
         self._writers: dict[str, tuple[asyncio.Lock, int]] = {}  # doc id -> (its lock, writers waiting or writing)
 
     # -- reading ------------------------------------------------------------------------------
@@ -114,59 +117,59 @@ class DocumentLibrary:
         return record
 
     # -- bytes --------------------------------------------------------------------------------
+    def stage(self, data: BinaryIO, name: str) -> Staged:
+        """Write an upload's bytes under a temporary name, hashing while writing (one copy); `publish` puts them
+        under their key (inside the transaction that queues their job). Blocking: never on the loop."""
+        return self.storage.stage(data, name)
+
+    def publish(self, staged: Staged) -> None:
+        """Move staged bytes under their key (the caller holds the storage lock: `JobQueue.enqueue`)."""
+        self.storage.publish(staged)
+
     def stage_path(self, path: Path, name: str, workspace: str = DEFAULT_ID) -> SourceFile:
-        """Copy a file's bytes into the uploads folder under their hash (once), held until `release`."""
+        """Store a file's bytes under their hash at once, for a caller that ingests without a job (the benchmark's
+        own ingestor); `release` them when done."""
         with open(path, "rb") as fh:
             return self.stage_stream(fh, name, workspace)
 
     def stage_stream(self, data: BinaryIO, name: str, workspace: str = DEFAULT_ID) -> SourceFile:
-        """Write an upload's bytes into the uploads folder under their hash, hashing while writing (one copy),
-        held until `release`. Blocking: call it from a worker thread or a page, never on the loop."""
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        tmp = self.uploads / f".staging.{os.getpid()}.{os.urandom(6).hex()}.tmp"  # one per writer
-        try:
-            with open(tmp, "wb") as out:
-                for block in iter(lambda: data.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
-            content_hash = digest.hexdigest()
-            # The extension as rag.readers.file_type gives it: importing that module (LlamaIndex, 2-3 s) here
-            # would make `docs list` wait for it.
-            target = self.uploads / f"{content_hash}{Path(name).suffix.lower()[:16]}"
-            with self._holds_lock:
-                if target.exists():
-                    tmp.unlink()
-                else:
-                    os.replace(tmp, target)
-                self._holds[str(target)] += 1
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return SourceFile(target, name, content_hash=content_hash, workspace=workspace)
+        """Store a stream's bytes under their hash at once (see `stage_path`)."""
+        staged = self.storage.stage(data, name)
+        with self.catalog.db.write(serialize="storage"):
+            self.storage.publish(staged)
+        return self.source(staged, name, workspace)
 
-    def hold(self, stored: Path) -> None:
-        """Keep stored bytes while a job uses them (a re-index of an indexed document)."""
-        with self._holds_lock:
-            self._holds[str(stored)] += 1
+    def source(self, staged: Staged, name: str, workspace: str = DEFAULT_ID) -> SourceFile:
+        """What an ingestor reads for stored bytes."""
+        return SourceFile(
+            self.storage.local_path(staged.key),
+            name,
+            content_hash=staged.content_hash,
+            workspace=workspace,
+            key=staged.key,
+        )
 
-    def release(self, stored: Path) -> None:
-        """A job is done with these bytes: remove them (and files derived from them) unless a row or another
-        job still uses them."""
-        key = str(stored)
-        with self._holds_lock:
-            self._holds[key] -= 1
-            if self._holds[key] > 0:
-                return
-            del self._holds[key]
-            if self.catalog.references(key):
-                return
-            self._remove_bytes(stored)
+    def release(self, stored: str | Path) -> None:
+        """Bytes no longer needed by whoever staged them: removed unless a row or an active job refers to them."""
+        self.release_keys([stored.name if isinstance(stored, Path) and stored.parent == self.uploads else str(stored)])
 
-    def _remove_bytes(self, stored: Path) -> None:
-        stored.unlink(missing_ok=True)
-        for derived in stored.parent.glob(f"{stored.name}.*"):  # e.g. OCR boxes kept for the source viewer
-            derived.unlink(missing_ok=True)
+    def release_keys(self, keys: Sequence[str]) -> None:
+        """Remove stored bytes (and the files derived from them) that no catalogue row and no queued or running job
+        refers to, under the storage lock."""
+        docs, files, jobs = schema.documents, schema.job_files, schema.jobs
+        with self.catalog.db.write(serialize="storage") as conn:
+            for key in sorted(set(keys)):
+                rows = conn.execute(select(func.count()).where(docs.c.stored_path == key)).scalar_one()
+                active = conn.execute(
+                    select(func.count())
+                    .select_from(files.join(jobs, jobs.c.id == files.c.job_id))
+                    .where(files.c.stored == key, jobs.c.state.in_(("queued", "running")))
+                ).scalar_one()
+                if not rows and not active:
+                    try:
+                        self.storage.remove(key)
+                    except OSError:
+                        log.warning("could not remove the stored copy %s", key, exc_info=True)
 
     # -- writing ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -258,32 +261,29 @@ class DocumentLibrary:
     async def _adelete(self, record: DocumentRecord) -> None:
         await self.store.adelete_doc(record.doc_id)
         await asyncio.to_thread(self.catalog.remove, record.doc_id)
-        with self._holds_lock:
-            if not self._holds.get(record.stored_path) and not self.catalog.references(record.stored_path):
-                self._remove_bytes(Path(record.stored_path))
+        await asyncio.to_thread(self.release_keys, [record.stored_path])
 
     def reindex_source(self, doc_id: str, workspace: str | None = None) -> SourceFile:
-        """What a re-index job reads: the document's stored bytes, held until the job is done."""
+        """What a re-index job reads: the document's stored bytes (its job's row refers to them while it runs)."""
         record = self.resolve(doc_id, workspace)
         if record.status != "indexed":
             raise DocumentBusyError(
                 f"{record.doc_id} is {record.status}",
                 user_message=f"{record.file_name} is still being indexed; re-index it once that has finished.",
             )
-        stored = Path(record.stored_path)
-        if not stored.exists():
+        if not self.storage.exists(record.stored_path):
             raise DocumentNotFoundError(
-                f"{stored} is missing",
+                f"{record.stored_path} is missing",
                 user_message=f"The stored copy of {record.file_name} is missing; upload the file again.",
             )
-        self.hold(stored)
         return SourceFile(
-            stored,
+            self.storage.local_path(record.stored_path) if not self.storage.remote else Path(record.stored_path),
             record.file_name,
-            content_hash=stored.name[:64],
+            content_hash=Path(record.stored_path).name[:64],
             reindex=True,
             workspace=record.workspace,
             owner=record.owner,
+            key=record.stored_path,
         )
 
     async def adelete_workspace(self, workspace: str) -> list[DocumentRecord]:
@@ -321,16 +321,14 @@ def _stem(doc_id: str, generation: int) -> str:
     return chunk_id(doc_id, 0, generation).rsplit("-", 1)[0]
 
 
-def stage_all(
-    library: DocumentLibrary, uploads: Sequence[tuple[str, BinaryIO]], workspace: str = DEFAULT_ID
-) -> list[SourceFile]:
-    """Stage several uploads; on a failure, release the ones already staged."""
-    staged: list[SourceFile] = []
+def stage_all(library: DocumentLibrary, uploads: Sequence[tuple[str, BinaryIO]]) -> list[Staged]:
+    """Write several uploads under temporary names; on a failure, discard the ones already written."""
+    staged: list[Staged] = []
     try:
         for name, data in uploads:
-            staged.append(library.stage_stream(data, name, workspace))
+            staged.append(library.stage(data, name))
     except BaseException:
-        for source in staged:
-            library.release(source.path)
+        for done in staged:
+            library.storage.discard(done)
         raise
     return staged

@@ -17,7 +17,6 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar
 
 from llama_index.core.node_parser import SentenceSplitter
@@ -232,7 +231,7 @@ class _Prepared:
     nodes: list[BaseNode] | None = None
     result: FileResult | None = None
     reindex: bool = False
-    staged: Path | None = None  # bytes this job staged itself, released when the file is done
+    staged: str | None = None  # key of bytes this ingestor stored itself, released when the file is done
     begun: bool = False  # this job claimed the row (or the new generation), so what it stored is its own
 
 
@@ -307,11 +306,11 @@ class Ingestor:
         """Read, hash, stage and chunk a file; failures become a failed result, and bytes nobody keeps go."""
         prog.started_at, prog.stage = time.time(), Stage.READING
         publish(index, prog.model_copy())
-        staged: Path | None = None
+        staged: str | None = None
         try:
-            if src.doc_id is None:  # a path from the command line: stage a copy of its bytes first
+            if src.doc_id is None:  # a path not stored yet (the benchmark's own ingestor): store its bytes first
                 staged_file = await self._stage(src, prog)
-                staged = staged_file.path
+                staged = staged_file.key
                 src = staged_file
             item = await self._prepare_file(index, src, prog, publish)
         except RagError as exc:
@@ -332,14 +331,14 @@ class Ingestor:
             size = src.path.stat().st_size
         except OSError as exc:
             raise IngestError(name, f"cannot be opened ({exc.strerror})") from exc
-        self._check_size(name, size)
+        self.check_size(name, size)
         try:
             staged = await asyncio.to_thread(self.library.stage_path, src.path, name, src.workspace)
             return dataclasses.replace(staged, owner=src.owner)
         except OSError as exc:
             raise IngestError(name, f"cannot be read ({exc.strerror})") from exc
 
-    def _check_size(self, name: str, size: int) -> None:
+    def check_size(self, name: str, size: int) -> None:
         limit = self.settings.max_file_mb * 1024 * 1024
         if size > limit:
             raise IngestError(
@@ -354,7 +353,7 @@ class Ingestor:
         name, stored, doc_id = prog.file, src.path, src.doc_id
         assert doc_id is not None
         size = stored.stat().st_size
-        self._check_size(name, size)
+        self.check_size(name, size)
         prog.doc_id = doc_id
         existing = await asyncio.to_thread(self.library.get, doc_id)
         generation = 0
@@ -379,7 +378,9 @@ class Ingestor:
             raise
         docs, prog.notes = read.documents, list(read.notes)
         if read.ocr_pages:
-            await asyncio.to_thread(write_sidecar, stored, read.ocr_pages)
+            sidecar = await asyncio.to_thread(write_sidecar, stored, read.ocr_pages)
+            if src.key is not None:
+                await asyncio.to_thread(self.library.storage.save_derived, src.key, sidecar)
         estimate = sum(len(d.text) for d in docs) // (4 * self.splitter.chunk_size)  # ~4 characters per token
         if estimate > self.settings.max_chunks_per_file:
             raise IngestError(
@@ -404,7 +405,7 @@ class Ingestor:
             pages=pages,
             chunks=len(nodes),
             status="indexing",
-            stored_path=str(stored),
+            stored_path=src.key or str(stored),
             added_at=existing.added_at if src.reindex and existing else time.time(),
             generation=generation,
             workspace=src.workspace,

@@ -165,3 +165,67 @@ turns = Table(
     Index("ix_turns_by_sid", "sid", "workspace", "id"),
     sqlite_autoincrement=True,
 )
+
+JOB_STATES = ("queued", "running", "done", "cancelled", "failed")
+"""Where a job is: waiting its turn, claimed by a worker (under a lease), or ended one of three ways."""
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("collection", String(255), nullable=False),
+    Column("owner", String(160), nullable=False, comment="account:<id>, a browser session id, or cli"),
+    Column("workspace", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, comment="first claimed"),
+    Column("finished_at", Float),
+    Column("worker", String(200), comment="workers.id of the worker running it (kept once it ended)"),
+    Column("lease_until", Float, comment="a running job whose lease ran out is claimed again"),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("report", Text, comment="JSON IngestReport once ended"),
+    Column("error", Text),
+    CheckConstraint("state IN ('queued', 'running', 'done', 'cancelled', 'failed')", name="state"),
+    Index("ix_jobs_queue", "collection", "state", "created_at"),
+    Index("ix_jobs_owner", "collection", "owner", "created_at"),
+    # One running job per owner, whoever runs it: the fairness rule as a constraint, across workers.
+    Index(
+        "uq_jobs_running_owner",
+        "collection",
+        "owner",
+        unique=True,
+        sqlite_where=text("state = 'running'"),
+        postgresql_where=text("state = 'running'"),
+    ),
+)
+
+job_files = Table(
+    "job_files",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("name", Text, nullable=False, comment="as the user gave it"),
+    Column("stored", Text, comment="storage key of the staged bytes (NULL: refused before staging)"),
+    Column("content_hash", String(64)),
+    Column("reindex", Boolean, nullable=False, server_default=text("false")),
+    Column("uploader", String(32), comment="the uploader's account id (NULL: the operator, or no accounts)"),
+    Column("progress", Text, nullable=False, comment="JSON FileProgress, written by the worker as it goes"),
+    Column("result", Text, comment="JSON FileResult once the file ended"),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_job_files_stored", "stored"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(200), primary_key=True, comment="host|pid|start|token"),
+    Column("collection", String(255), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("kind", String(16), nullable=False, comment="worker (python -m rag worker), app, cli"),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float, comment="set by a clean stop; a worker whose heartbeat stops is lost"),
+)

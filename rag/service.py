@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,12 +20,12 @@ from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
 from rag.database import Database
-from rag.documents import DocumentLibrary, SourceFile, stage_all
+from rag.documents import DocumentLibrary, stage_all
 from rag.embeddings import Embedder, load_embedder
-from rag.errors import AccessDeniedError, WorkspaceError
+from rag.errors import AccessDeniedError, IngestError, OperationTimeoutError, RagError, WorkspaceError
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
-from rag.ingest import FileProgress, Ingestor, IngestReport
-from rag.jobs import JobManager, JobSnapshot
+from rag.ingest import FileProgress, FileResult, FileStatus, Ingestor, IngestReport, clean_name
+from rag.jobs import JobQueue, JobSnapshot, JobState, NewFile, QueueStatus, Worker
 from rag.llms import describe_llm
 from rag.options import Retrieval
 from rag.questions import QuestionService
@@ -48,6 +48,7 @@ class ServiceStatus:
     mode: str
     documents: int
     recovered: tuple[str, ...]
+    queue: QueueStatus | None = None
 
 
 class RagService(QuestionService):
@@ -59,7 +60,17 @@ class RagService(QuestionService):
     the operator (the local command line, all rights): a server answering other people must pass theirs.
     """
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime | None = None,
+        embedder: Embedder | None = None,
+        worker: str = "app",
+        concurrency: int | None = None,
+    ) -> None:
+        """`worker` says which jobs this process runs: `app` (the web app: every job of the collection when
+        RAG_INPROCESS_WORKER allows), `own` (the CLI: only jobs it queued itself, and only when no worker would),
+        `worker` (`python -m rag worker`: every job, `concurrency` at once) or `none`."""
         self.settings = settings
         self._own_runtime = runtime is None
         self.runtime = runtime or Runtime()
@@ -76,13 +87,25 @@ class RagService(QuestionService):
             self.conversations = ConversationStore(Database.open(settings))
             self.accounts = Accounts(Database.open(settings))
             self.ingestor = Ingestor(settings, self.embedder, self.library)
-            self.jobs = JobManager(
-                self.ingestor,
-                self.runtime,
+            self.jobs = JobQueue(
+                Database.open(settings),
+                settings.collection,
                 max_running=settings.max_running_jobs,
-                release=lambda source: self.library.release(source.path),
+                lease=settings.job_lease,
+                release=self.library.release_keys,
             )
+            self._mode = worker
             self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self.worker: Worker | None = None
+            if worker == "worker" or (worker == "app" and settings.inprocess_jobs):
+                self.worker = Worker(
+                    self.jobs,
+                    self.ingestor,
+                    self.library,
+                    self.runtime,
+                    kind=worker,
+                    concurrency=concurrency or settings.max_running_jobs,
+                ).start()
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -118,20 +141,98 @@ class RagService(QuestionService):
             return
         raise AccessDeniedError(f"{caller.label} may not {what}", user_message=f"Only an admin can {what}.")
 
-    def _sources(
+    # -- ingestion --------------------------------------------------------------------------
+    # Every way in enqueues a job: the pages, the CLI, the API. Bytes are stored before the job exists (written under
+    # a temporary name, moved under their key in the transaction that records the job); a worker reads them from
+    # RAG_STORAGE_URL, wherever it runs.
+    def _check_count(self, count: int) -> None:
+        if count > self.settings.max_files:
+            raise RagError(
+                f"{count} files > RAG_MAX_FILES={self.settings.max_files}",
+                user_message=f"Too many files in one job ({count}); the limit is {self.settings.max_files}.",
+            )
+
+    def _owner(self, owner: str | None, caller: Caller) -> str:
+        return owner or caller.conversation_key or "cli"
+
+    def start_job(
         self,
         paths: Sequence[Path | str],
-        names: Sequence[str] | None,
-        workspace: str,
-        caller: Caller,
-    ) -> list[SourceFile]:
+        names: Sequence[str] | None = None,
+        owner: str | None = None,
+        workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
+    ) -> JobSnapshot:
+        """Queue indexing of files on this machine's disk and return the job's first snapshot. Their bytes are
+        stored first (a file too large, empty or unreadable is not: the job reports it failed), so any worker
+        can run the job."""
         self._workspace_for(workspace, caller, "editor")
-        return [
-            SourceFile(Path(p), names[i] if names else Path(p).name, workspace=workspace, owner=caller.account_id)
-            for i, p in enumerate(paths)
-        ]
+        self._check_count(len(paths))
+        staged, files = [], []
+        try:
+            for i, path in enumerate(paths):
+                name = names[i] if names else Path(path).name
+                try:
+                    size = Path(path).stat().st_size
+                    self.ingestor.check_size(clean_name(name), size)
+                    with open(path, "rb") as data:
+                        staged.append(self.library.stage(data, name))
+                except IngestError as exc:
+                    files.append(NewFile(name=name, error=exc.user_message))
+                    continue
+                except OSError as exc:
+                    message = IngestError(clean_name(name), f"cannot be opened ({exc.strerror or exc})").user_message
+                    files.append(NewFile(name=name, error=message))
+                    continue
+                files.append(self._new_file(name, staged[-1], caller))
+            return self._enqueue(owner, workspace, caller, files, staged)
+        except BaseException:
+            for done in staged:
+                self.library.storage.discard(done)
+            raise
 
-    # -- ingestion --------------------------------------------------------------------------
+    def start_upload_job(
+        self,
+        uploads: Sequence[tuple[str, BinaryIO]],
+        owner: str | None = None,
+        workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
+    ) -> JobSnapshot:
+        """Store uploaded bytes (written once, under their hash) and queue their indexing into a workspace (the
+        caller needs the editor role there). Bytes a job does not keep (a failed, cancelled or duplicate file) are
+        removed when it ends."""
+        self._workspace_for(workspace, caller, "editor")
+        self._check_count(len(uploads))
+        staged = stage_all(self.library, uploads)
+        try:
+            files = [self._new_file(name, done, caller) for (name, _data), done in zip(uploads, staged)]
+            return self._enqueue(owner, workspace, caller, files, staged)
+        except BaseException:
+            for done in staged:
+                self.library.storage.discard(done)
+            raise
+
+    def _new_file(self, name: str, staged: object, caller: Caller) -> NewFile:
+        return NewFile(
+            name=name,
+            stored=staged.key,  # type: ignore[attr-defined]
+            content_hash=staged.content_hash,  # type: ignore[attr-defined]
+            uploader=caller.account_id,
+        )
+
+    def _enqueue(
+        self, owner: str | None, workspace: str, caller: Caller, files: list[NewFile], staged: Sequence[object]
+    ) -> JobSnapshot:
+        def publish() -> None:
+            for done in staged:
+                self.library.publish(done)  # type: ignore[arg-type]
+
+        try:
+            return self.jobs.enqueue(self._owner(owner, caller), workspace, files, publish)
+        except BaseException:
+            self.library.release_keys([f.stored for f in files if f.stored])  # published, then the insert failed
+            raise
+
     def ingest(
         self,
         paths: Sequence[Path | str],
@@ -139,77 +240,70 @@ class RagService(QuestionService):
         workspace: str = DEFAULT_ID,
         caller: Caller = OPERATOR,
     ) -> IngestReport:
-        """Index files into a workspace (by id) and wait for the report (the caller needs the editor role)."""
-        return self.runtime.run(self.ingestor.aingest(self._sources(paths, names, workspace, caller)))
+        """Index files into a workspace (by id) through the queue and wait for the report (the caller needs the
+        editor role)."""
+        report = None
+        for item in self.iter_ingest(paths, workspace, caller, names):
+            if isinstance(item, IngestReport):
+                report = item
+        assert report is not None
+        return report
 
     def iter_ingest(
-        self, paths: Sequence[Path | str], workspace: str = DEFAULT_ID, caller: Caller = OPERATOR
-    ) -> Iterator[FileProgress | IngestReport]:
-        """Index files, yielding progress updates as they happen, then the report (for terminals)."""
-        import asyncio
-
-        files = self._sources(paths, None, workspace, caller)
-
-        async def _gen():  # noqa: ANN202
-            queue: asyncio.Queue[FileProgress | IngestReport] = asyncio.Queue()
-            task = asyncio.create_task(self.ingestor.aingest(files, lambda _i, p: queue.put_nowait(p)))
-            task.add_done_callback(
-                lambda t: queue.put_nowait(t.result()) if not t.cancelled() and not t.exception() else None
-            )
-            try:
-                while True:
-                    getter = asyncio.create_task(queue.get())
-                    done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        item = getter.result()
-                        yield item
-                        if isinstance(item, IngestReport):
-                            return
-                    else:
-                        getter.cancel()
-                        if task.exception():
-                            raise task.exception()  # type: ignore[misc]
-            finally:
-                if not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-
-        yield from self.runtime.iterate(_gen())
-
-    def start_job(
         self,
         paths: Sequence[Path | str],
+        workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
         names: Sequence[str] | None = None,
-        owner: str = "cli",
-        workspace: str = DEFAULT_ID,
-        caller: Caller = OPERATOR,
-    ) -> JobSnapshot:
-        """Start indexing files on disk in the background and return the job's first snapshot."""
-        return self.jobs.start(self._sources(paths, names, workspace, caller), owner)
+    ) -> Iterator[FileProgress | IngestReport]:
+        """Queue files and follow their job: each file's progress as it changes, then the report (for terminals).
+        When nothing else would run the job (no in-process worker here, none alive elsewhere), this process runs
+        it. Leaving the iteration early (Ctrl-C) cancels the job."""
+        import time
 
-    def start_upload_job(
-        self,
-        uploads: Sequence[tuple[str, BinaryIO]],
-        owner: str = "cli",
-        workspace: str = DEFAULT_ID,
-        caller: Caller = OPERATOR,
-    ) -> JobSnapshot:
-        """Stage uploaded bytes (written once, under their hash) and index them into a workspace in the background
-        (the caller needs the editor role there).
-
-        Bytes a job does not keep (a failed, cancelled or duplicate file) are removed when it ends.
-        """
-        self._workspace_for(workspace, caller, "editor")
-        staged = [replace(s, owner=caller.account_id) for s in stage_all(self.library, uploads, workspace)]
+        job = self.start_job(paths, names, None, workspace, caller)
+        runner = self._runner_for(job.id)
+        seen: dict[int, FileProgress] = {}
+        ended = False
         try:
-            return self.jobs.start(staged, owner)
-        except BaseException:
-            for source in staged:
-                self.library.release(source.path)
-            raise
+            delay = 0.05
+            while True:
+                snapshot = self.jobs.get(job.id)
+                if snapshot is None:
+                    raise RagError(f"job {job.id} vanished", user_message="The job was removed before it ended.")
+                for i, progress in enumerate(snapshot.files):
+                    if seen.get(i) != progress:
+                        seen[i] = progress
+                        yield progress
+                if not snapshot.active:
+                    ended = True
+                    yield _report_of(snapshot)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        finally:
+            if not ended:
+                self.jobs.cancel(job.id)
+                if runner is None:
+                    self._wait(job.id, 60)
+            if runner is not None:
+                if not ended:
+                    self._wait(job.id, 60)
+                runner.stop()
+
+    def _runner_for(self, job_id: str) -> Worker | None:
+        """A worker for one job this process queued, when no other would run it: no general in-process worker here
+        and (with RAG_INPROCESS_WORKER on, or no worker alive) nobody else. None when others will."""
+        if self.worker is not None or self._mode == "none":
+            return None
+        if not self.settings.inprocess_jobs and self.jobs.live_workers() > 0:
+            return None
+        return Worker(
+            self.jobs, self.ingestor, self.library, self.runtime, kind="cli", concurrency=1, only=[job_id]
+        ).start()
 
     def job(self, job_id: str, owner: str | None = None) -> JobSnapshot | None:
-        """The latest snapshot of a job."""
+        """The latest snapshot of a job (from the database: any process may be running it)."""
         return self.jobs.get(job_id, owner)
 
     def list_jobs(self, owner: str | None = None) -> list[JobSnapshot]:
@@ -217,22 +311,25 @@ class RagService(QuestionService):
         return self.jobs.list(owner)
 
     def cancel_job(self, job_id: str, owner: str | None = None) -> bool:
-        """Stop a queued or running job."""
+        """Stop a queued or running job (whichever worker runs it)."""
         return self.jobs.cancel(job_id, owner)
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until a job ends (tests and scripts)."""
-        import concurrent.futures
-
-        from rag.errors import OperationTimeoutError
-
-        try:
-            snapshot = self.jobs.wait(job_id, timeout)
-        except concurrent.futures.TimeoutError as exc:
-            raise OperationTimeoutError(f"job {job_id} still running after {timeout} s") from exc
+        snapshot = self._wait(job_id, timeout)
         if snapshot is None:
             raise KeyError(job_id)
         return snapshot
+
+    def _wait(self, job_id: str, timeout: float | None) -> JobSnapshot | None:
+        try:
+            return self.jobs.wait(job_id, timeout)
+        except TimeoutError as exc:
+            raise OperationTimeoutError(f"job {job_id} still running after {timeout} s") from exc
+
+    def queue_status(self) -> QueueStatus:
+        """Queue depth and the workers known (running, stopped, lost)."""
+        return self.jobs.status()
 
     # -- documents --------------------------------------------------------------------------
     def documents(self, workspace: str = DEFAULT_ID, caller: Caller = OPERATOR) -> list[DocumentRecord]:
@@ -257,33 +354,32 @@ class RagService(QuestionService):
     ) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
         record = self.document(doc_id, workspace, caller)
-        return render_page(Path(record.stored_path), page, passage, zoom)
+        return render_page(self.library.storage.local_path(record.stored_path), page, passage, zoom)
 
     def source_context(
         self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR
     ) -> tuple[str, str, str]:
         """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
         record = self.document(doc_id, workspace, caller)
-        return source_context(Path(record.stored_path), record.file_name, passage)
+        return source_context(self.library.storage.local_path(record.stored_path), record.file_name, passage)
 
     def original(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> tuple[str, bytes]:
         """A document's name and original bytes, for download."""
         record = self.document(doc_id, workspace, caller)
-        return record.file_name, Path(record.stored_path).read_bytes()
+        return record.file_name, self.library.storage.read_bytes(record.stored_path)
 
     def reindex_document(
-        self, doc_id: str, owner: str = "cli", workspace: str = DEFAULT_ID, caller: Caller = OPERATOR
+        self, doc_id: str, owner: str | None = None, workspace: str = DEFAULT_ID, caller: Caller = OPERATOR
     ) -> JobSnapshot:
         """Rebuild a document's chunks from its stored upload (e.g. after a splitter change); the current chunks
         keep answering until the new ones are stored (its uploader, if an editor there, or an owner)."""
         space = self.visible_workspace(workspace, caller)
         self._may_change(self.library.resolve(doc_id, workspace), space, caller, "re-index")
         source = self.library.reindex_source(doc_id, workspace)
-        try:
-            return self.jobs.start([source], owner)
-        except BaseException:
-            self.library.release(source.path)
-            raise
+        new = NewFile(
+            name=source.name, stored=source.key, content_hash=source.content_hash, reindex=True, uploader=source.owner
+        )
+        return self.jobs.enqueue(self._owner(owner, caller), source.workspace, [new])
 
     # -- workspaces and roles ---------------------------------------------------------------
     def list_workspaces(self, caller: Caller = OPERATOR) -> list[Workspace]:
@@ -477,11 +573,14 @@ class RagService(QuestionService):
             mode=self.mode,
             documents=len(self.library.list()),
             recovered=self.recovered,
+            queue=self.jobs.status(),
         )
 
     def close(self) -> None:
         """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
-        self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
+        if self.worker is not None:  # running jobs go back to the queue; queued ones stay queued
+            self.worker.stop()
+        self.jobs.db.close()
         self.library.close()
         self.conversations.close()
         self.accounts.close()
@@ -489,3 +588,17 @@ class RagService(QuestionService):
             super().close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
+
+
+def _report_of(snapshot: JobSnapshot) -> IngestReport:
+    """A finished job's report; one that ended without (cancelled while queued, failed as a whole) is told from
+    its files, or raised as the error it ended with."""
+    if snapshot.report is not None:
+        return snapshot.report
+    if snapshot.state == JobState.FAILED:
+        raise RagError(f"job {snapshot.id} failed: {snapshot.error}", user_message=snapshot.error or "The job failed.")
+    files = [
+        FileResult(file=f.file, status=f.status or FileStatus.CANCELLED, doc_id=f.doc_id, error=f.error)
+        for f in snapshot.files
+    ]
+    return IngestReport(files=files, seconds=(snapshot.finished_at or snapshot.created_at) - snapshot.created_at)

@@ -57,6 +57,9 @@ _ENV_NAMES = (
     "APP_PASSWORD",
     "RAG_MAX_RUNNING_JOBS",
     "RAG_OCR",
+    "RAG_STORAGE_URL",
+    "RAG_INPROCESS_WORKER",
+    "RAG_JOB_LEASE",
 )
 
 
@@ -164,6 +167,7 @@ def make_settings(  # noqa: ANN201
             "milvus_token": milvus_server.token,
             "collection": f"t_{uuid.uuid4().hex[:12]}",
             "consistency_level": "Strong",
+            "inprocess_worker": "on",  # the service runs its jobs itself on either engine
         }
         values.update(overrides)
         return load_settings(**values)

@@ -188,17 +188,30 @@ def test_a_second_benchmark_is_refused_while_one_runs(service_with) -> None:  # 
     assert [r.mode for r in rows] == ["sync", "seed-async", "project-async"]
 
 
-def test_closing_the_service_cancels_queued_jobs(service_with, tmp_path: Path) -> None:  # noqa: ANN001
-    service = service_with(max_running_jobs=1)
-    running = service.start_job([_doc(tmp_path, "first.txt", 400)], owner="alice")
-    waiting = service.start_job([_doc(tmp_path, "second.txt")], owner="bob")
+def test_jobs_outlive_the_process_that_queued_them(make_settings, embedder, tmp_path: Path) -> None:  # noqa: ANN001
+    """Closing the app puts its running job back in the queue (files that ended stay ended) and leaves the queued
+    one queued; the next start runs both to the end, each file indexed once."""
+    settings = make_settings(max_running_jobs=1)
+    first = RagService(settings, embedder=embedder)
+    running = first.start_job([_doc(tmp_path, "first.txt", 400)], owner="alice")
+    waiting = first.start_job([_doc(tmp_path, "second.txt")], owner="bob")
+    deadline = time.time() + 120
+    while not first.job(running.id).files[0].chunks_embedded and time.time() < deadline:
+        time.sleep(0.02)
+    first.close()
 
-    service.runtime.run(service.store.adrop(), timeout=60)  # the fixture cannot once the service is closed
-    service.close()
-
-    assert service.wait_job(waiting.id, timeout=5).state == JobState.CANCELLED
-    assert service.job(waiting.id).started_at is None  # it never started
-    assert service.wait_job(running.id, timeout=30).state in (JobState.CANCELLED, JobState.FAILED, JobState.DONE)
+    second = RagService(settings, embedder=embedder)
+    try:
+        back, still = second.job(running.id), second.job(waiting.id)
+        assert back.state == still.state == JobState.QUEUED
+        assert back.attempts == 1 and back.files[0].stage == "queued" and still.attempts == 0
+        done = [second.wait_job(job.id, timeout=300) for job in (running, waiting)]
+        assert [j.state for j in done] == [JobState.DONE, JobState.DONE]
+        assert done[0].attempts == 2 and done[0].report.files[0].status == FileStatus.INDEXED
+        assert {d.file_name for d in second.documents()} == {"first.txt", "second.txt"}
+        assert second.count_chunks() == sum(j.report.chunks for j in done)
+    finally:
+        _drop(second)
 
 
 def test_snapshots_never_change_once_taken(service_with, tmp_path: Path) -> None:  # noqa: ANN001
