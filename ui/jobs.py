@@ -1,7 +1,8 @@
 """Ingestion jobs on the page: handing uploads to a job, and its live progress, queue place and summary.
 
-The jobs themselves live in the engine (`service.start_job`, `list_jobs`, `cancel_job`), so a refresh or a
-second tab shows the same jobs; this module only draws them, polling once a second while one is active.
+The jobs themselves live in the engine's database (`service.start_job`, `list_jobs`, `cancel_job`), run by
+whichever worker claims them, so a refresh, a second tab or another app replica shows the same jobs; this
+module only draws them (and where each runs), polling once a second while one is active.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Protocol
 
 import streamlit as st
 
-from rag import JobSnapshot, RagService
+from rag import JobSnapshot, RagService, WorkerInfo
 from ui.auth import current_caller
 from ui.format import human_duration, md
 
@@ -67,10 +68,12 @@ def jobs_panel(service: RagService, owner: str) -> None:
     @st.fragment(run_every=1 if watching else None)
     def panel() -> None:
         jobs = service.list_jobs(owner=owner)
-        for job in reversed([j for j in jobs if j.active]):  # oldest first: the order they run in
+        active = [j for j in jobs if j.active]
+        workers = service.queue_status().workers if active else []
+        for job in reversed(active):  # oldest first: the order they run in
             with st.container(border=True):
                 if job.state == "queued":
-                    render_queued_job(job, jobs)
+                    render_queued_job(job, jobs, workers)
                 else:
                     render_running_job(job)
                 if st.button("Cancel", key=f"upload.cancel.{job.id}", icon=":material/cancel:"):
@@ -85,12 +88,13 @@ def jobs_panel(service: RagService, owner: str) -> None:
 
 
 def render_running_job(job: JobSnapshot) -> None:
-    """Per-file live progress of a running job: stage, chunks, rate and time left."""
+    """Per-file live progress of a running job: where it runs, stage, chunks, rate and time left."""
     finished = sum(1 for f in job.files if f.status is not None)
     st.progress(
         job.fraction,
         text=f"**Indexing {len(job.files)} file(s)**: {finished} finished · {job.chunks_done} chunks stored",
     )
+    render_worker(job)
     for f in job.files:
         if f.status is not None:
             value = 1.0
@@ -114,13 +118,32 @@ def render_running_job(job: JobSnapshot) -> None:
         st.progress(value, text=" · ".join(parts))
 
 
-def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
-    """A job waiting for its turn: what it holds and why it waits (the owner's other job, or a free slot)."""
+def render_worker(job: JobSnapshot) -> None:
+    """Where a job runs (`host (pid N)`), and whether that worker still answers."""
+    worker = job.worker
+    if worker is None:
+        return
+    again = f" (attempt {job.attempts})" if job.attempts > 1 else ""
+    if worker.lost:
+        st.warning(
+            f"The worker on {md(worker.where)} stopped answering (lost): this job starts again on another worker "
+            "when its lease runs out; files already finished stay done.",
+            icon=":material/link_off:",
+        )
+    else:
+        st.caption(f":material/dns: Running on {md(worker.where)} ({worker.kind}{again}).")
+
+
+def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot], workers: Sequence[WorkerInfo] = ()) -> None:
+    """A job waiting for its turn: what it holds and why it waits (the owner's other job, a free slot, or no
+    worker running at all)."""
     names = ", ".join(md(f.file) for f in job.files[:5])
     if len(job.files) > 5:
         names += f" and {len(job.files) - 5} more"
     if any(j.active and j.created_at < job.created_at for j in jobs):
         why = "starts when your upload above has finished"  # one job per person at a time
+    elif not any(w.state == "running" for w in workers):
+        why = "waits for a worker: none is running (start one with `python -m rag worker`)"
     else:
         why = "starts as soon as other people's uploads leave a free slot"
     st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)** · {why}")

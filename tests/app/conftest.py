@@ -36,6 +36,7 @@ def app_env(
     monkeypatch.setenv("RAG_COLLECTION", env.collection)
     monkeypatch.setenv("RAG_CONSISTENCY", "Strong")
     monkeypatch.setenv("RAG_DATABASE_URL", default_database_url)
+    monkeypatch.setenv("RAG_INPROCESS_WORKER", "on")  # the app runs its uploads itself, on either engine
     yield env
     st.cache_resource.clear()  # on_release closes the service
     from pymilvus import MilvusClient

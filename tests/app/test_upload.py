@@ -6,10 +6,13 @@ upload form would; one test drives the form itself (AppTest's file_uploader).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from rag import schema
 from rag.config import Settings
 from tests.app.support import AppEnv, new_sid, page_text, write_doc
 
@@ -144,3 +147,30 @@ def test_a_second_job_waits_its_turn_visibly_and_can_be_cancelled(
         service.cancel_job(first.id)
         service.wait_job(first.id, timeout=120)
     assert service.documents() == [] and service.count_chunks() == 0
+
+
+def test_the_page_says_where_a_job_runs_and_when_its_worker_is_lost(
+    app_env: AppEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A team deployment: the app runs no jobs itself; a worker on another machine claims the job; it then stops
+    heart-beating (its heartbeat is set back a lease, as if that much time had passed)."""
+    monkeypatch.setenv("RAG_INPROCESS_WORKER", "off")
+    service = app_env.service()
+    job = service.start_job([write_doc(tmp_path / "src", "memo.txt", "Quarterly figures. " * 40)], owner=app_env.sid)
+    at = app_env.app(UPLOAD)
+    at.run()
+    assert "waits for a worker: none is running" in page_text(at)
+
+    remote = "build-7|elsewhere|4242|1|abcd1234"  # another machine: only its lease tells whether it lives
+    service.jobs.register(remote, "worker", 1)
+    assert service.jobs.claim(remote).id == job.id
+    at.run()
+    shown = [c.value.replace("\\", "") for c in at.caption]
+    assert ":material/dns: Running on build-7 (pid 4242) (worker)." in shown
+    assert [(w.host, w.state, w.jobs) for w in service.queue_status().workers] == [("build-7", "running", [job.id])]
+
+    with service.jobs.db.write() as conn:
+        conn.execute(update(schema.workers).values(heartbeat_at=time.time() - 2 * service.settings.job_lease))
+    at.run()
+    assert any("build-7 (pid 4242) stopped answering (lost)" in w.value.replace("\\", "") for w in at.warning)
+    assert [w.state for w in service.queue_status().workers] == ["lost"]
