@@ -23,11 +23,11 @@ RUN apt-get update \
 COPY requirements.txt .
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
 
-# Non-root runtime user; /data is created here so a named volume mounted on it
-# inherits app ownership.
+# Non-root runtime user; /data and /uploads are created here so named volumes
+# mounted on them inherit app ownership.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /data \
-    && chown app:app /data
+    && mkdir -p /data /uploads \
+    && chown app:app /data /uploads
 
 COPY app.py .
 COPY rag/ rag/

@@ -387,9 +387,14 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
     show_default=True,
     help="Jobs this worker runs at once (RAG_MAX_RUNNING_JOBS still caps all workers together).",
 )
+@click.option(
+    "--heartbeat-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Touch this file after every heartbeat written to the database (for a container health check).",
+)
 @click.pass_context
 @_edge
-def worker(ctx: click.Context, concurrency: int) -> None:
+def worker(ctx: click.Context, concurrency: int, heartbeat_file: Path | None) -> None:
     """Run queued ingestion jobs until stopped (SIGTERM or Ctrl-C): start as many as you like, on any machine that
     reaches the database (RAG_DATABASE_URL), the file store (RAG_STORAGE_URL) and Milvus.
 
@@ -414,8 +419,11 @@ def worker(ctx: click.Context, concurrency: int) -> None:
             f"{service.library.storage.describe()}",
             err=True,
         )
+        touched = None
         while not stop.wait(1.0):
-            pass
+            if heartbeat_file is not None and me.beat_at is not None and me.beat_at != touched:
+                heartbeat_file.touch()
+                touched = me.beat_at
         click.echo("stopping: running jobs go back to the queue", err=True)
 
 

@@ -784,6 +784,8 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Future[None] | None = None
         self._stopping = False
+        self.beat_at: float | None = None
+        """When (epoch seconds) this worker last wrote its heartbeat to the database."""
 
     @property
     def running(self) -> list[str]:
@@ -814,7 +816,7 @@ class Worker:
                     self.queue.renew, self.id, list(self._running), now - last_beat >= beat
                 )
                 if now - last_beat >= beat:
-                    last_beat = now
+                    last_beat, self.beat_at = now, time.time()
                 for job_id, running in list(self._running.items()):
                     if job_id not in states and running.task is not None and not running.task.done():
                         log.warning("job %s was taken over by another worker; stopping it here", job_id)

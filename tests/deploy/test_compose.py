@@ -12,7 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-REQUIRED_SERVICES = ("etcd", "minio", "standalone", "app")
+REQUIRED_SERVICES = ("etcd", "minio", "standalone", "postgres", "app", "worker", "proxy")
+SCALED = ("app", "worker")  # docker compose up --scale app=2 --scale worker=3
 
 Compose = dict[str, Any]
 
@@ -231,6 +232,9 @@ def test_upstream_images(compose: Compose) -> None:
     assert milvus_major_minor(svcs["standalone"]["image"]) == (2, 6)
     assert svcs["app"]["build"]["dockerfile"] == "Dockerfile"
     assert (ROOT / svcs["app"]["build"]["dockerfile"]).is_file()
+    assert svcs["worker"]["build"] == svcs["app"]["build"]  # one image, two roles
+    assert re.fullmatch(r"postgres:\d+\.\d+(-\w+)?", svcs["postgres"]["image"])
+    assert re.fullmatch(r"caddy:2\.\d+\.\d+(-alpine)?", svcs["proxy"]["image"])
 
 
 def test_healthchecks(compose: Compose) -> None:
@@ -243,32 +247,83 @@ def test_depends_on_waits_for_healthy(compose: Compose) -> None:
     assert bad_depends_on(compose) == []
     svcs = services(compose)
     assert set(svcs["standalone"]["depends_on"]) == {"etcd", "minio"}
-    assert set(svcs["app"]["depends_on"]) == {"standalone"}
+    assert set(svcs["app"]["depends_on"]) == {"standalone", "postgres"}
+    assert set(svcs["worker"]["depends_on"]) == {"standalone", "postgres"}
+    assert set(svcs["proxy"]["depends_on"]) == {"app"}
 
 
 def test_named_volumes(compose: Compose) -> None:
     assert volume_problems(compose) == []
-    app_mounts = [str(v).split(":", 1)[1] for v in services(compose)["app"]["volumes"]]
-    assert "/data" in app_mounts
+    mounts = {
+        name: dict(reversed(str(v).split(":", 1)) for v in services(compose)[name]["volumes"]) for name in SCALED
+    }
+    assert "/data" in mounts["app"] and "/data" in mounts["worker"]
+    # the uploads the app stores are the files the workers read: one volume at the path RAG_STORAGE_URL names
+    assert mounts["app"]["/uploads"] == mounts["worker"]["/uploads"] == "uploads"
+    for name in SCALED:
+        assert environment(services(compose)[name])["RAG_STORAGE_URL"] == "/uploads"
 
 
-def test_app_environment(compose: Compose) -> None:
-    env = environment(services(compose)["app"])
+@pytest.mark.parametrize("name", SCALED)
+def test_app_and_worker_environment(compose: Compose, name: str) -> None:
+    env = environment(services(compose)[name])
     uri = urlsplit(env["MILVUS_URI"])
     assert (uri.hostname, uri.port) == ("standalone", 19530)
     assert env["RAG_DATA_DIR"] == "/data"
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_MODEL", "APP_PASSWORD"):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_MODEL"):
         assert env[var] == f"${{{var}:-}}"
+    database = urlsplit(re.sub(r"\$\{(\w+):\?[^}]+\}", r"\1", env["RAG_DATABASE_URL"]))
+    assert (database.scheme, database.hostname, database.port, database.path) == (
+        "postgresql+psycopg",
+        "postgres",
+        5432,
+        "/rag",
+    )
+    # the user and password the database was given (required from the environment), never a default
+    assert (database.username, database.password) == ("POSTGRES_USER", "POSTGRES_PASSWORD")
+    assert with_defaults(env["RAG_MAX_RUNNING_JOBS"]).isdigit()
 
 
-def test_app_port_published(compose: Compose) -> None:
-    assert ("8501", 8501) in published_container_ports(services(compose)["app"])
+def test_the_app_serves_pages_and_the_workers_index(compose: Compose) -> None:
+    svcs = services(compose)
+    assert environment(svcs["app"])["RAG_INPROCESS_WORKER"] == "off"
+    assert environment(svcs["app"])["APP_PASSWORD"] == "${APP_PASSWORD:-}"
+    command = svcs["worker"]["command"]
+    assert command[:4] == ["python", "-m", "rag", "worker"]
+    heartbeat = command[command.index("--heartbeat-file") + 1]
+    assert heartbeat in " ".join(svcs["worker"]["healthcheck"]["test"])  # healthy while it heart-beats
+
+
+def test_scaled_services_share_no_host_port_or_name(compose: Compose) -> None:
+    for name in SCALED:
+        svc = services(compose)[name]
+        assert not svc.get("ports") and "container_name" not in svc, name
+    assert services(compose)["app"]["expose"] == ["8501"]
+
+
+def test_the_proxy_keeps_a_browser_on_one_replica(compose: Compose) -> None:
+    proxy = services(compose)["proxy"]
+    [config] = proxy["configs"]
+    assert config["target"] == "/etc/caddy/Caddyfile"
+    caddyfile = compose["configs"][config["source"]]["content"]
+    assert re.search(r"dynamic a \{\s*name app\s*port 8501", caddyfile)  # every replica, found by Docker's DNS
+    assert re.search(r"lb_policy cookie \w+", caddyfile)  # sticky: the websocket and uploads reach one replica
+    listen = re.match(r"\s*:(\d+)", caddyfile)
+    assert listen and host_bindings(proxy) == [("127.0.0.1", "8501", int(listen.group(1)))]
+    assert f"127.0.0.1:{listen.group(1)}/_stcore/health" in " ".join(proxy["healthcheck"]["test"])
 
 
 def test_nothing_is_published_on_all_interfaces_by_default(compose: Compose) -> None:
     assert open_to_all(compose) == []
-    assert host_bindings(services(compose)["app"]) == [("127.0.0.1", "8501", 8501)]
-    assert services(compose)["app"]["ports"] == ["${APP_BIND:-127.0.0.1}:8501:8501"]  # opened only on purpose
+    assert services(compose)["proxy"]["ports"] == ["${APP_BIND:-127.0.0.1}:8501:8080"]  # opened only on purpose
+    assert not services(compose)["postgres"].get("ports")  # reached by the app and workers only
+
+
+def test_postgres_has_no_default_credentials(compose: Compose) -> None:
+    assert default_credentials(compose, ("postgres",)) == []
+    env = environment(services(compose)["postgres"])
+    assert env["POSTGRES_DB"] == "rag"
+    assert "pg_isready" in " ".join(services(compose)["postgres"]["healthcheck"]["test"])
 
 
 def test_minio_has_no_default_credentials(compose: Compose) -> None:
