@@ -1,4 +1,6 @@
-"""A BM25 keyword index beside Milvus, for servers that have no BM25 function (the embedded 2.3.5).
+"""A BM25 keyword index beside Milvus, for servers that have no BM25 function (the embedded 2.3.5): SQLite FTS5 in
+the data dir for the embedded default, or a table in PostgreSQL (`PgKeywordIndex`) when the database is, so every
+app replica and worker shares it.
 
 Small embedding models rank numbers, dates and rare names poorly; BM25 ranks them well, and fusing
 both (reciprocal rank fusion) finds passages that either alone misses. Milvus 2.5+ and Milvus Lite
@@ -14,12 +16,18 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
+from sqlalchemy import delete, func, select
+from sqlalchemy import text as sql_text
 
-from rag.database import open_database
+from rag import schema
+from rag.config import Settings
+from rag.database import Database, open_database
+
+_chunks = schema.keyword_chunks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -103,6 +111,10 @@ class KeywordIndex:
         self._lock = threading.Lock()
         # An index from before workspaces gains the column: all of it is the default workspace's.
         self._db = open_database(path, _SCHEMA, {"chunks": (("workspace", "TEXT NOT NULL DEFAULT 'default'"),)})
+
+    def describe(self) -> str:
+        """Where the index lives, for people."""
+        return "a local SQLite FTS5 index beside Milvus"
 
     def add(self, rows: Sequence[KeywordRow]) -> None:
         """Insert chunks, replacing any with the same id (writes are upserts, like Milvus's)."""
@@ -212,3 +224,207 @@ class KeywordIndex:
         """Close the database file."""
         with self._lock:
             self._db.close()
+
+
+_BM25_K1, _BM25_B = 1.2, 0.75  # FTS5's bm25() defaults, so both engines rank alike
+
+_INSERT = """
+INSERT INTO keyword_chunks (collection, chunk_id, doc_id, file_name, page, chunk, text, workspace, tsv, doc_len)
+SELECT :collection, :chunk_id, :doc_id, :file_name, :page, :chunk, :text, :workspace, v.tsv,
+       coalesce((SELECT max(p) FROM unnest(v.tsv) AS u, unnest(u.positions) AS p), 0)
+FROM (SELECT to_tsvector('english', :text) AS tsv) AS v
+"""
+
+# Okapi BM25 as FTS5 computes it (idf = ln((N - n + 0.5) / (n + 0.5)), floored just above zero), over the chunks that
+# hold any query term (the GIN index finds them); term frequencies come from each chunk's tsvector positions.
+_SEARCH = """
+WITH q AS (SELECT unnest(CAST(:terms AS text[])) AS lexeme),
+stats AS (
+    SELECT count(*)::float AS n, greatest(avg(doc_len), 1)::float AS avgdl
+    FROM keyword_chunks WHERE collection = :collection
+),
+df AS (
+    SELECT q.lexeme, (
+        SELECT count(*) FROM keyword_chunks k
+        WHERE k.collection = :collection AND k.tsv @@ CAST(quote_literal(q.lexeme) AS tsquery)
+    )::float AS n
+    FROM q
+),
+hits AS (
+    SELECT k.chunk_id, k.doc_len, u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
+    FROM keyword_chunks k, unnest(k.tsv) AS u
+    WHERE k.collection = :collection AND k.tsv @@ CAST(:tsquery AS tsquery)
+      AND u.lexeme = ANY(CAST(:terms AS text[])) {filters}
+),
+scored AS (
+    SELECT h.chunk_id, sum(
+        greatest(ln((s.n - d.n + 0.5) / (d.n + 0.5)), 1e-6)
+        * h.tf * ({k1} + 1) / (h.tf + {k1} * (1 - {b} + {b} * h.doc_len / s.avgdl))
+    ) AS score
+    FROM hits h JOIN df d ON d.lexeme = h.lexeme CROSS JOIN stats s
+    GROUP BY h.chunk_id
+    ORDER BY score DESC, h.chunk_id
+    LIMIT :top_k
+)
+SELECT k.chunk_id, k.doc_id, k.file_name, k.page, k.chunk, k.text, scored.score
+FROM scored JOIN keyword_chunks k ON k.collection = :collection AND k.chunk_id = scored.chunk_id
+ORDER BY scored.score DESC, k.chunk_id
+"""
+
+
+class PgKeywordIndex:
+    """The same BM25 index in PostgreSQL (`keyword_chunks`), shared by every app replica and worker that uses the
+    database: a chunk a worker wrote is found by keywords from any replica. Terms are PostgreSQL's English
+    stemming (Snowball) with its stop words; the ranking is FTS5's BM25, computed in SQL from each chunk's
+    tsvector. Same methods as `KeywordIndex`; blocking calls (the store runs them in threads)."""
+
+    def __init__(self, db: Database, collection: str) -> None:
+        self.db = db
+        self.collection = collection
+
+    def describe(self) -> str:
+        """Where the index lives, for people."""
+        return "a BM25 index in PostgreSQL"
+
+    def add(self, rows: Sequence[KeywordRow]) -> None:
+        """Insert chunks, replacing any with the same id (writes are upserts, like Milvus's)."""
+        if not rows:
+            return
+        with self.db.write() as conn:
+            conn.execute(
+                delete(_chunks).where(
+                    _chunks.c.collection == self.collection, _chunks.c.chunk_id.in_([r.chunk_id for r in rows])
+                )
+            )
+            conn.execute(sql_text(_INSERT), [{**r.model_dump(), "collection": self.collection} for r in rows])
+
+    def _delete(self, *where: object) -> int:
+        with self.db.write() as conn:
+            return conn.execute(delete(_chunks).where(_chunks.c.collection == self.collection, *where)).rowcount
+
+    def delete_doc(self, doc_id: str) -> int:
+        """Remove every chunk of a document; returns how many were removed."""
+        return self._delete(_chunks.c.doc_id == doc_id)
+
+    def delete_workspace(self, workspace: str) -> None:
+        """Remove every chunk of a workspace."""
+        self._delete(_chunks.c.workspace == workspace)
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
+        """Remove chunks by id."""
+        if chunk_ids:
+            self._delete(_chunks.c.chunk_id.in_(list(chunk_ids)))
+
+    def delete_docs_except(self, keep: Iterable[str]) -> list[str]:
+        """Remove chunks of every document not in `keep` (left by a crash); returns the removed doc ids."""
+        stray = sorted(set(self.counts()) - set(keep))
+        for doc_id in stray:
+            self.delete_doc(doc_id)
+        return stray
+
+    def counts(self) -> dict[str, int]:
+        """Chunks held per document."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(_chunks.c.doc_id, func.count())
+                .where(_chunks.c.collection == self.collection)
+                .group_by(_chunks.c.doc_id)
+            ).all()
+        return {doc_id: n for doc_id, n in rows}
+
+    def chunk_ids(self, doc_id: str | None = None) -> set[str]:
+        """The chunk ids held (of one document, or all)."""
+        query = select(_chunks.c.chunk_id).where(_chunks.c.collection == self.collection)
+        if doc_id:
+            query = query.where(_chunks.c.doc_id == doc_id)
+        with self.db.read() as conn:
+            return set(conn.execute(query).scalars())
+
+    def iter_ids(self, batch: int = 10_000) -> Iterator[list[tuple[str, str]]]:
+        """Every (chunk id, document id) held, in batches by chunk id (the reconcile pass)."""
+        last = ""
+        while True:
+            with self.db.read() as conn:
+                rows = conn.execute(
+                    select(_chunks.c.chunk_id, _chunks.c.doc_id)
+                    .where(_chunks.c.collection == self.collection, _chunks.c.chunk_id > last)
+                    .order_by(_chunks.c.chunk_id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(row[0], row[1]) for row in rows]
+
+    def texts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """Text and page of these chunks (those held), by chunk id."""
+        if not chunk_ids:
+            return {}
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(_chunks.c.chunk_id, _chunks.c.text, _chunks.c.page).where(
+                    _chunks.c.collection == self.collection, _chunks.c.chunk_id.in_(list(chunk_ids))
+                )
+            ).all()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def _terms(self, conn: object, text: str) -> list[str]:
+        """The question's stemmed terms (stop words dropped; a question made only of them keeps them all)."""
+        for config in ("english", "simple"):
+            found = conn.execute(  # type: ignore[attr-defined]
+                sql_text("SELECT lexeme FROM unnest(to_tsvector(CAST(:config AS regconfig), :text)) ORDER BY lexeme"),
+                {"config": config, "text": text},
+            ).scalars()
+            terms = list(found)[:_MAX_TERMS]
+            if terms:
+                return terms
+        return []
+
+    def search(
+        self,
+        text: str,
+        top_k: int,
+        doc_ids: Sequence[str] | None = None,
+        workspace: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[KeywordHit]:
+        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents, not
+        of the `exclude`d ones)."""
+        filters, args = "", {"collection": self.collection, "top_k": top_k}
+        if workspace is not None:
+            filters += " AND k.workspace = :workspace"
+            args["workspace"] = workspace
+        if doc_ids:
+            filters += " AND k.doc_id = ANY(CAST(:doc_ids AS text[]))"
+            args["doc_ids"] = list(doc_ids)
+        if exclude:
+            filters += " AND NOT (k.doc_id = ANY(CAST(:exclude AS text[])))"
+            args["exclude"] = list(exclude)
+        with self.db.read() as conn:
+            terms = self._terms(conn, text)
+            if not terms:
+                return []
+            args.update(terms=terms, tsquery=" | ".join("'" + t.replace("'", "''") + "'" for t in terms))
+            rows = conn.execute(sql_text(_SEARCH.format(filters=filters, k1=_BM25_K1, b=_BM25_B)), args).all()
+        return [
+            KeywordHit(chunk_id=r[0], doc_id=r[1], file_name=r[2], page=r[3], chunk=r[4], text=r[5], score=r[6])
+            for r in rows
+        ]
+
+    def clear(self) -> None:
+        """Forget every chunk of this collection (the collection was dropped)."""
+        self._delete()
+
+    def close(self) -> None:
+        """Give back the database handle."""
+        self.db.close()
+
+
+def open_keyword_index(settings: Settings, collection: str) -> KeywordIndex | PgKeywordIndex:
+    """The keyword index of a collection whose server has no BM25 function: in PostgreSQL when the database is
+    (shared by every process), else the SQLite FTS5 file in the data dir."""
+    db = Database.open(settings)
+    if not db.sqlite:
+        return PgKeywordIndex(db, collection)
+    db.close()
+    return KeywordIndex(Path(settings.data_dir) / "keyword.sqlite3", collection)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 
 metadata = MetaData(
     naming_convention={
@@ -228,4 +229,22 @@ workers = Table(
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("stopped_at", Float, comment="set by a clean stop; a worker whose heartbeat stops is lost"),
+)
+
+keyword_chunks = Table(
+    "keyword_chunks",
+    metadata,
+    Column("collection", String(255), primary_key=True),
+    Column("chunk_id", String(200), primary_key=True),
+    Column("doc_id", String(64), nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("page", Integer),
+    Column("chunk", Integer),
+    Column("text", Text, nullable=False),
+    Column("workspace", String(32), nullable=False, server_default=text("'default'")),
+    Column("tsv", TSVECTOR, nullable=False, comment="to_tsvector('english', text): stemmed terms with positions"),
+    Column("doc_len", Integer, nullable=False, comment="tokens in the chunk (BM25's length normalisation)"),
+    Index("ix_keyword_chunks_doc", "collection", "doc_id"),
+    Index("ix_keyword_chunks_tsv", "tsv", postgresql_using="gin"),
+    comment="PostgreSQL only: the BM25 keyword index beside Milvus (SQLite keeps its FTS5 file, rag.keyword)",
 )

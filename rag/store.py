@@ -16,7 +16,6 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -31,7 +30,7 @@ from rag.errors import (
     StoreUnavailableError,
     TransientStoreError,
 )
-from rag.keyword import KeywordHit, KeywordIndex, KeywordRow
+from rag.keyword import KeywordHit, KeywordIndex, KeywordRow, PgKeywordIndex, open_keyword_index
 from rag.milvus_server import EmbeddedMilvus
 
 if TYPE_CHECKING:  # LlamaIndex takes 2-3 s to import: searches work without it (see Hit), writes import it
@@ -120,6 +119,7 @@ class Features:
     keyword_search: bool
     reason: str | None = None
     keyword_backend: str | None = None  # "milvus" (the server's BM25 function) or "local" (rag.keyword)
+    keyword_where: str = "a local SQLite FTS5 index beside Milvus"  # for "local": the index's own describe()
 
     @property
     def retrieval_modes(self) -> tuple[str, ...]:
@@ -132,7 +132,7 @@ class Features:
         if self.keyword_backend == "milvus":
             return f"Keyword (BM25) search runs in Milvus {self.version}."
         if self.keyword_backend == "local":
-            return f"Keyword (BM25) search runs in a local SQLite FTS5 index beside Milvus ({self.reason})."
+            return f"Keyword (BM25) search runs in {self.keyword_where} ({self.reason})."
         return f"Keyword search is unavailable: {self.reason}"
 
 
@@ -265,7 +265,7 @@ class DocumentStore:
         settings: Settings,
         features: Features | None = None,
         search_requests: int = 4,
-        keyword: KeywordIndex | None = None,
+        keyword: KeywordIndex | PgKeywordIndex | None = None,
     ) -> None:
         self.vector_store = vector_store
         self.connection = connection
@@ -308,10 +308,12 @@ class DocumentStore:
         features = await asyncio.to_thread(probe_features, connection, name, overwrite)
         keyword = None
         if not features.keyword_search and local_keywords:
-            keyword = await asyncio.to_thread(KeywordIndex, Path(settings.data_dir) / "keyword.sqlite3", name)
+            keyword = await asyncio.to_thread(open_keyword_index, settings, name)
             if overwrite:
                 await asyncio.to_thread(keyword.clear)
-            features = Features(features.version, True, features.reason, keyword_backend="local")
+            features = Features(
+                features.version, True, features.reason, keyword_backend="local", keyword_where=keyword.describe()
+            )
         sparse: dict[str, Any] = {}
         if features.keyword_backend == "milvus":
             from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
@@ -414,8 +416,10 @@ class DocumentStore:
             # a new collection, the server's own BM25, or chunks from before workspaces (migrated by abuild)
             await aclient.close()
             return await cls.abuild(settings, connection, dim, model_id)
-        keyword = await asyncio.to_thread(KeywordIndex, Path(settings.data_dir) / "keyword.sqlite3", name)
-        features = Features(features.version, True, features.reason, keyword_backend="local")
+        keyword = await asyncio.to_thread(open_keyword_index, settings, name)
+        features = Features(
+            features.version, True, features.reason, keyword_backend="local", keyword_where=keyword.describe()
+        )
         self = cls(_SearchCollection(aclient, connection, name, dim), connection, settings, features, keyword=keyword)
         await self._check_model(dim, model_id)
         return self

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from rag.keyword import KeywordIndex, KeywordRow, match_query
+from rag.config import Settings
+from rag.keyword import KeywordIndex, KeywordRow, PgKeywordIndex, match_query, open_keyword_index
 from rag.options import AskOptions
 from rag.service import RagService
 from rag.store import RRF_K, fuse_rrf
-from tests.conftest import write_part_number_docs
+from tests.conftest import CORPUS, write_part_number_docs
 
 pytestmark = pytest.mark.milvus
+CORPUS_TEXT = CORPUS / "paul_graham_essay.txt"
 
 
 def _in_step(svc: RagService) -> set[str]:
@@ -87,8 +89,10 @@ def test_hybrid_finds_keyword_only_matches_on_the_embedded_server(service, tmp_p
     assert hits and {s.doc_id for s in hits} == {only}
 
 
-def test_index_is_per_collection_and_upserts(tmp_path: Path) -> None:
-    a, b = KeywordIndex(tmp_path / "k.sqlite3", "a"), KeywordIndex(tmp_path / "k.sqlite3", "b")
+def test_index_is_per_collection_and_upserts(db_settings: Settings) -> None:
+    """On each engine: FTS5 in the data dir with SQLite, the keyword_chunks table with PostgreSQL."""
+    a, b = open_keyword_index(db_settings, "a"), open_keyword_index(db_settings, "b")
+    assert isinstance(a, KeywordIndex if not db_settings.database_url else PgKeywordIndex)
     row = KeywordRow(chunk_id="c1", doc_id="d1", file_name="f.txt", page=2, chunk=0, text="zebra crossing rules")
     a.add([row])
     a.add([row.model_copy(update={"text": "giraffe crossing rules"})])
@@ -97,7 +101,36 @@ def test_index_is_per_collection_and_upserts(tmp_path: Path) -> None:
     hit = a.search("What are the giraffe rules?", 5)[0]
     assert (hit.page, hit.doc_id, hit.file_name) == (2, "d1", "f.txt") and hit.score > 0
     assert a.search("giraffe", 5, doc_ids=["other"]) == []
+    assert a.search("giraffe", 5, workspace="default") and not a.search("giraffe", 5, workspace="hr")
     assert a.delete_doc("d1") == 1 and a.chunk_ids() == set()
+    a.close()
+    b.close()
+
+
+def test_postgresql_ranks_as_fts5_does(tmp_path: Path, postgres) -> None:  # noqa: ANN001
+    """The same chunks in both indexes: PostgreSQL's BM25 (computed in SQL from tsvectors) orders the hits of
+    distinctive questions as FTS5's bm25() does."""
+    from rag.config import load_settings
+
+    rows = []
+    for i, paragraph in enumerate(p for p in (CORPUS_TEXT.read_text().split("\n\n")) if len(p) > 200):
+        rows.append(KeywordRow(chunk_id=f"c{i}", doc_id=f"d{i % 7}", file_name="essay.txt", chunk=i, text=paragraph))
+    fts = KeywordIndex(tmp_path / "k.sqlite3", "c")
+    with postgres.database() as url:
+        pg = open_keyword_index(load_settings(data_dir=tmp_path / "pg", database_url=url), "c")
+        try:
+            fts.add(rows)
+            pg.add(rows)
+            assert pg.counts() == fts.counts() and len(rows) > 50
+            for question in ("Viaweb Yahoo acquisition", "painting classes at RISD", "Lisp interpreter Arc",
+                             "IBM 1401 punch cards", "Y Combinator summer founders program"):  # fmt: skip
+                mine, theirs = pg.search(question, 5), fts.search(question, 5)
+                assert mine[0].chunk_id == theirs[0].chunk_id, question
+                assert len({h.chunk_id for h in mine} & {h.chunk_id for h in theirs}) >= 3, question
+        finally:
+            pg.clear()
+            pg.close()
+            fts.close()
 
 
 def test_queries_keep_distinctive_words_and_quote_them() -> None:
