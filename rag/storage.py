@@ -167,7 +167,7 @@ class Storage:
         """The stored bytes of a key."""
         return self.local_path(key).read_bytes()
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         """Every stored key (derived files and staging leftovers not included)."""
         if self.remote:
             names = (

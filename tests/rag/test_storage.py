@@ -67,7 +67,7 @@ def _roundtrip(store: Storage, reader: Storage) -> None:
     store.publish(staged)
     again = store.stage(io.BytesIO(b"%PDF-1.4 quarterly figures"), "copy.pdf")
     store.publish(again)  # the same bytes: one stored copy, the temporary one gone
-    assert store.keys() == [staged.key]
+    assert store.list_keys() == [staged.key]
 
     local = reader.local_path(staged.key)  # another process (or machine) reads them
     assert local.read_bytes() == b"%PDF-1.4 quarterly figures"
@@ -77,7 +77,7 @@ def _roundtrip(store: Storage, reader: Storage) -> None:
     assert store.local_path(staged.key).with_name(local.name + ".ocr.json").exists()
 
     store.remove(staged.key)
-    assert not store.exists(staged.key) and store.keys() == []
+    assert not store.exists(staged.key) and store.list_keys() == []
     with pytest.raises(FileNotFoundError):
         reader.clear_cache()
         reader.local_path(staged.key).read_bytes()
@@ -128,11 +128,11 @@ def test_an_upload_through_s3_is_indexed_shown_and_removed(make_settings, embedd
         done = service.wait_job(job.id, timeout=120)
         assert done.report.files[0].status == "indexed", done.report
         [record] = service.documents()
-        assert service.library.storage.keys() == [record.stored_path]  # a key in the bucket, not a local path
+        assert service.library.storage.list_keys() == [record.stored_path]  # a key in the bucket, not a local path
         assert not (service.settings.data_dir / "uploads").exists()
         assert service.original(record.doc_id, "default") == ("blades.txt", text)
         assert service.ask("Where are the turbine blades?").sources[0].file_name == "blades.txt"
         service.delete_document(record.doc_id)
-        assert service.library.storage.keys() == []
+        assert service.library.storage.list_keys() == []
     finally:
         _drop(service)
