@@ -187,6 +187,29 @@ class DocumentLibrary:
             else:
                 del self._writers[doc_id]
 
+    @contextlib.asynccontextmanager
+    async def write(self, record: DocumentRecord, reindex: bool = False) -> AsyncIterator[DocumentWrite]:
+        """The one way to write a document's chunks: `async with library.write(record) as w: await w.add(nodes)`.
+
+        Inside, this process is the document's only writer (`writer`), and `w.existing` is its row as read under
+        that. The first `add` claims the row (a new document `indexing`, or a re-index's next generation beside the
+        current one) and starts renewing the lease in the background, through the final writes; a block that ends
+        normally commits (the document answers, replaced versions or the previous generation go), one that raises or
+        is cancelled removes what it stored. A block that adds nothing writes nothing (e.g. the bytes turned out
+        indexed already)."""
+        async with self.writer(record.doc_id):
+            existing = await asyncio.to_thread(self.catalog.get, record.doc_id)
+            handle = DocumentWrite(self, record, reindex, existing)
+            try:
+                yield handle
+                if handle.begun:
+                    await handle._commit()
+            except BaseException:
+                await asyncio.shield(handle._abandon())
+                raise
+            finally:
+                handle._stop_renewing()
+
     async def abegin(self, record: DocumentRecord) -> None:
         """Claim a new document's row (`indexing`, leased), removing chunks an earlier failed attempt left."""
         leftover = await asyncio.to_thread(self.catalog.get, record.doc_id)
@@ -315,6 +338,70 @@ class DocumentLibrary:
     def close(self) -> None:
         """Close the catalogue."""
         self.catalog.close()
+
+
+class DocumentWrite:
+    """A document's write in progress, handed out by `DocumentLibrary.write`: it owns the generation, the lease
+    (renewed in the background), the commit and the clean-up; callers only `add` chunks."""
+
+    def __init__(
+        self, library: DocumentLibrary, record: DocumentRecord, reindex: bool, existing: DocumentRecord | None
+    ) -> None:
+        self.library = library
+        self.record = record
+        self.reindex = reindex
+        self.existing = existing
+        """The document's row when this write started (under the writer's lock); None for a new document."""
+        self.begun = False
+        self.added = 0
+        self.replaced: list[DocumentRecord] = []
+        """Older documents of the same name this write replaced (set by the commit)."""
+        self._begin_lock = asyncio.Lock()
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def add(self, nodes: Sequence[object]) -> None:
+        """Store embedded chunks (in Milvus and the keyword index); the first call claims the row. Safe to call
+        from several tasks at once (bounded concurrent inserts)."""
+        if not self.begun:
+            async with self._begin_lock:
+                if not self.begun:
+                    await self._begin()
+        await self.library.store.aadd(nodes)  # type: ignore[arg-type]
+        self.added += len(nodes)
+
+    async def _begin(self) -> None:
+        if self.reindex:
+            await self.library.abegin_generation(self.record.doc_id, self.record.generation)
+        else:
+            await self.library.abegin(self.record)
+        self.begun = True
+        self._renewing = asyncio.create_task(self._renew(), name=f"lease {self.record.doc_id[:12]}")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            try:
+                await self.library.arenew(self.record.doc_id)
+            except RagError:
+                log.warning("could not renew the lease on %s (retrying)", self.record.file_name, exc_info=True)
+
+    async def _commit(self) -> None:
+        if self.reindex:
+            await self.library.acommit_generation(self.record, self.record.chunks)
+        else:
+            self.replaced = await self.library.acommit(self.record, self.record.chunks)
+        self.begun = False  # committed: nothing to clean up any more
+
+    async def _abandon(self) -> None:
+        self._stop_renewing()
+        if self.begun:
+            self.begun = False  # once: a second clean-up must not remove what a later writer stored
+            await self.library.aabandon(self.record)
+
+    def _stop_renewing(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
 
 
 def _stem(doc_id: str, generation: int) -> str:

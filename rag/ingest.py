@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from rag.catalog import DocumentRecord
 from rag.config import Settings
-from rag.documents import LEASE_SECONDS, DocumentLibrary, SourceFile
+from rag.documents import DocumentLibrary, DocumentWrite, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.ocr import write_sidecar
@@ -232,7 +232,6 @@ class _Prepared:
     result: FileResult | None = None
     reindex: bool = False
     staged: str | None = None  # key of bytes this ingestor stored itself, released when the file is done
-    begun: bool = False  # this job claimed the row (or the new generation), so what it stored is its own
 
 
 class Ingestor:
@@ -416,62 +415,44 @@ class Ingestor:
         return _Prepared(index, prog, record=record, nodes=nodes, reindex=src.reindex)
 
     async def _store_alone(self, item: _Prepared, publish: ProgressCallback) -> FileResult:
-        """`_store` with one writer per document: jobs running side by side with the same bytes take turns
-        (the second finds it indexed), and a cancelled writer removes its chunks before the next one starts."""
+        """`_store`, then let go of bytes this ingestor stored itself for the file."""
         try:
-            if item.record is None:
-                return await self._store(item, publish)
-            async with self.library.writer(item.record.doc_id):
-                try:
-                    return await self._store(item, publish)
-                except asyncio.CancelledError:
-                    await asyncio.shield(self._discard(item))  # before the next writer of this document starts
-                    raise
+            return await self._store(item, publish)
         finally:
             if item.staged is not None:
                 await asyncio.shield(asyncio.to_thread(self.library.release, item.staged))
                 item.staged = None
 
     async def _store(self, item: _Prepared, publish: ProgressCallback) -> FileResult:
-        """Embed and write one prepared file; on any failure remove what was written."""
+        """Embed and write one prepared file through the library's write object (`DocumentLibrary.write`): one
+        writer per document, so jobs with the same bytes take turns (the second finds it indexed); a failure or a
+        cancel removes what was written before the next writer of the document starts."""
         if item.result is not None:
             return item.result
         assert item.record is not None and item.nodes is not None
         index, prog, record, nodes = item.index, item.progress, item.record, item.nodes
-        twin = await asyncio.to_thread(self.library.get, record.doc_id)
-        if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice in one job
-            prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
-            publish(index, prog.model_copy())
-            return FileResult(
-                file=record.file_name,
-                status=FileStatus.UNCHANGED,
-                doc_id=record.doc_id,
-                chunks=twin.chunks,
-                error=f"already indexed as {twin.file_name}",
-            )
-        if item.reindex:
-            await self.library.abegin_generation(record.doc_id, record.generation)
-        else:
-            await self.library.abegin(record)
-        item.begun = True
-        replaced: list[DocumentRecord] = []
         try:
-            await self._embed_and_insert(item, publish)
-            if item.reindex:
-                await self.library.acommit_generation(record, len(nodes))
-            else:
-                replaced = await self.library.acommit(record, len(nodes))
-            item.begun = False
+            async with self.library.write(record, item.reindex) as writing:
+                twin = writing.existing
+                if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice
+                    prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
+                    publish(index, prog.model_copy())
+                    return FileResult(
+                        file=record.file_name,
+                        status=FileStatus.UNCHANGED,
+                        doc_id=record.doc_id,
+                        chunks=twin.chunks,
+                        error=f"already indexed as {twin.file_name}",
+                    )
+                await self._embed_and_insert(item, writing, publish)
         except asyncio.CancelledError:
             raise
         except RagError as exc:
-            await self._discard(item)
             return self._fail(index, prog, f"{record.file_name}: {exc.user_message}", publish)
         except Exception as exc:  # noqa: BLE001
             log.exception("unexpected failure storing %s", record.file_name)
-            await self._discard(item)
             return self._fail(index, prog, f"{record.file_name}: could not be stored ({type(exc).__name__})", publish)
-        status = FileStatus.REPLACED if replaced or item.reindex else FileStatus.INDEXED
+        status = FileStatus.REPLACED if writing.replaced or item.reindex else FileStatus.INDEXED
         prog.stage, prog.status, prog.finished_at = Stage.DONE, status, time.time()
         publish(index, prog.model_copy())
         return FileResult(
@@ -483,16 +464,15 @@ class Ingestor:
             notes=list(prog.notes),
         )
 
-    async def _embed_and_insert(self, item: _Prepared, publish: ProgressCallback) -> None:
+    async def _embed_and_insert(self, item: _Prepared, writing: DocumentWrite, publish: ProgressCallback) -> None:
         assert item.record is not None and item.nodes is not None
-        index, prog, nodes, doc_id = item.index, item.progress, item.nodes, item.record.doc_id
+        index, prog, nodes = item.index, item.progress, item.nodes
         limit = asyncio.Semaphore(self.settings.insert_concurrency)
         inserts: list[asyncio.Task[None]] = []
-        renewed = time.monotonic()
 
         async def insert(batch: list[BaseNode]) -> None:
             try:
-                await self.store.aadd(batch)
+                await writing.add(batch)
                 prog.chunks_done += len(batch)
                 publish(index, prog.model_copy())
             finally:
@@ -511,9 +491,6 @@ class Ingestor:
                 embedded = start + len(batch)  # nodes[:embedded] have vectors
                 prog.chunks_embedded += len(batch)
                 publish(index, prog.model_copy())
-                if time.monotonic() - renewed > LEASE_SECONDS / 4:  # still writing: keep the claim on the row
-                    await self.library.arenew(doc_id)
-                    renewed = time.monotonic()
                 # Writes go out in insert-sized batches, not per embedding batch: every upsert costs CPU
                 # on both sides (and is a delete plus an insert inside Milvus) that the embedding needs.
                 while embedded - written >= write_size or (embedded == len(nodes) and written < embedded):
@@ -534,10 +511,8 @@ class Ingestor:
             raise
 
     async def _discard(self, item: _Prepared) -> None:
-        """Remove what this job began writing for a file but did not finish, and bytes nobody keeps."""
-        if item.record is not None and item.begun:
-            item.begun = False  # once: a second cleanup must not remove what a later writer of the document stored
-            await self.library.aabandon(item.record)
+        """Let go of bytes this ingestor stored itself for a file it will not write (what a write stored is
+        removed by the write object itself)."""
         if item.staged is not None:
             await asyncio.to_thread(self.library.release, item.staged)
             item.staged = None

@@ -114,7 +114,7 @@ def test_an_upload_is_indexed_and_its_bytes_are_stored_once(app_env: AppEnv) -> 
 
     assert "Indexed (1): zebras.txt" in at.success[0].value
     assert [d.file_name for d in service.documents()] == ["zebras.txt"]
-    stored = Path(service.documents()[0].stored_path)
+    stored = service.library.storage.local_path(service.documents()[0].stored_path)
     assert stored.exists() and stored.parent == app_env.data_dir / "uploads"
     assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]  # one copy, no temporary file left
     assert not (app_env.data_dir / "incoming").exists()

@@ -91,7 +91,8 @@ def test_uploads_are_kept_under_content_hash_names(service, corpus: Path) -> Non
 
     result = service.ingest([corpus / "zoo.pdf"]).files[0]
     record = service.documents()[0]
-    stored = Path(record.stored_path)
+    assert record.stored_path == f"{result.doc_id}.pdf"  # a key in RAG_STORAGE_URL, not a path
+    stored = service.library.storage.local_path(record.stored_path)
     uploads = (Path(service.settings.data_dir) / "uploads").resolve()
     assert stored.resolve().parent == uploads
     assert stored.name == f"{result.doc_id}.pdf"

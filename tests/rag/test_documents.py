@@ -55,7 +55,7 @@ def test_uploads_keep_only_the_bytes_of_indexed_documents(service: RagService, t
     ], final.files
     assert "empty.txt" in (final.files[1].error or "") and "broken.pdf" in (final.files[2].error or "")
     (record,) = service.documents()
-    assert _uploads(service) == [Path(record.stored_path).name]
+    assert _uploads(service) == [record.stored_path]
 
 
 def test_a_cancelled_upload_leaves_no_bytes(service: RagService, tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_reindex_swaps_generations_and_a_failed_one_keeps_the_old(service: RagSe
 def test_delete_leaves_no_chunk_keyword_entry_or_bytes(service: RagService, tmp_path: Path) -> None:
     keep = service.ingest([_doc(tmp_path, "keep.txt")]).files[0]
     gone = service.ingest([_doc(tmp_path, "gone.txt")]).files[0]
-    stored = Path(service.library.resolve(gone.doc_id).stored_path)
+    stored = service.library.storage.local_path(service.library.resolve(gone.doc_id).stored_path)
     (stored.parent / f"{stored.name}.ocr.json").write_text("{}")  # a file derived from the bytes
 
     record = service.delete_document(gone.doc_id[:12])

@@ -75,7 +75,8 @@ def test_delete_removes_every_chunk(service, corpus: Path) -> None:  # noqa: ANN
     record = service.delete_document(result.doc_id[:12])
     assert record.file_name == "zoo.pdf"
     assert service.count_chunks() == 0 and service.documents() == []
-    assert not Path(record.stored_path).exists()
+    assert not service.library.storage.exists(record.stored_path)
+    assert not (Path(service.settings.data_dir) / "uploads" / record.stored_path).exists()
     with pytest.raises(DocumentNotFoundError):
         service.delete_document(result.doc_id)
 

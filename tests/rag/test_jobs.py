@@ -129,7 +129,7 @@ def test_cancelling_a_queued_job_leaves_nothing(service_with, tmp_path: Path) ->
     assert [d.file_name for d in service.documents()] == ["long.txt"]
     assert service.count_chunks() == done.report.chunks
     stored = sorted(p.name for p in (service.settings.data_dir / "uploads").iterdir())
-    assert stored == [Path(service.documents()[0].stored_path).name]  # bob's bytes were never even copied
+    assert stored == [service.documents()[0].stored_path]  # bob's bytes are gone with his job
 
 
 def test_the_same_file_in_two_jobs_at_once_is_indexed_once(service_with, tmp_path: Path) -> None:  # noqa: ANN001

@@ -199,8 +199,9 @@ def test_a_scanned_pdf_is_indexed_by_ocr_and_answers_questions(service, scanned_
     ocr = [(u.pages_done, u.pages_total) for u in updates if u.stage == Stage.OCR]
     assert ocr == [(0, 1), (1, 1)]  # the OCR'd page counts in the upload's progress
     record = next(d for d in service.documents() if d.file_name == "observatory-scan.pdf")
-    assert record.pages == 1 and sidecar_path(Path(record.stored_path)).is_file()
-    assert "Brandmaier" in read_sidecar(Path(record.stored_path))[1].text
+    stored = service.library.storage.local_path(record.stored_path)
+    assert record.pages == 1 and sidecar_path(stored).is_file()
+    assert "Brandmaier" in read_sidecar(stored)[1].text
 
     sources = service.retrieve("Who founded the Quillfeather Observatory, and in which year?")
 

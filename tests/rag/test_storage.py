@@ -136,3 +136,24 @@ def test_an_upload_through_s3_is_indexed_shown_and_removed(make_settings, embedd
         assert service.library.storage.list_keys() == []
     finally:
         _drop(service)
+
+
+def test_stored_paths_of_the_previous_release_become_keys(tmp_path: Path, database_url: str) -> None:
+    """Rows written before keys named their bytes by an absolute path into `<data dir>/uploads`: revision 0003
+    turns them into keys, which the store finds in the same folder."""
+    import shutil
+
+    from rag.catalog import Catalog
+    from rag.database import Database
+    from tests.rag.test_database import LEGACY
+
+    data = tmp_path / "data"
+    shutil.copytree(LEGACY, data)
+    settings = load_settings(data_dir=data, database_url=database_url)
+    with Database.open(settings) as db:
+        records = Catalog(db, "documents").list(status=None)
+    store = Storage(settings)
+    assert len(records) == 3
+    for record in records:
+        assert "/" not in record.stored_path and record.stored_path in store.list_keys()
+        assert store.local_path(record.stored_path).read_bytes()

@@ -68,7 +68,7 @@ def test_documents_of_one_workspace_never_reach_another(cli_env, corpus: Path, t
         svc.conversations.append("sid", _turn("What is zoo?"), a_id)
         svc.conversations.append("sid", _turn("What is shared?"), b_id)
         a_docs = svc.documents(a_id)
-        stored = {d.file_name: Path(d.stored_path) for d in a_docs}
+        stored = {d.file_name: svc.library.storage.local_path(d.stored_path) for d in a_docs}
         deleted = json.loads(_run("workspaces", "delete", "a", "--json"))
         assert deleted == {"name": "a", "documents": 2}
 
