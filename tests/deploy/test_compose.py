@@ -254,9 +254,7 @@ def test_depends_on_waits_for_healthy(compose: Compose) -> None:
 
 def test_named_volumes(compose: Compose) -> None:
     assert volume_problems(compose) == []
-    mounts = {
-        name: dict(reversed(str(v).split(":", 1)) for v in services(compose)[name]["volumes"]) for name in SCALED
-    }
+    mounts = {name: dict(reversed(str(v).split(":", 1)) for v in services(compose)[name]["volumes"]) for name in SCALED}
     assert "/data" in mounts["app"] and "/data" in mounts["worker"]
     # the uploads the app stores are the files the workers read: one volume at the path RAG_STORAGE_URL names
     assert mounts["app"]["/uploads"] == mounts["worker"]["/uploads"] == "uploads"

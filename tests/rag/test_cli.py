@@ -73,7 +73,7 @@ def test_bad_setting_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatc
 
 def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"], obj={}).output
-    for command in ("ask", "bench", "docs", "ingest", "milvus"):
+    for command in ("ask", "bench", "docs", "ingest", "milvus", "worker", "status"):
         assert command in out
 
 
@@ -189,3 +189,40 @@ def test_docs_list_reads_the_catalogue_alone(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == ["[]", "[]"]  # no documents, nothing heavy imported
+
+
+def test_status_lists_the_queue_and_its_workers(db_settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """`status --json` reads the database alone (either engine): queue depth, and each worker's host, pid, jobs,
+    heartbeat and state; one silent for longer than its lease is lost."""
+    import time
+
+    from sqlalchemy import update
+
+    from rag import schema
+    from rag.database import Database
+    from rag.jobs import JobQueue, NewFile, new_worker_id
+
+    monkeypatch.setenv("RAG_DATA_DIR", str(db_settings.data_dir))
+    monkeypatch.setenv("RAG_DATABASE_URL", db_settings.database_url)
+    empty = json.loads(CliRunner().invoke(cli, ["status", "--json"], obj={}).stdout)
+    assert empty == {"queue": {"queued": 0, "running": 0}, "workers": []}
+
+    with Database.open(db_settings) as db:
+        queue = JobQueue(db, db_settings.collection, lease=db_settings.job_lease)
+        me, other = new_worker_id(), "build-7|elsewhere|4242|1|abcd1234"
+        queue.register(me, "worker", 2)
+        queue.register(other, "worker", 1)
+        job = queue.enqueue("alice", "default", [NewFile(name="a.txt", stored="0" * 64 + ".txt")])
+        queue.enqueue("bob", "default", [NewFile(name="b.txt", stored="1" * 64 + ".txt")])
+        assert queue.claim(me).id == job.id
+        with db.write() as conn:
+            old = time.time() - 2 * db_settings.job_lease
+            conn.execute(update(schema.workers).where(schema.workers.c.id == other).values(heartbeat_at=old))
+    shown = json.loads(CliRunner().invoke(cli, ["status", "--json"], obj={}).stdout)
+    assert shown["queue"] == {"queued": 1, "running": 1}
+    workers = {w["host"]: w for w in shown["workers"]}
+    assert workers["build-7"]["state"] == "lost" and workers["build-7"]["heartbeat_age"] >= db_settings.job_lease
+    mine = workers[me.split("|")[0]]
+    assert (mine["pid"], mine["state"], mine["jobs"], mine["concurrency"]) == (os.getpid(), "running", [job.id], 2)
+    text = CliRunner().invoke(cli, ["status"], obj={}).stdout
+    assert "jobs: 1 queued, 1 running" in text and "lost     build-7 pid 4242" in text
