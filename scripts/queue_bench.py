@@ -170,7 +170,7 @@ def throughput(args: argparse.Namespace) -> list[dict[str, object]]:
                     for job in done:
                         by_worker[job.worker.pid] = by_worker.get(job.worker.pid, 0) + 1
                     rows.append(
-                        {
+                        row := {
                             "workers": workers,
                             "files": len(files),
                             "chunks": chunks,
@@ -179,6 +179,7 @@ def throughput(args: argparse.Namespace) -> list[dict[str, object]]:
                             "jobs_per_worker": sorted(by_worker.values()),
                         }
                     )
+                    print(json.dumps(row), file=sys.stderr, flush=True)
                     if workers == args.workers[-1]:
                         rows.append(_evaluate(service, "postgresql"))
                 finally:
@@ -186,9 +187,9 @@ def throughput(args: argparse.Namespace) -> list[dict[str, object]]:
                     service.close()
     finally:
         cluster.stop()
-    base = rows[0]["chunks_per_s"] if rows else 1
-    for row in rows:
-        row["ratio"] = round(row["chunks_per_s"] / base, 2)
+    measured = [r for r in rows if "chunks_per_s" in r]
+    for row in measured:
+        row["ratio"] = round(row["chunks_per_s"] / measured[0]["chunks_per_s"], 2)
     return rows
 
 
