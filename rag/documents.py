@@ -1,8 +1,9 @@
 """A document's life in one place: staged bytes, catalogue row, chunks and keyword entries, replace,
 re-index, delete and recovery.
 
-Ingestion (`rag.ingest`) reads, chunks and embeds; it asks this module to stage, begin, renew, commit or
-abandon a document. The service asks it to list, delete and re-index. The rules it keeps:
+Ingestion (`rag.ingest`) reads, chunks and embeds; it writes a document only through the write object this module
+hands out (`async with library.write(record) as w: await w.add(nodes)`), which owns the generation, the lease, the
+commit and the clean-up. The service asks it to store bytes, list, delete and re-index. The rules it keeps:
 
 - bytes are stored once (`rag.storage`, RAG_STORAGE_URL), under their SHA-256, and removed as soon as no catalogue
   row and no queued or running job refers to them (so rejected, failed, cancelled and duplicate uploads leave
