@@ -186,7 +186,7 @@ class RagService(QuestionService):
     def source_page(self, doc_id: str, workspace: str, page: int, passage: str = "", zoom: float = 1.0) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
         record = self.document(doc_id, workspace)
-        return render_page(Path(record.stored_path), page, passage, zoom)
+        return render_page(Path(record.stored_path), page, passage, zoom, self.settings.max_page_pixels)
 
     def source_context(self, doc_id: str, workspace: str, passage: str) -> tuple[str, str, str]:
         """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
