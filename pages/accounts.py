@@ -34,7 +34,7 @@ with st.form("accounts.add", clear_on_submit=True):
         except RagError as err:
             show_error(err)
         else:
-            st.session_state["accounts.flash"] = f"Added {added.name}."
+            st.session_state["accounts.flash"] = f"Added {md(added.name)}."
             st.rerun()
 others = [a.name for a in accounts.list() if a.name != current_account()]
 if others:

@@ -15,6 +15,7 @@ import streamlit as st
 
 from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
 from ui.errors import service_or_stop, show_error
+from ui.format import md
 from ui.navigation import ensure_routed
 
 ensure_routed()
@@ -331,7 +332,7 @@ if run:
             repeat=int(repeat),
         )
     except ValueError as err:
-        st.error(f"Invalid options: {err}")
+        st.error(f"Invalid options: {md(str(err))}")
         st.stop()
     steps = plan(config)
     rows: list[BenchRow] = []

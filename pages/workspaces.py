@@ -57,7 +57,7 @@ with st.form("workspaces.create", clear_on_submit=True):
             show_error(err)
         else:
             choose(created.id)
-            st.session_state["workspaces.flash"] = f"Created {created.label}."
+            st.session_state["workspaces.flash"] = f"Created {md(created.label)}."
             st.rerun()
 
 manageable = [w for w in workspaces if w.managed_by(account, admin)]
@@ -73,7 +73,7 @@ if manageable:
         except RagError as err:
             show_error(err)
         else:
-            st.session_state["workspaces.flash"] = f"Renamed to {renamed.label}."
+            st.session_state["workspaces.flash"] = f"Renamed to {md(renamed.label)}."
             st.rerun()
     if delete_col.button("Delete…", key="workspaces.delete", icon=":material/delete:", disabled=chosen.id == "default"):
         st.session_state["workspaces.pending_delete"] = chosen.id
@@ -94,7 +94,7 @@ if manageable:
             else:
                 if st.session_state.get(KEY) == chosen.id:
                     choose(None)
-                st.session_state["workspaces.flash"] = f"Deleted {chosen.label} and {len(removed)} document(s)."
+                st.session_state["workspaces.flash"] = f"Deleted {md(chosen.label)} and {len(removed)} document(s)."
                 st.rerun()
         if no.button("Cancel", key="workspaces.cancel_delete"):
             st.session_state.pop("workspaces.pending_delete", None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from rag import Accounts, RagError, load_settings
+from ui.format import md
 from ui.state import session_id
 
 UNLOCKED = "auth.unlocked"
@@ -88,7 +89,7 @@ def _login_form(accounts: Accounts) -> None:
 
 def _sign_out_button(name: str) -> None:
     with st.sidebar:
-        st.caption(f"Signed in as **{name}**")
+        st.caption(f"Signed in as **{md(name)}**")
         if st.button("Sign out", key="auth.sign_out", icon=":material/logout:"):
             for key in (USER, ADMIN, "workspace.id"):
                 st.session_state.pop(key, None)
