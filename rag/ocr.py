@@ -179,9 +179,8 @@ def ocr_pdf_page(
     """Render one PDF page and recognise its text; `number` is the 1-based page number.
 
     The render holds at most `max_pixels` (the scale is lowered to fit; PageLimitError when that would be
-    under 72 dpi), and recognition stops with PageLimitError after `seconds` (None: no limit).
+    under 72 dpi), and recognition stops with PageLimitError after `seconds` of it (None: no limit).
     """
-    started = time.monotonic()
     with PDFIUM_LOCK:
         width, height = page.get_size()
     fitted = fit_scale(width, height, scale, max_pixels)
@@ -199,7 +198,7 @@ def ocr_pdf_page(
             bitmap.close()
     rows, cols = image.shape[:2]
     try:
-        found = ocr_image(image, None if seconds is None else started + seconds)
+        found = ocr_image(image, seconds)
     except _OcrTimeout:
         raise PageLimitError(
             f"page {number} took longer than {seconds:g} s to read by OCR, the limit (RAG_OCR_PAGE_SECONDS)"
@@ -227,12 +226,12 @@ PixelBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels, 
 
 
 def ocr_image(
-    image: np.ndarray, deadline: float | None = None
+    image: np.ndarray, seconds: float | None = None
 ) -> list[tuple[str, float, PixelBox, list[tuple[str, PixelBox]]]]:
     """Recognise an RGB/BGR or grey image: (line text, score, line box, [(word, word box)]) per line.
 
-    With a `deadline` (time.monotonic()), recognition raises _OcrTimeout at the first step it would start
-    after it."""
+    With `seconds`, recognition raises _OcrTimeout at the first step it would start that many seconds after
+    it began (time spent waiting for another page's recognition does not count)."""
     global _deadline
     import numpy as np
 
@@ -242,7 +241,7 @@ def ocr_image(
         image = image[:, :, :3]
     ocr = engine()
     with _run_lock:
-        _deadline = deadline
+        _deadline = deadline = None if seconds is None else time.monotonic() + seconds
         try:
             result, _ = ocr(image, use_cls=False, return_word_box=True, text_score=_MIN_SCORE)
         except Exception:
