@@ -19,8 +19,8 @@ import re
 JOINER = "\u2060"
 """WORD JOINER: zero-width, invisible, and not part of any link or directive pattern."""
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$:=-])")
-_LIST_NUMBER = re.compile(r"^(\s*\d+)([.)])", re.MULTILINE)
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$:])")
+_LINE_START = re.compile(r"^(\s*)([-=])|^(\s*\d+)([.)])", re.MULTILINE)  # bullets, setext rules, numbered items
 # Characters that would let model output (which may repeat document text) form links, images,
 # HTML or math in Markdown; escaped one by one, so it also works on streamed pieces.
 _ACTIVE = re.compile(r"([\\\[\]<>$])")
@@ -31,7 +31,7 @@ _AUTOLINK_PIECE = re.compile(r"(?<=[:@])")  # one character at a time, for strea
 def escape_markdown(text: str) -> str:
     """Document text shown inside Markdown stays text: no links (bare URLs and e-mail addresses included),
     images, HTML, emphasis, lists, headings, math or Streamlit directives."""
-    return _LIST_NUMBER.sub(r"\1\\\2", _MD_SPECIAL.sub(r"\\\1", _defuse(text)))
+    return _LINE_START.sub(_escape_line_start, _MD_SPECIAL.sub(r"\\\1", _defuse(text)))
 
 
 def neutralize_markdown(text: str) -> str:
@@ -50,3 +50,9 @@ def escape_math(text: str) -> str:
 def _defuse(text: str) -> str:
     """`text` with a WORD JOINER where a bare URL, e-mail address or Streamlit directive would start."""
     return _AUTOLINK.sub(JOINER, text)
+
+
+def _escape_line_start(match: re.Match[str]) -> str:
+    if match.group(2):
+        return f"{match.group(1)}\\{match.group(2)}"
+    return f"{match.group(3)}\\{match.group(4)}"
