@@ -19,7 +19,7 @@ from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
 from rag.documents import DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
-from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
+from rag.evaluate import AnswerReport, EvalReport, QAPair, aevaluate, aevaluate_answers, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import describe_llm
@@ -283,6 +283,20 @@ class RagService(QuestionService):
         k = top_k or self.settings.top_k
         timeout = 60 + 10 * len(pairs)
         return [self.runtime.run(aevaluate(self.engine, pairs, mode, k, workspace), timeout=timeout) for mode in modes]
+
+    def evaluate_answers(
+        self,
+        pairs: Sequence[QAPair],
+        retrieval: Retrieval | None = None,
+        top_k: int | None = None,
+        workspace: str = DEFAULT_ID,
+    ) -> AnswerReport:
+        """How often the answer a user reads holds the evidence (and in its first lines); reads only."""
+        check_files(pairs, {r.file_name for r in self.library.list(workspace)})
+        k = top_k or self.settings.top_k
+        mode = retrieval or self.settings.retrieval_mode
+        timeout = 60 + 30 * len(pairs)
+        return self.runtime.run(aevaluate_answers(self.engine, pairs, mode, k, workspace), timeout=timeout)
 
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
