@@ -15,7 +15,9 @@ import streamlit as st
 
 from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
 from ui.errors import service_or_stop, show_error
+from ui.format import md
 from ui.navigation import ensure_routed
+from ui.workspaces import current_workspace
 
 ensure_routed()
 
@@ -252,6 +254,7 @@ st.caption(
     "scratch collections that are dropped afterwards; your documents are never touched."
 )
 service = service_or_stop()
+workspace = current_workspace(service)
 
 left, right = st.columns(2)
 experiments = left.multiselect(
@@ -272,6 +275,7 @@ concurrency = right.slider(
     "Requests in flight (project path)", min_value=1, max_value=64, value=8, key="bench.concurrency"
 )
 corpus_dir: Path | None = None
+uploaded: list[str] | None = None
 max_files = 0
 missing_documents = False
 embed_chunks, repeat = 256, 3
@@ -286,11 +290,18 @@ if "embed" in experiments:
     repeat = left.number_input("Timed rounds per backend", min_value=1, max_value=20, value=3, key="bench.repeat")
 if "ingest" in experiments or "embed" in experiments:
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
-    corpus_dir = default_corpus_dir() if source == CORPUS else Path(service.settings.data_dir) / "uploads"
-    missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
+    if source == UPLOADS:  # this workspace's uploads only, never another workspace's files
+        uploaded = [r.stored_path for r in service.documents(workspace.id)]
+        missing_documents = not uploaded
+        right.caption(f"{len(uploaded)} document(s) uploaded to the workspace **{md(workspace.label)}**.")
+    else:
+        corpus_dir = default_corpus_dir()
+        missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
     if missing_documents:
         right.warning(
-            "No documents have been uploaded yet." if source == UPLOADS else "The shared corpus is not installed here.",
+            f"No documents have been uploaded to {md(workspace.label)} yet."
+            if source == UPLOADS
+            else "The shared corpus is not installed here.",
             icon=":material/warning:",
         )
     max_files = right.number_input(
@@ -326,6 +337,7 @@ if run:
             consistency_level=consistency,
             concurrency=int(concurrency),
             corpus_dir=str(corpus_dir) if corpus_dir else None,
+            files=uploaded if uploaded is not None else None,
             max_files=int(max_files) or None,
             embed_chunks=int(embed_chunks) or None,
             repeat=int(repeat),

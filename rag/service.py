@@ -72,7 +72,8 @@ class RagService(QuestionService):
                 max_running=settings.max_running_jobs,
                 release=lambda source: self.library.release(source.path),
             )
-            self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self._recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self.recovered = tuple(r.file_name for r in self._recovered)
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -188,10 +189,11 @@ class RagService(QuestionService):
         record = self.document(doc_id, workspace)
         return render_page(Path(record.stored_path), page, passage, zoom)
 
-    def source_context(self, doc_id: str, workspace: str, passage: str) -> tuple[str, str, str]:
-        """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
+    def source_context(self, doc_id: str, workspace: str, passage: str, window: int = 600) -> tuple[str, str, str]:
+        """The passage in its surrounding text (`window` characters each side), for formats without pages:
+        (before, passage, after)."""
         record = self.document(doc_id, workspace)
-        return source_context(Path(record.stored_path), record.file_name, passage)
+        return source_context(Path(record.stored_path), record.file_name, passage, window)
 
     def original(self, doc_id: str, workspace: str) -> tuple[str, bytes]:
         """A document's name and original bytes, for download."""
@@ -326,8 +328,14 @@ class RagService(QuestionService):
             lock.release()
 
     # -- status -----------------------------------------------------------------------------
-    def status(self) -> ServiceStatus:
-        """What is connected and how much is indexed."""
+    def recovered_in(self, workspace: str) -> tuple[str, ...]:
+        """Names of a workspace's documents that the start-up removed, left half-indexed by an interrupted run."""
+        return tuple(r.file_name for r in self._recovered if r.workspace == workspace)
+
+    def status(self, workspace: str | None = None) -> ServiceStatus:
+        """What is connected and how much is indexed: in one workspace (by id; its documents and their chunks,
+        counted from the catalogue, so no scan of the collection), or in all (`chunks` counted by Milvus)."""
+        records = self.library.list(workspace)
 
         async def _info() -> StoreInfo:
             return StoreInfo(
@@ -335,7 +343,7 @@ class RagService(QuestionService):
                 kind=self.connection.kind,
                 version=await self.store.aversion(),
                 collection=self.store.name,
-                chunks=await self.store.acount(),
+                chunks=await self.store.acount() if workspace is None else sum(r.chunks for r in records),
             )
 
         return ServiceStatus(
@@ -344,8 +352,8 @@ class RagService(QuestionService):
             embed_dim=self.embedder.dim,
             llm=describe_llm(self.settings),
             mode=self.mode,
-            documents=len(self.library.list()),
-            recovered=self.recovered,
+            documents=len(records),
+            recovered=self.recovered if workspace is None else self.recovered_in(workspace),
         )
 
     def close(self) -> None:
