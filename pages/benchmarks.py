@@ -169,7 +169,12 @@ def _metrics(rows: list[BenchRow]) -> None:
         column.metric(label, value, delta, delta_color="off", delta_arrow="off", help=helptext or None)
 
 
+def _times(value: float | None) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.2f}×"
+
+
 def _table(frame: pd.DataFrame) -> None:
+    frame = frame.assign(speedup=frame["speedup"].map(_times))  # no speedup (the baseline): a dash, not "None"
     embed = frame[frame["experiment"] == "embed"]
     frame = frame[frame["experiment"] != "embed"]
     if not embed.empty:
@@ -186,7 +191,7 @@ def _table(frame: pd.DataFrame) -> None:
                 "seconds": st.column_config.NumberColumn("seconds (median)", format="%.2f"),
                 "chunks_per_s": st.column_config.NumberColumn("chunks per second", format="%.1f"),
                 "spread": st.column_config.TextColumn("slowest–fastest round"),
-                "speedup": st.column_config.NumberColumn("speedup vs torch fp32", format="%.2f×"),
+                "speedup": st.column_config.TextColumn("speedup vs torch fp32"),
                 "cosine_mean": st.column_config.NumberColumn("cosine mean", format="%.5f"),
                 "cosine_min": st.column_config.NumberColumn("cosine min", format="%.5f"),
                 "chosen": st.column_config.CheckboxColumn("the engine's"),
@@ -202,7 +207,7 @@ def _table(frame: pd.DataFrame) -> None:
             "n": st.column_config.NumberColumn("N"),
             "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
             "ms_per_item": st.column_config.NumberColumn("ms per item", format="%.3f"),
-            "speedup": st.column_config.NumberColumn("speedup vs sync", format="%.2f×"),
+            "speedup": st.column_config.TextColumn("speedup vs sync"),
         },
     )
 

@@ -19,6 +19,8 @@ USER = "auth.user"
 """Session-state key of the signed-in account's name."""
 ADMIN = "auth.admin"
 
+FORM_WIDTH = 420  # pixels: a sign-in form of normal width, not the whole page
+
 
 @st.cache_resource(show_spinner=False, on_release=lambda accounts: accounts.close())
 def _open_accounts(data_dir: str) -> Accounts:
@@ -70,7 +72,7 @@ def require_login() -> None:
 
 def _login_form(accounts: Accounts) -> None:
     st.title("Ask your documents")
-    with st.form("auth.login"):
+    with st.form("auth.login", width=FORM_WIDTH):
         name = st.text_input("Name", key="auth.name")
         password = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Sign in")
@@ -121,7 +123,7 @@ def require_password() -> None:
     if secret is None or not secret.get_secret_value() or st.session_state.get(UNLOCKED):
         return
     st.title("Ask your documents")
-    with st.form("auth.form"):
+    with st.form("auth.form", width=FORM_WIDTH):
         given = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Enter")
     if submitted:
