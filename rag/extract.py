@@ -189,20 +189,32 @@ def _cut_long(start: int, end: int, breaks: set[int], text: str) -> list[tuple[i
     return spans
 
 
+_FALLBACK_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9“\"(])")
+
+
+def _pieces(joined: str) -> list[tuple[int, int]]:
+    """pysbd's sentences as spans of `joined`; where pysbd rewrote the text (it does with ". . ." leaders),
+    the paragraph is cut at plain sentence ends instead."""
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for piece in _segmenter().segment(joined):
+        start = joined.find(piece, position)
+        if start < 0:
+            cuts = [0] + [m.end() for m in _FALLBACK_BOUNDARY.finditer(joined)] + [len(joined)]
+            return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        position = start + len(piece)
+        spans.append((start, position))
+    return spans
+
+
 def sentences(text: str) -> list[Sentence]:
     """The sentences of a passage, in order, with their offsets in it (pieces without a word left out)."""
     found: list[Sentence] = []
     for joined, origin, breaks in _paragraphs(text):
         spans: list[tuple[int, int]] = []
-        position = 0
-        for piece in _segmenter().segment(joined):
-            start = joined.find(piece, position)
-            if start < 0:  # pysbd keeps the text as it is with clean=False; be safe if it ever does not
-                start = position
-            end = start + len(piece)
-            position = end
+        for start, end in _pieces(joined):
             # A boundary needs white space after it: ".RData" or "x.y" inside a sentence is not one.
-            if spans and not joined[spans[-1][1] - 1 : spans[-1][1]].isspace() and not piece[:1].isspace():
+            if spans and not joined[spans[-1][1] - 1 : spans[-1][1]].isspace() and not joined[start].isspace():
                 spans[-1] = (spans[-1][0], end)
             else:
                 spans.append((start, end))

@@ -93,3 +93,10 @@ def test_a_figure_is_preferred_when_the_question_asks_how_much(embedder, runtime
     passages = [_source(WRAPPED_PDF)]
     windows = runtime.run(abest_windows("How much does it cost per operator?", passages, embedder))
     assert "$7,650" in windows[0].text
+
+
+def test_dot_leaders_that_pysbd_rewrites_still_give_sentences_of_the_passage() -> None:
+    text = "2.4 Logical vectors . . . . . . 10\nSee x[c(1, . . ., length(x))]. The elements are selected. Then kept."
+    found = sentences(text)
+    assert found and all(text[s.start : s.end].strip() for s in found)
+    assert "The elements are selected." in [s.text for s in found]
