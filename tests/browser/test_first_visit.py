@@ -14,7 +14,7 @@ import pytest
 
 from rag.milvus_server import EmbeddedMilvus
 from tests.browser.conftest import RunningApp, _drop, milvus_app_environment, serve
-from tests.browser.test_e2e import _ask, _upload
+from tests.browser.test_e2e import _ask
 
 pytestmark = [pytest.mark.browser, pytest.mark.milvus]
 
@@ -35,6 +35,16 @@ def streamlit_app(tmp_path_factory: pytest.TempPathFactory, milvus_server: Embed
             yield RunningApp(url=url, log=log, collection=collection)
     finally:
         _drop(state.uri, milvus_server.token, collection)
+
+
+def _upload(page, app: RunningApp, *files: Path) -> None:  # noqa: ANN001
+    """Drop files on the Upload page and index them (the uploader shortens long names: wait for their ends)."""
+    page.goto(f"{app.url}/upload")
+    page.wait_for_selector("input[type=file]", state="attached")
+    page.set_input_files("input[type=file]", [str(f) for f in files])
+    for f in files:
+        page.get_by_text(f.name[-9:], exact=False).first.wait_for()  # the upload reached the server
+    page.get_by_role("button", name="Index files").click()
 
 
 def _last_answer(page):  # noqa: ANN001, ANN202
