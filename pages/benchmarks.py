@@ -14,12 +14,14 @@ import pandas as pd
 import streamlit as st
 
 from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from ui.auth import current_caller
 from ui.errors import service_or_stop, show_error
 from ui.format import md
-from ui.navigation import ensure_routed
+from ui.navigation import ensure_routed, require_admin_when_accounts
 from ui.workspaces import current_workspace
 
 ensure_routed()
+require_admin_when_accounts()
 
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
@@ -296,7 +298,7 @@ if "embed" in experiments:
 if "ingest" in experiments or "embed" in experiments:
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
     if source == UPLOADS:  # this workspace's uploads only, never another workspace's files
-        uploaded = [r.stored_path for r in service.documents(workspace.id)]
+        uploaded = [r.stored_path for r in service.documents(workspace.id, current_caller())]
         missing_documents = not uploaded
         right.caption(f"{len(uploaded)} document(s) uploaded to the workspace **{md(workspace.label)}**.")
     else:
@@ -356,7 +358,9 @@ if run:
     st.session_state.pop(RESULT, None)
     progress_slot.progress(0.0, text=_step_text(steps[0]))
     try:
-        with contextlib.closing(service.bench(config)) as items:  # closing drops the scratch collections now
+        with contextlib.closing(
+            service.bench(config, current_caller())
+        ) as items:  # closing drops the scratch collections now
             for item in items:
                 if isinstance(item, BenchReport):
                     report = item

@@ -13,6 +13,7 @@ from typing import Protocol
 import streamlit as st
 
 from rag import JobSnapshot, RagService, Workspace
+from ui.auth import current_caller
 from ui.format import human_duration, md
 
 _STAGE_ICONS = {
@@ -50,7 +51,8 @@ def start_upload_job(service: RagService, files: Sequence[Upload], owner: str, w
     The engine writes each upload's bytes once, under their hash, and removes those no document keeps
     (failed, cancelled or duplicate files) when the job ends.
     """
-    return service.start_upload_job([(f.name, f) for f in files], owner=owner, workspace=workspace)
+    uploads = [(f.name, f) for f in files]
+    return service.start_upload_job(uploads, owner=owner, workspace=workspace, caller=current_caller())
 
 
 # -- watching jobs ---------------------------------------------------------------------------------
@@ -67,7 +69,10 @@ def jobs_panel(service: RagService, owner: str, workspace: Workspace | None = No
         return [j for j in jobs if workspace is None or j.workspace == workspace.id]
 
     watching = {job.id for job in owned() if job.active}
-    names = {w.id: w.label for w in service.list_workspaces()} if workspace is None else {workspace.id: workspace.label}
+    if workspace is None:
+        names = {w.id: w.label for w in service.list_workspaces(current_caller())}
+    else:
+        names = {workspace.id: workspace.label}
 
     @st.fragment(run_every=1 if watching else None)
     def panel() -> None:
