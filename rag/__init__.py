@@ -32,6 +32,7 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
+    "AnswerReport": "rag.evaluate",
     "AnswerStream": "rag.query",
     "AskOptions": "rag.options",
     "BenchConfig": "rag.bench",
@@ -110,6 +111,7 @@ __all__ = [
     "AccountNotFoundError",
     "Accounts",
     "Answer",
+    "AnswerReport",
     "AnswerStream",
     "AskOptions",
     "BenchConfig",
@@ -231,7 +233,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         WorkspaceError,
         WorkspaceNotFoundError,
     )
-    from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.evaluate import AnswerReport, EvalReport, EvalRow, QAPair, parse_pairs
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
