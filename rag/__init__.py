@@ -12,22 +12,28 @@ from typing import TYPE_CHECKING, Any
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
     "BENCH_MODES": "rag.bench",
+    "DOCUMENT_PRIVATE": "rag.gateway",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
     "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
     "SUPPORTED_EXTENSIONS": "rag.readers",
+    "Access": "rag.access",
+    "AccessDeniedError": "rag.errors",
     "Account": "rag.accounts",
     "AccountError": "rag.errors",
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
     "AnswerStream": "rag.query",
+    "ApiToken": "rag.tokens",
     "AskOptions": "rag.options",
+    "AuthenticationError": "rag.errors",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
+    "Caller": "rag.access",
     "ChatTurn": "rag.query",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
@@ -43,20 +49,24 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
     "JobCancelledError": "rag.errors",
+    "JobNotFoundError": "rag.errors",
     "JobSnapshot": "rag.jobs",
     "JobState": "rag.jobs",
     "LoginError": "rag.errors",
     "LoginThrottledError": "rag.errors",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
+    "Passage": "rag.sources",
     "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
     "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
+    "RateLimitedError": "rag.errors",
     "RenderedPage": "rag.sources",
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
@@ -66,10 +76,14 @@ _LOCATIONS = {
     "Stage": "rag.ingest",
     "StoreUnavailableError": "rag.errors",
     "StoredTurn": "rag.conversations",
+    "Tokens": "rag.tokens",
+    "UploadTooLargeError": "rag.errors",
     "Workspace": "rag.workspaces",
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "create_app": "rag.api",
+    "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
     "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
@@ -81,26 +95,35 @@ _LOCATIONS = {
     "plan": "rag.bench",
     "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
+    "run_stdio": "rag.mcp_server",
+    "serve_http": "rag.api",
+    "status_of": "rag.gateway",
 }
 
 __all__ = [
     "BENCH_MODES",
+    "DOCUMENT_PRIVATE",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
     "SUPPORTED_EXTENSIONS",
+    "Access",
+    "AccessDeniedError",
     "Account",
     "AccountError",
     "AccountNotFoundError",
     "Accounts",
     "Answer",
     "AnswerStream",
+    "ApiToken",
     "AskOptions",
+    "AuthenticationError",
     "BenchConfig",
     "BenchReport",
     "BenchRow",
     "BenchmarkBusyError",
+    "Caller",
     "ChatTurn",
     "CollectionNotFoundError",
     "ConfigError",
@@ -116,20 +139,24 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Gateway",
     "IngestError",
     "IngestReport",
     "JobCancelledError",
+    "JobNotFoundError",
     "JobSnapshot",
     "JobState",
     "LoginError",
     "LoginThrottledError",
     "ModelError",
     "OperationTimeoutError",
+    "Passage",
     "Preparation",
     "QAPair",
     "QuestionService",
     "RagError",
     "RagService",
+    "RateLimitedError",
     "RenderedPage",
     "Retrieval",
     "Runtime",
@@ -139,10 +166,14 @@ __all__ = [
     "Stage",
     "StoreUnavailableError",
     "StoredTurn",
+    "Tokens",
+    "UploadTooLargeError",
     "Workspace",
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "create_app",
+    "create_mcp",
     "default_corpus_dir",
     "describe_embedding",
     "escape_markdown",
@@ -154,6 +185,9 @@ __all__ = [
     "plan",
     "prepare_backend",
     "redact_url",
+    "run_stdio",
+    "serve_http",
+    "status_of",
 ]
 
 
@@ -172,7 +206,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
+    from rag.access import Access, Caller
     from rag.accounts import Account, Accounts
+    from rag.api import create_app, serve_http
     from rag.bench import (
         BENCH_MODES,
         EXPERIMENTS,
@@ -190,8 +226,10 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.documents import list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
+        AccessDeniedError,
         AccountError,
         AccountNotFoundError,
+        AuthenticationError,
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
@@ -201,19 +239,24 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         EvalFileError,
         IngestError,
         JobCancelledError,
+        JobNotFoundError,
         LoginError,
         LoginThrottledError,
         ModelError,
         OperationTimeoutError,
         RagError,
+        RateLimitedError,
         StoreUnavailableError,
+        UploadTooLargeError,
         WorkspaceError,
         WorkspaceNotFoundError,
     )
     from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.gateway import DOCUMENT_PRIVATE, Gateway, status_of
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
+    from rag.mcp_server import create_mcp, run_stdio
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
     from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
@@ -221,5 +264,6 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
     from rag.service import RagService, ServiceStatus
-    from rag.sources import RenderedPage
+    from rag.sources import Passage, RenderedPage
+    from rag.tokens import ApiToken, Tokens
     from rag.workspaces import Workspace

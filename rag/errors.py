@@ -15,6 +15,11 @@ RagError                     base: .user_message is for people; str(err) keeps t
 │   └── AccountNotFoundError    no account has that name (managing accounts; a login never says so)
 ├── LoginError               wrong name or password: one message for both
 │   └── LoginThrottledError     too many failed logins; .retry_after says how many seconds to wait
+├── AuthenticationError      an API or MCP call without a valid token (missing, unknown, revoked)
+├── AccessDeniedError        a token that may not do this (read-only, limited to another workspace)
+├── RateLimitedError         a token sent more requests than RAG_API_RATE_LIMIT allows; .retry_after
+├── JobNotFoundError         no job of this caller has that id
+├── UploadTooLargeError      an upload past RAG_MAX_FILE_MB or RAG_MAX_FILES (the UI's limits)
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
 """
 
@@ -146,6 +151,40 @@ class LoginThrottledError(LoginError):
             user_message=f"Too many failed logins: try again in {seconds} {unit}.",
         )
         self.retry_after = retry_after
+
+
+class AuthenticationError(RagError):
+    """Raised when an API or MCP call carries no valid token: none where one is needed, unknown, or revoked."""
+
+    default_message = "This call needs a valid API token (Authorization: Bearer …)."
+
+
+class AccessDeniedError(RagError):
+    """Raised when a caller may see a workspace but not do this there (a read-only token, or one limited to
+    another workspace)."""
+
+    default_message = "This token may not do that."
+
+
+class RateLimitedError(RagError):
+    """Raised when a token sends requests faster than RAG_API_RATE_LIMIT allows; .retry_after in seconds."""
+
+    def __init__(self, retry_after: float, limit: int) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            f"rate limited for {retry_after:.2f} s",
+            user_message=f"Too many requests: this token may send {limit} a minute (RAG_API_RATE_LIMIT); "
+            f"try again in {seconds} s.",
+        )
+        self.retry_after = retry_after
+
+
+class JobNotFoundError(RagError):
+    """Raised when no job of this caller has the given id (another caller's job does not exist for it)."""
+
+
+class UploadTooLargeError(RagError):
+    """Raised for an upload past the limits the web UI applies too (RAG_MAX_FILE_MB per file, RAG_MAX_FILES)."""
 
 
 class OperationTimeoutError(RagError):
