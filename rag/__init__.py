@@ -18,7 +18,6 @@ _LOCATIONS = {
     "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
     "SUPPORTED_EXTENSIONS": "rag.readers",
-    "Access": "rag.access",
     "AccessDeniedError": "rag.errors",
     "Account": "rag.accounts",
     "AccountError": "rag.errors",
@@ -33,7 +32,6 @@ _LOCATIONS = {
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
-    "Caller": "rag.access",
     "ChatTurn": "rag.query",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
@@ -67,6 +65,8 @@ _LOCATIONS = {
     "RagError": "rag.errors",
     "RagService": "rag.service",
     "RateLimitedError": "rag.errors",
+    "RemoteAccess": "rag.remote",
+    "RemoteCaller": "rag.remote",
     "RenderedPage": "rag.sources",
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
@@ -108,7 +108,6 @@ __all__ = [
     "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
     "SUPPORTED_EXTENSIONS",
-    "Access",
     "AccessDeniedError",
     "Account",
     "AccountError",
@@ -123,7 +122,6 @@ __all__ = [
     "BenchReport",
     "BenchRow",
     "BenchmarkBusyError",
-    "Caller",
     "ChatTurn",
     "CollectionNotFoundError",
     "ConfigError",
@@ -157,6 +155,8 @@ __all__ = [
     "RagError",
     "RagService",
     "RateLimitedError",
+    "RemoteAccess",
+    "RemoteCaller",
     "RenderedPage",
     "Retrieval",
     "Runtime",
@@ -206,7 +206,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
-    from rag.access import Access, Caller
     from rag.accounts import Account, Accounts
     from rag.api import create_app, serve_http
     from rag.bench import (
@@ -262,6 +261,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
     from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
+    from rag.remote import RemoteAccess, RemoteCaller
     from rag.runtime import Runtime
     from rag.service import RagService, ServiceStatus
     from rag.sources import Passage, RenderedPage

@@ -16,7 +16,7 @@
     GET    /docs, /openapi.json                    the schema, generated from the engine's own pydantic models
 
 Every route translates JSON into one Gateway call (rag/gateway.py) and the engine's models back. A middleware
-authenticates each /v1 and /mcp request before its body is read (rag/access.py decides who it is) and caps the
+authenticates each /v1 and /mcp request before its body is read (rag/remote.py decides who it is) and caps the
 body at the web UI's limits. Routes are plain `def`s: FastAPI runs them in its thread pool, where they wait on
 the engine's runtime loop as pages do.
 """
@@ -45,7 +45,6 @@ from rag import (
     RETRIEVAL_ONLY_NOTE,
     AnswerStream,
     AskOptions,
-    Caller,
     ChatTurn,
     DocumentRecord,
     EvalReport,
@@ -55,6 +54,7 @@ from rag import (
     QAPair,
     RagError,
     RateLimitedError,
+    RemoteCaller,
     Retrieval,
     Source,
     Workspace,
@@ -205,13 +205,13 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def _caller(request: Request, _token: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:  # noqa: B008
+def _caller(request: Request, _token: HTTPAuthorizationCredentials | None = Security(_bearer)) -> RemoteCaller:  # noqa: B008
     """The caller the middleware authenticated (the Security parameter only documents the scheme)."""
     return request.state.caller
 
 
 router = APIRouter(prefix="/v1")
-CallerDep = Annotated[Caller, Depends(_caller)]
+CallerDep = Annotated[RemoteCaller, Depends(_caller)]
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 

@@ -738,10 +738,10 @@ def users_passwd(ctx: click.Context, name: str, from_stdin: bool) -> None:
 
 @contextlib.contextmanager
 def _access(settings: Settings) -> Iterator[Any]:
-    """Who may call the API (rag.Access over the data dir's accounts, tokens and workspaces), closed at the end."""
-    from rag import Access
+    """Who may call the API (rag.RemoteAccess over the data dir's accounts, tokens and workspaces), closed after."""
+    from rag import RemoteAccess
 
-    access = Access.from_settings(settings)
+    access = RemoteAccess.from_settings(settings)
     try:
         yield access
     finally:

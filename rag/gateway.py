@@ -2,7 +2,7 @@
 
 The API (`rag/api.py`) and the MCP server (`rag/mcp_server.py`) only translate their input into these calls and
 the results back; neither decides anything itself. Who the caller is and which workspace it may use comes from
-`Access` (`rag/access.py`), the one adapter between a token and the engine's rules; the work is RagService's,
+`RemoteAccess` (`rag/remote.py`), the one adapter between a token and the engine's rules; the work is RagService's,
 exactly as the pages call it.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from rag.access import Access, Caller
 from rag.catalog import DocumentRecord
 from rag.errors import (
     AccessDeniedError,
@@ -35,6 +34,7 @@ from rag.evaluate import EvalReport, QAPair
 from rag.jobs import JobSnapshot
 from rag.options import AskOptions, Retrieval
 from rag.query import Answer, AnswerStream, ChatTurn, Source
+from rag.remote import RemoteAccess, RemoteCaller
 from rag.service import RagService
 from rag.sources import Passage
 from rag.workspaces import Workspace
@@ -70,30 +70,30 @@ def status_of(error: RagError) -> int:
 class Gateway:
     """The engine as one caller sees it. Every method takes the caller first and refuses what it may not do."""
 
-    def __init__(self, service: RagService, access: Access) -> None:
+    def __init__(self, service: RagService, access: RemoteAccess) -> None:
         self.service = service
         self.access = access
         self.settings = service.settings
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    def authenticate(self, authorization: str | None) -> RemoteCaller:
         """The caller behind an `Authorization` header, counted against its token's rate."""
         caller = self.access.authenticate(authorization)
         self.access.throttle(caller)
         return caller
 
     # -- workspaces ---------------------------------------------------------------------------------------
-    def workspaces(self, caller: Caller) -> list[Workspace]:
+    def workspaces(self, caller: RemoteCaller) -> list[Workspace]:
         """The workspaces the caller may use."""
         return self.access.workspaces(caller)
 
-    def workspace(self, caller: Caller, name: str | None = None, write: bool = False) -> Workspace:
+    def workspace(self, caller: RemoteCaller, name: str | None = None, write: bool = False) -> Workspace:
         """A workspace by name or id that the caller may use (for writing, when `write`)."""
         return self.access.workspace(caller, name, write)
 
     # -- questions ----------------------------------------------------------------------------------------
     def search(
         self,
-        caller: Caller,
+        caller: RemoteCaller,
         workspace: str | None,
         query: str,
         options: AskOptions = AskOptions(),  # noqa: B008
@@ -104,7 +104,7 @@ class Gateway:
 
     def stream_answer(
         self,
-        caller: Caller,
+        caller: RemoteCaller,
         workspace: str | None,
         question: str,
         history: Sequence[ChatTurn] = (),
@@ -116,7 +116,7 @@ class Gateway:
 
     def ask(
         self,
-        caller: Caller,
+        caller: RemoteCaller,
         workspace: str | None,
         question: str,
         history: Sequence[ChatTurn] = (),
@@ -132,11 +132,11 @@ class Gateway:
         return self.service.mode
 
     # -- documents ----------------------------------------------------------------------------------------
-    def documents(self, caller: Caller, workspace: str | None) -> list[DocumentRecord]:
+    def documents(self, caller: RemoteCaller, workspace: str | None) -> list[DocumentRecord]:
         """A workspace's indexed documents, newest first."""
         return self.service.documents(self.workspace(caller, workspace).id)
 
-    def document(self, caller: Caller, workspace: str | None, doc_id: str) -> DocumentRecord:
+    def document(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> DocumentRecord:
         """One document of a workspace, by id or unique prefix."""
         return self.service.document(doc_id, self.workspace(caller, workspace).id)
 
@@ -158,35 +158,35 @@ class Gateway:
                     "(RAG_MAX_FILE_MB).",
                 )
 
-    def upload(self, caller: Caller, workspace: str | None, files: Sequence[tuple[str, BinaryIO]]) -> JobSnapshot:
+    def upload(self, caller: RemoteCaller, workspace: str | None, files: Sequence[tuple[str, BinaryIO]]) -> JobSnapshot:
         """Index uploaded files into a workspace in a background job owned by the caller; its first snapshot."""
         target = self.workspace(caller, workspace, write=True)
         return self.service.start_upload_job(files, owner=caller.owner, workspace=target.id)
 
-    def delete(self, caller: Caller, workspace: str | None, doc_id: str) -> DocumentRecord:
+    def delete(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> DocumentRecord:
         """Delete a document of a workspace (chunks, keyword entries, row, stored bytes)."""
         target = self.workspace(caller, workspace, write=True)
         return self.service.delete_document(doc_id, target.id)
 
-    def job(self, caller: Caller, job_id: str) -> JobSnapshot:
+    def job(self, caller: RemoteCaller, job_id: str) -> JobSnapshot:
         """The latest snapshot of one of the caller's jobs (another caller's job does not exist for it)."""
         snapshot = self.service.job(job_id, caller.owner)
         if snapshot is None or caller.workspace not in (None, snapshot.workspace):
             raise JobNotFoundError(f"no job {job_id} of {caller.owner}", user_message=f"You have no job {job_id}.")
         return snapshot
 
-    def passage(self, caller: Caller, workspace: str | None, doc_id: str, chunk: int, around: int = 1) -> Passage:
+    def passage(self, caller: RemoteCaller, workspace: str | None, doc_id: str, chunk: int, around: int = 1) -> Passage:
         """A chunk of a document with `around` chunks each side, and its page."""
         return self.service.passage(doc_id, self.workspace(caller, workspace).id, chunk, around)
 
-    def document_text(self, caller: Caller, workspace: str | None, doc_id: str) -> str:
+    def document_text(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> str:
         """A document's indexed text."""
         return self.service.document_text(doc_id, self.workspace(caller, workspace).id)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(
         self,
-        caller: Caller,
+        caller: RemoteCaller,
         workspace: str | None,
         pairs: Sequence[QAPair],
         modes: Sequence[Retrieval],

@@ -26,10 +26,10 @@ from rag import (
     DOCUMENT_PRIVATE,
     Answer,
     AskOptions,
-    Caller,
     Gateway,
     Passage,
     RagError,
+    RemoteCaller,
     Retrieval,
     Source,
     Workspace,
@@ -78,21 +78,21 @@ def _resource_errors() -> Iterator[None]:
         raise kind(_message(exc)) from exc
 
 
-def create_mcp(gateway: Gateway, local: Caller | None = None) -> MCPServer:
+def create_mcp(gateway: Gateway, local: RemoteCaller | None = None) -> MCPServer:
     """The MCP server over `gateway`. `local` is the caller of a stdio session; over HTTP each request's own
     (authenticated by the app in front) is used, and a request without one is refused."""
     server = MCPServer("ask-your-documents", instructions=INSTRUCTIONS)
 
-    def caller(ctx: Context) -> Caller:
+    def caller(ctx: Context) -> RemoteCaller:
         request = ctx.request_context.request
         if request is None and local is not None:
             return local
         found = getattr(getattr(request, "state", None), "caller", None)
-        if not isinstance(found, Caller):
+        if not isinstance(found, RemoteCaller):
             raise ToolError("401 Unauthorized: this MCP endpoint needs an API token.")
         return found
 
-    def documents(who: Caller, workspace: str | None) -> list[dict[str, object]]:
+    def documents(who: RemoteCaller, workspace: str | None) -> list[dict[str, object]]:
         target = gateway.workspace(who, workspace)
         return [
             {**r.model_dump(exclude=DOCUMENT_PRIVATE), "uri": document_uri(target.id, r.doc_id)}
@@ -167,6 +167,6 @@ def create_mcp(gateway: Gateway, local: Caller | None = None) -> MCPServer:
     return server
 
 
-def run_stdio(gateway: Gateway, caller: Caller) -> None:
+def run_stdio(gateway: Gateway, caller: RemoteCaller) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes them."""
     create_mcp(gateway, local=caller).run("stdio")

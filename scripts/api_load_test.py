@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import load_test  # noqa: E402 - beside this script: the same questions, files and percentiles
 
-from rag import Access, EmbeddedMilvus, load_settings  # noqa: E402
+from rag import EmbeddedMilvus, RemoteAccess, load_settings  # noqa: E402
 from tests.browser.conftest import _drop, milvus_app_environment  # noqa: E402 - the tests' own server helpers
 from tests.rag.api_server import serve_api  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> int:
     collection = f"apiload_{uuid.uuid4().hex[:8]}"
     env = milvus_app_environment(uri, token, work / "data", collection, **llm)
     env["RAG_EMBED_CACHE_DIR"] = str(base.model_cache_dir.resolve())
-    access = Access.from_settings(load_settings(data_dir=work / "data", collection=collection))
+    access = RemoteAccess.from_settings(load_settings(data_dir=work / "data", collection=collection))
     try:
         asking = [access.issue(f"client-{i}")[1] for i in range(args.clients)]
         uploading = [access.issue(f"uploader-{i}")[1] for i in range(args.uploads)]

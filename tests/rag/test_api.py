@@ -28,7 +28,6 @@ from mcp.client.streamable_http import streamable_http_client
 from openai import OpenAI
 from starlette.testclient import TestClient
 
-from rag.access import Access
 from rag.api import create_app
 from rag.cli import cli
 from rag.config import load_settings
@@ -36,6 +35,7 @@ from rag.gateway import Gateway
 from rag.mcp_server import create_mcp
 from rag.milvus_server import EmbeddedMilvus
 from rag.query import RETRIEVAL_ONLY_NOTE
+from rag.remote import RemoteAccess
 from rag.service import RagService
 from tests.browser.conftest import _drop, milvus_app_environment
 from tests.fakes.openai_server import FakeOpenAI
@@ -95,7 +95,7 @@ def api(
         RAG_MAX_FILES="3",
         RAG_API_RATE_LIMIT="300",
     )
-    access = Access.from_settings(load_settings(data_dir=work / "data", collection=collection))
+    access = RemoteAccess.from_settings(load_settings(data_dir=work / "data", collection=collection))
     api = Api(url="", env=env, data_dir=work / "data")
     try:
         for name in ("alice", "bob"):
@@ -404,7 +404,7 @@ def test_retrieval_only_answers_are_labelled_as_such(service: RagService, tmp_pa
     note = tmp_path / "bees.txt"
     note.write_text(BOB_TEXT)
     service.ingest([note])
-    access = Access.from_settings(service.settings)
+    access = RemoteAccess.from_settings(service.settings)
     gateway = Gateway(service, access)
     ask = {
         "model": "workspace:default",

@@ -9,7 +9,7 @@ When a token is needed:
 - none of these: calls without a token are served, as the app serves everyone then, but only on a loopback
   address: `serve` refuses any other address until a token exists (`check_bind`).
 
-    access = Access.from_settings(settings)
+    access = RemoteAccess.from_settings(settings)
     caller = access.authenticate(request.headers.get("authorization"))   # AuthenticationError: 401
     access.throttle(caller)                                               # RateLimitedError: 429
     workspace = access.workspace(caller, "HR", write=True)                # WorkspaceNotFoundError / AccessDeniedError
@@ -32,7 +32,7 @@ from rag.tokens import ApiToken, Tokens
 from rag.workspaces import Workspace, Workspaces
 
 
-class Caller(BaseModel, frozen=True):
+class RemoteCaller(BaseModel, frozen=True):
     """Who a call comes from, as the engine's rules need it.
 
     `account` is None when accounts are off (everyone is alike, as on the pages) or for the local operator (a
@@ -82,7 +82,7 @@ class RateLimiter:
             self._buckets[key] = (left - 1.0, now)
 
 
-class Access:
+class RemoteAccess:
     """Tokens, and what their callers may see and do, over the accounts, tokens and workspaces of a data dir."""
 
     def __init__(self, settings: Settings, accounts: Accounts, tokens: Tokens, workspaces: Workspaces) -> None:
@@ -94,7 +94,7 @@ class Access:
         self.public = False  # listening beyond loopback: a token is needed even if the last one is revoked
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Access:
+    def from_settings(cls, settings: Settings) -> RemoteAccess:
         """The accounts, tokens and workspaces of `settings.data_dir` (no Milvus, no model)."""
         return cls(
             settings,
@@ -144,7 +144,7 @@ class Access:
             "(python -m rag tokens create NAME), or listen on 127.0.0.1.",
         )
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    def authenticate(self, authorization: str | None) -> RemoteCaller:
         """The caller an `Authorization` header stands for; AuthenticationError when it names no valid token
         and one is needed."""
         scheme, _, secret = (authorization or "").strip().partition(" ")
@@ -152,7 +152,7 @@ class Access:
         token = self.tokens.verify(secret) if secret else None
         if token is None:
             if not self.tokens_required():
-                return Caller()  # open on loopback: anyone, whatever placeholder key their client insists on
+                return RemoteCaller()  # open on loopback: anyone, whatever placeholder key their client insists on
             if not secret:
                 raise AuthenticationError(
                     "no bearer token",
@@ -161,7 +161,7 @@ class Access:
                 )
             raise AuthenticationError("unknown or revoked token", user_message="This API token is unknown or revoked.")
         if not self.accounts.any():
-            return Caller(token=token.id, workspace=token.workspace, read_only=token.read_only)
+            return RemoteCaller(token=token.id, workspace=token.workspace, read_only=token.read_only)
         account = self.accounts.get(token.account) if token.account else None
         if account is None:
             raise AuthenticationError(
@@ -169,7 +169,7 @@ class Access:
                 user_message="This API token's account no longer exists, or the token was made before accounts "
                 "existed; create a new one for an account.",
             )
-        return Caller(
+        return RemoteCaller(
             account=account.name,
             admin=account.admin,
             token=token.id,
@@ -177,22 +177,22 @@ class Access:
             read_only=token.read_only,
         )
 
-    def local(self) -> Caller:
+    def local(self) -> RemoteCaller:
         """The user who owns the data dir, on this machine (a stdio MCP server they started): as the CLI, every
         workspace."""
-        return Caller()
+        return RemoteCaller()
 
-    def throttle(self, caller: Caller) -> None:
+    def throttle(self, caller: RemoteCaller) -> None:
         """Count a call against its token's rate (RAG_API_RATE_LIMIT); calls without a token are local only."""
         if caller.token is not None:
             self.limiter.take(caller.token)
 
     # -- what they may touch ------------------------------------------------------------------------------
-    def workspaces(self, caller: Caller) -> list[Workspace]:
+    def workspaces(self, caller: RemoteCaller) -> list[Workspace]:
         """The workspaces a caller may use: those its account sees, narrowed to the token's one."""
         return [w for w in self.workspaces_db.list(caller.account) if caller.workspace in (None, w.id)]
 
-    def workspace(self, caller: Caller, name: str | None = None, write: bool = False) -> Workspace:
+    def workspace(self, caller: RemoteCaller, name: str | None = None, write: bool = False) -> Workspace:
         """A workspace by name or id for this caller (none given: the token's, else RAG_WORKSPACE).
 
         WorkspaceNotFoundError when its account may not see it; AccessDeniedError when the token is limited to

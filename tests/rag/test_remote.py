@@ -11,7 +11,6 @@ import pytest
 from argon2 import PasswordHasher
 from click.testing import CliRunner
 
-from rag.access import Access, Caller, RateLimiter
 from rag.accounts import Accounts
 from rag.cli import cli
 from rag.config import load_settings
@@ -25,6 +24,7 @@ from rag.errors import (
     RateLimitedError,
     WorkspaceNotFoundError,
 )
+from rag.remote import RateLimiter, RemoteAccess, RemoteCaller
 from rag.tokens import Tokens
 from rag.workspaces import Workspaces
 
@@ -40,9 +40,9 @@ def refused(kind: type[RagError], words: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def access(tmp_path: Path) -> Access:
+def access(tmp_path: Path) -> RemoteAccess:
     settings = load_settings(data_dir=tmp_path / "data")
-    made = Access(
+    made = RemoteAccess(
         settings,
         Accounts.from_settings(settings, hasher=CHEAP),
         Tokens.in_data_dir(settings.data_dir),
@@ -52,7 +52,7 @@ def access(tmp_path: Path) -> Access:
     made.close()
 
 
-def _accounts(access: Access) -> tuple[str, str]:
+def _accounts(access: RemoteAccess) -> tuple[str, str]:
     access.accounts.add("alice", "correct horse battery")
     access.accounts.add("bob", "correct horse battery")
     mine = access.workspaces_db.create("alice-notes", owner="alice", shared=False)
@@ -60,10 +60,10 @@ def _accounts(access: Access) -> tuple[str, str]:
     return mine.id, theirs.id
 
 
-def test_open_on_loopback_only_while_nothing_guards_it(access: Access) -> None:
+def test_open_on_loopback_only_while_nothing_guards_it(access: RemoteAccess) -> None:
     assert not access.tokens_required()
-    assert access.authenticate(None) == Caller()
-    assert access.authenticate("Bearer sk-placeholder") == Caller()  # an OpenAI client insists on some key
+    assert access.authenticate(None) == RemoteCaller()
+    assert access.authenticate("Bearer sk-placeholder") == RemoteCaller()  # an OpenAI client insists on some key
     access.check_bind("127.0.0.1")
     access.check_bind("::1")
     with refused(ConfigError, "Refusing to listen on 0.0.0.0"):
@@ -83,7 +83,7 @@ def test_open_on_loopback_only_while_nothing_guards_it(access: Access) -> None:
 
 def test_app_password_guards_the_api_too(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path / "data", app_password="s3cret-word")
-    guarded = Access.from_settings(settings)
+    guarded = RemoteAccess.from_settings(settings)
     try:
         assert guarded.tokens_required()
         with pytest.raises(AuthenticationError):
@@ -100,7 +100,7 @@ def test_serve_refuses_another_address_before_starting_anything(tmp_path: Path, 
     assert "Refusing to listen on 0.0.0.0" in result.output and "tokens create" in result.output
 
 
-def test_a_token_acts_for_its_account_with_the_pages_rules(access: Access) -> None:
+def test_a_token_acts_for_its_account_with_the_pages_rules(access: RemoteAccess) -> None:
     mine, theirs = _accounts(access)
     _, secret = access.issue("alice")
     caller = access.authenticate(f"bearer {secret}")
@@ -117,7 +117,7 @@ def test_a_token_acts_for_its_account_with_the_pages_rules(access: Access) -> No
         access.issue("alice", workspace="bob-notes")
 
 
-def test_a_token_narrows_its_account_to_a_workspace_or_to_reading(access: Access) -> None:
+def test_a_token_narrows_its_account_to_a_workspace_or_to_reading(access: RemoteAccess) -> None:
     mine, _ = _accounts(access)
     _, narrow = access.issue("alice", workspace="alice-notes")
     caller = access.authenticate(f"Bearer {narrow}")
@@ -133,7 +133,7 @@ def test_a_token_narrows_its_account_to_a_workspace_or_to_reading(access: Access
         access.workspace(caller, "alice-notes", write=True)
 
 
-def test_a_removed_account_or_a_token_from_before_accounts_is_refused(access: Access) -> None:
+def test_a_removed_account_or_a_token_from_before_accounts_is_refused(access: RemoteAccess) -> None:
     _, before = access.issue("scripts")  # no accounts yet: acts for everyone
     assert access.authenticate(f"Bearer {before}").account is None
     _accounts(access)
@@ -146,7 +146,7 @@ def test_a_removed_account_or_a_token_from_before_accounts_is_refused(access: Ac
         access.authenticate(f"Bearer {bobs}")
 
 
-def test_an_admin_flag_is_read_at_each_call(access: Access) -> None:
+def test_an_admin_flag_is_read_at_each_call(access: RemoteAccess) -> None:
     _accounts(access)
     _, secret = access.issue("alice")
     assert not access.authenticate(f"Bearer {secret}").admin
