@@ -797,7 +797,7 @@ def mcp(ctx: click.Context, http: bool, host: str | None, port: int | None) -> N
 
     \b
     Over stdio it acts for the user running it, as the CLI does; with RAG_MCP_TOKEN set, as that API token's
-    caller (its account, workspace and read-only limits). Over HTTP every request needs a token, as `serve`'s.
+    caller (its account, workspace and read-only limits). Over HTTP the token rules of `serve` apply.
     Example: python -m rag mcp
     """
     from rag import run_stdio, serve_http
@@ -824,7 +824,7 @@ def tokens() -> None:
 @click.argument("name")
 @click.option("--workspace", "workspace", help="Only this workspace (a name the account sees); default: all of them.")
 @click.option("--read-only", is_flag=True, help="May search, ask and read documents, but not upload or delete.")
-@click.option("--json", "as_json", is_flag=True, help="Print {id, name, account, workspace, read_only, token}.")
+@click.option("--json", "as_json", is_flag=True, help="Print the token's fields and its secret as `token`.")
 @click.pass_context
 @_edge
 def tokens_create(ctx: click.Context, name: str, workspace: str | None, read_only: bool, as_json: bool) -> None:

@@ -194,6 +194,10 @@ def test_upload_ask_with_every_client_delete_and_find_it_gone(api: Api, corpus: 
     assert search.status_code == 200 and hit["file_name"] == ESSAY
     passage = http.get(f"/v1/documents/{doc_id}/chunks/{hit['chunk']}", params={"workspace": "alice-notes"}).json()
     assert passage["text"] in passage["context"] and passage["file_name"] == ESSAY
+    beyond = http.get(
+        f"/v1/documents/{doc_id}/chunks/{listed['documents'][0]['chunks']}", params={"workspace": "alice-notes"}
+    )
+    assert beyond.status_code == 404 and "has chunks 0 to" in beyond.json()["error"]["message"]
 
     async def with_mcp() -> None:
         async with api.mcp_http("alice") as over_http, api.mcp_stdio("alice-notes") as over_stdio:
