@@ -427,6 +427,10 @@ def test_retrieval_only_answers_are_labelled_as_such(service: RagService, tmp_pa
             assert chunks[0]["choices"][0]["delta"]["content"].startswith("(Retrieval-only mode")
             assert chunks[-1]["mode"] == "retrieval-only" and chunks[-1]["sources"][0]["file_name"] == "bees.txt"
 
+        with TestClient(create_app(gateway, rest=False)) as client:  # `python -m rag mcp --http`: MCP alone
+            assert client.get("/health").json()["mode"] == "retrieval-only"
+            assert client.get("/v1/models").status_code == client.get("/docs").status_code == 404
+
         async def over_mcp() -> None:
             async with Client(create_mcp(gateway, local=access.local())) as client:
                 result = await client.call_tool("ask", {"question": "How much honey?"})
