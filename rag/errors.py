@@ -14,9 +14,9 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── AccountError             an account name or password that cannot be used, or a change refused
 │   └── AccountNotFoundError    no account has that name (managing accounts; a login never says so)
 ├── LoginError               wrong name or password: one message for both
-│   └── LoginThrottledError     too many failed logins; .retry_after says how many seconds to wait
+│   └── LoginThrottledError     too many failed sign-ins; .retry_after says how many seconds to wait
+├── AccessDeniedError        the caller's role does not allow this (the message names what is allowed)
 ├── AuthenticationError      an API or MCP call without a valid token (missing, unknown, revoked)
-├── AccessDeniedError        a token that may not do this (read-only, limited to another workspace)
 ├── RateLimitedError         a token sent more requests than RAG_API_RATE_LIMIT allows; .retry_after
 ├── JobNotFoundError         no job of this caller has that id
 ├── UploadTooLargeError      an upload past RAG_MAX_FILE_MB or RAG_MAX_FILES (the UI's limits)
@@ -134,6 +134,13 @@ class AccountNotFoundError(AccountError):
     """Raised when an account to change or remove does not exist (never by a login, which must not tell)."""
 
 
+class AccessDeniedError(RagError):
+    """Raised when the caller's role in a workspace (or their lack of admin rights), or an API token's limits
+    (read-only, one workspace), do not allow an action."""
+
+    default_message = "You are not allowed to do that."
+
+
 class LoginError(RagError):
     """Raised when a login fails; the message is the same whether the name or the password was wrong."""
 
@@ -145,10 +152,14 @@ class LoginThrottledError(LoginError):
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
-        unit = "second" if seconds == 1 else "seconds"
+        if seconds < 60:
+            wait = f"{seconds} second" + ("" if seconds == 1 else "s")
+        else:
+            minutes, rest = divmod(seconds, 60)
+            wait = f"{minutes} min {rest} s" if rest else f"{minutes} min"
         super().__init__(
             f"login throttled for {retry_after:.1f} s",
-            user_message=f"Too many failed logins: try again in {seconds} {unit}.",
+            user_message=f"Too many failed sign-ins: try again in {wait}.",
         )
         self.retry_after = retry_after
 
@@ -157,13 +168,6 @@ class AuthenticationError(RagError):
     """Raised when an API or MCP call carries no valid token: none where one is needed, unknown, or revoked."""
 
     default_message = "This call needs a valid API token (Authorization: Bearer …)."
-
-
-class AccessDeniedError(RagError):
-    """Raised when a caller may see a workspace but not do this there (a read-only token, or one limited to
-    another workspace)."""
-
-    default_message = "This token may not do that."
 
 
 class RateLimitedError(RagError):

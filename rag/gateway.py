@@ -2,8 +2,8 @@
 
 The API (`rag/api.py`) and the MCP server (`rag/mcp_server.py`) only translate their input into these calls and
 the results back; neither decides anything itself. Who the caller is and which workspace it may use comes from
-`RemoteAccess` (`rag/remote.py`), the one adapter between a token and the engine's rules; the work is RagService's,
-exactly as the pages call it.
+`RemoteAccess` (`rag/remote.py`), the one adapter between a token and the caller the service expects; the work
+and the role checks are RagService's, exactly as the pages call it.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Gateway:
     ) -> list[Source]:
         """The passages of a workspace that best match `query`."""
         scoped = options.model_copy(update={"workspace": self.workspace(caller, workspace).id})
-        return self.service.retrieve(query, scoped)
+        return self.service.retrieve(query, scoped, caller.caller)
 
     def stream_answer(
         self,
@@ -112,7 +112,7 @@ class Gateway:
     ) -> AnswerStream:
         """An answer from a workspace's documents as it is written; `.answer` holds it, with sources, at the end."""
         scoped = options.model_copy(update={"workspace": self.workspace(caller, workspace).id})
-        return self.service.stream_answer(question, history, scoped)
+        return self.service.stream_answer(question, history, scoped, caller.caller)
 
     def ask(
         self,
@@ -124,7 +124,7 @@ class Gateway:
     ) -> Answer:
         """A whole answer with its sources."""
         scoped = options.model_copy(update={"workspace": self.workspace(caller, workspace).id})
-        return self.service.ask(question, history, scoped)
+        return self.service.ask(question, history, scoped, caller.caller)
 
     @property
     def mode(self) -> str:
@@ -134,11 +134,11 @@ class Gateway:
     # -- documents ----------------------------------------------------------------------------------------
     def documents(self, caller: RemoteCaller, workspace: str | None) -> list[DocumentRecord]:
         """A workspace's indexed documents, newest first."""
-        return self.service.documents(self.workspace(caller, workspace).id)
+        return self.service.documents(self.workspace(caller, workspace).id, caller.caller)
 
     def document(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> DocumentRecord:
         """One document of a workspace, by id or unique prefix."""
-        return self.service.document(doc_id, self.workspace(caller, workspace).id)
+        return self.service.document(doc_id, self.workspace(caller, workspace).id, caller.caller)
 
     def check_upload(self, files: Sequence[tuple[str, int]]) -> None:
         """Refuse an upload the web UI would refuse: more than RAG_MAX_FILES files, or a file (name, bytes) larger
@@ -161,12 +161,12 @@ class Gateway:
     def upload(self, caller: RemoteCaller, workspace: str | None, files: Sequence[tuple[str, BinaryIO]]) -> JobSnapshot:
         """Index uploaded files into a workspace in a background job owned by the caller; its first snapshot."""
         target = self.workspace(caller, workspace, write=True)
-        return self.service.start_upload_job(files, owner=caller.owner, workspace=target.id)
+        return self.service.start_upload_job(files, owner=caller.owner, workspace=target.id, caller=caller.caller)
 
     def delete(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> DocumentRecord:
         """Delete a document of a workspace (chunks, keyword entries, row, stored bytes)."""
         target = self.workspace(caller, workspace, write=True)
-        return self.service.delete_document(doc_id, target.id)
+        return self.service.delete_document(doc_id, target.id, caller.caller)
 
     def job(self, caller: RemoteCaller, job_id: str) -> JobSnapshot:
         """The latest snapshot of one of the caller's jobs (another caller's job does not exist for it)."""
@@ -177,11 +177,11 @@ class Gateway:
 
     def passage(self, caller: RemoteCaller, workspace: str | None, doc_id: str, chunk: int, around: int = 1) -> Passage:
         """A chunk of a document with `around` chunks each side, and its page."""
-        return self.service.passage(doc_id, self.workspace(caller, workspace).id, chunk, around)
+        return self.service.passage(doc_id, self.workspace(caller, workspace).id, chunk, around, caller.caller)
 
     def document_text(self, caller: RemoteCaller, workspace: str | None, doc_id: str) -> str:
         """A document's indexed text."""
-        return self.service.document_text(doc_id, self.workspace(caller, workspace).id)
+        return self.service.document_text(doc_id, self.workspace(caller, workspace).id, caller.caller)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def evaluate(
@@ -193,4 +193,4 @@ class Gateway:
         top_k: int | None = None,
     ) -> list[EvalReport]:
         """hit@k and MRR of retrieval modes on labelled questions about a workspace's documents; reads only."""
-        return self.service.evaluate(pairs, modes, top_k, self.workspace(caller, workspace).id)
+        return self.service.evaluate(pairs, modes, top_k, self.workspace(caller, workspace).id, caller.caller)

@@ -1,18 +1,20 @@
-"""Who calls the HTTP API or the MCP server, and what they may touch: the one place a token becomes a caller.
+"""Who calls the HTTP API or the MCP server: the one place an API token becomes the caller the service expects.
 
-The rules are the pages' own. A caller sees the workspaces `Workspaces.list(account)` gives its account and finds
-one with `Workspaces.get(name, account)` (a workspace it may not see does not exist for it): the functions the
-sidebar and every page call. A token can only narrow them, to one workspace or to reading.
+A token acts for its account: `Caller.of(account)` (rag/access.py), the same caller a signed-in page passes, so
+the service applies the same roles everywhere (a workspace the account may not see does not exist for it; a
+viewer cannot upload). A token can only narrow that, to one workspace or to reading.
 
 When a token is needed:
-- accounts exist, an API token exists, or APP_PASSWORD is set: on every call (as every page asks for a login);
-- none of these: calls without a token are served, as the app serves everyone then, but only on a loopback
-  address: `serve` refuses any other address until a token exists (`check_bind`).
+- an account exists, an API token exists, or APP_PASSWORD is set: on every call (as every page asks for a
+  sign-in);
+- none of these: calls without a token are served as `Caller.anonymous()`, as the app then serves anyone, but
+  only on a loopback address: `serve` refuses any other address until a token exists (`check_bind`).
 
     access = RemoteAccess.from_settings(settings)
     caller = access.authenticate(request.headers.get("authorization"))   # AuthenticationError: 401
     access.throttle(caller)                                               # RateLimitedError: 429
     workspace = access.workspace(caller, "HR", write=True)                # WorkspaceNotFoundError / AccessDeniedError
+    service.documents(workspace.id, caller=caller.caller)                 # the service checks the role
 """
 
 from __future__ import annotations
@@ -24,24 +26,26 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
+from rag.access import Caller
 from rag.accounts import Accounts
 from rag.config import Settings
-from rag.documents import catalog_path
-from rag.errors import AccessDeniedError, AuthenticationError, ConfigError, RateLimitedError
+from rag.database import Database
+from rag.errors import AccessDeniedError, AccountError, AuthenticationError, ConfigError, RateLimitedError
 from rag.tokens import ApiToken, Tokens
 from rag.workspaces import Workspace, Workspaces
 
+MAX_LABEL = 64
+
 
 class RemoteCaller(BaseModel, frozen=True):
-    """Who a call comes from, as the engine's rules need it.
+    """A call's caller: whom the service checks (`caller`), and what its token narrows.
 
-    `account` is None when accounts are off (everyone is alike, as on the pages) or for the local operator (a
-    stdio MCP server started by the user who owns the data dir, like the CLI). `workspace` (an id) and
-    `read_only` are what the token narrows.
+    `caller` is an account's (`Caller.of`), anyone's while no account exists (`Caller.anonymous()`), or the
+    operator's for a stdio MCP server the data's owner started without a token (as the CLI). `workspace` (an
+    id) and `read_only` are the token's limits.
     """
 
-    account: str | None = None
-    admin: bool = False
+    caller: Caller
     token: str | None = None
     workspace: str | None = None
     read_only: bool = False
@@ -49,10 +53,8 @@ class RemoteCaller(BaseModel, frozen=True):
     @property
     def owner(self) -> str:
         """Whose jobs these are: the account's, as on the pages (so one person uploads one job at a time, however
-        they reach the engine), else the token's; `local` for the operator."""
-        if self.account:
-            return f"user:{self.account}"
-        return f"token:{self.token}" if self.token else "local"
+        they reach the engine), else the token's; `local` for a caller without one."""
+        return self.caller.conversation_key or (f"token:{self.token}" if self.token else "local")
 
 
 class RateLimiter:
@@ -64,7 +66,7 @@ class RateLimiter:
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens left, when counted)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (requests left, when counted)
         self._lock = threading.Lock()
 
     def take(self, key: str) -> None:
@@ -83,44 +85,48 @@ class RateLimiter:
 
 
 class RemoteAccess:
-    """Tokens, and what their callers may see and do, over the accounts, tokens and workspaces of a data dir."""
+    """Tokens, and which workspaces their callers may use, over the accounts, tokens and workspaces of one
+    database."""
 
-    def __init__(self, settings: Settings, accounts: Accounts, tokens: Tokens, workspaces: Workspaces) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
-        self.accounts = accounts
-        self.tokens = tokens
-        self.workspaces_db = workspaces
+        self.db = db
+        self.accounts = Accounts(db)
+        self.tokens = Tokens(db)
+        self.workspaces_db = Workspaces(db, settings.collection)
         self.limiter = RateLimiter(settings.api_rate_limit)
-        self.public = False  # listening beyond loopback: a token is needed even if the last one is revoked
+        self.public = False  # listening beyond loopback: a token is needed even after the last one is revoked
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteAccess:
-        """The accounts, tokens and workspaces of `settings.data_dir` (no Milvus, no model)."""
-        return cls(
-            settings,
-            Accounts.from_settings(settings),
-            Tokens.in_data_dir(settings.data_dir),
-            Workspaces(catalog_path(settings), settings.collection),
-        )
+        """Over the settings' database (no Milvus, no model)."""
+        return cls(settings, Database.open(settings))
 
     def close(self) -> None:
-        """Close the database files."""
-        self.accounts.close()
-        self.tokens.close()
-        self.workspaces_db.close()
+        """Give back the database handle."""
+        self.db.close()
 
     # -- tokens (the CLI) ---------------------------------------------------------------------------------
     def issue(self, name: str, workspace: str | None = None, read_only: bool = False) -> tuple[ApiToken, str]:
         """A new token and its secret (shown once). With accounts, `name` is the account it acts for; without,
-        a label, and the token acts for everyone until accounts exist. `workspace` (a name the account sees)
-        limits it to that workspace."""
-        account = self.accounts.require(name).name if self.accounts.any() else None
-        workspace_id = self.workspaces_db.get(workspace, account).id if workspace else None
-        return self.tokens.create(name, account=account, workspace=workspace_id, read_only=read_only)
+        a label, and the token acts for everyone until accounts exist. `workspace` (a name or id its caller
+        sees) limits it to that workspace."""
+        if self.accounts.any():
+            account = self.accounts.require(name)
+            name, caller, account_id = account.name, Caller.of(account), account.id
+        else:
+            if not 0 < len(name.strip()) <= MAX_LABEL:
+                raise AccountError(
+                    f"bad label {name!r}", user_message=f"A token's name has 1 to {MAX_LABEL} characters."
+                )
+            caller, account_id = Caller.anonymous(), None
+        workspace_id = self.workspaces_db.get(workspace, caller).id if workspace else None
+        return self.tokens.create(name.strip(), account_id=account_id, workspace=workspace_id, read_only=read_only)
 
     # -- who calls ----------------------------------------------------------------------------------------
     def tokens_required(self) -> bool:
-        """Whether every call needs a token: accounts exist, a token exists, or APP_PASSWORD guards the app."""
+        """Whether every call needs a token: accounts exist, a token exists, APP_PASSWORD guards the app, or the
+        server listens beyond loopback."""
         password = self.settings.app_password
         return (
             self.public
@@ -152,7 +158,7 @@ class RemoteAccess:
         token = self.tokens.verify(secret) if secret else None
         if token is None:
             if not self.tokens_required():
-                return RemoteCaller()  # open on loopback: anyone, whatever placeholder key their client insists on
+                return RemoteCaller(caller=Caller.anonymous())  # open on loopback: any placeholder key a client sends
             if not secret:
                 raise AuthenticationError(
                     "no bearer token",
@@ -160,45 +166,43 @@ class RemoteAccess:
                     "(an admin makes one with python -m rag tokens create NAME).",
                 )
             raise AuthenticationError("unknown or revoked token", user_message="This API token is unknown or revoked.")
-        if not self.accounts.any():
-            return RemoteCaller(token=token.id, workspace=token.workspace, read_only=token.read_only)
-        account = self.accounts.get(token.account) if token.account else None
-        if account is None:
-            raise AuthenticationError(
-                f"token {token.id} has no account",
-                user_message="This API token's account no longer exists, or the token was made before accounts "
-                "existed; create a new one for an account.",
-            )
-        return RemoteCaller(
-            account=account.name,
-            admin=account.admin,
-            token=token.id,
-            workspace=token.workspace,
-            read_only=token.read_only,
-        )
+        if token.account_id is None:
+            if self.accounts.any():
+                raise AuthenticationError(
+                    f"token {token.id} predates accounts",
+                    user_message="This API token was made before accounts existed; create one for an account.",
+                )
+            caller = Caller.anonymous()
+        else:
+            account = self.accounts.get_by_id(token.account_id)
+            if account is None:  # removed meanwhile (its tokens go with it)
+                raise AuthenticationError(
+                    "unknown or revoked token", user_message="This API token is unknown or revoked."
+                )
+            caller = Caller.of(account)
+        return RemoteCaller(caller=caller, token=token.id, workspace=token.workspace, read_only=token.read_only)
 
     def local(self) -> RemoteCaller:
-        """The user who owns the data dir, on this machine (a stdio MCP server they started): as the CLI, every
-        workspace."""
-        return RemoteCaller()
+        """The user who owns the data, on this machine (a stdio MCP server they started): the operator, as the CLI."""
+        return RemoteCaller(caller=Caller.operator())
 
     def throttle(self, caller: RemoteCaller) -> None:
         """Count a call against its token's rate (RAG_API_RATE_LIMIT); calls without a token are local only."""
         if caller.token is not None:
             self.limiter.take(caller.token)
 
-    # -- what they may touch ------------------------------------------------------------------------------
+    # -- which workspaces ---------------------------------------------------------------------------------
     def workspaces(self, caller: RemoteCaller) -> list[Workspace]:
-        """The workspaces a caller may use: those its account sees, narrowed to the token's one."""
-        return [w for w in self.workspaces_db.list(caller.account) if caller.workspace in (None, w.id)]
+        """The workspaces a caller may use, each with its role: those its account sees, narrowed to the token's."""
+        return [w for w in self.workspaces_db.list(caller.caller) if caller.workspace in (None, w.id)]
 
     def workspace(self, caller: RemoteCaller, name: str | None = None, write: bool = False) -> Workspace:
         """A workspace by name or id for this caller (none given: the token's, else RAG_WORKSPACE).
 
         WorkspaceNotFoundError when its account may not see it; AccessDeniedError when the token is limited to
-        another workspace, or is read-only and `write` is asked.
+        another workspace, or is read-only and `write` is asked. The role a write needs is the service's to check.
         """
-        found = self.workspaces_db.get(name or caller.workspace or self.settings.workspace, caller.account)
+        found = self.workspaces_db.get(name or caller.workspace or self.settings.workspace, caller.caller)
         if caller.workspace is not None and found.id != caller.workspace:
             raise AccessDeniedError(
                 f"token {caller.token} is limited to workspace {caller.workspace}",

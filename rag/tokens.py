@@ -1,12 +1,13 @@
 """API tokens: bearer secrets for the HTTP API and the MCP server, stored hashed, shown once, revocable.
 
 A token acts for one account (when accounts exist) or for everyone (when none do), optionally in one workspace
-only and optionally for reading only. Its secret is `rag_<id>_<random>`; the file keeps only the SHA-256 of it:
-a 256-bit random secret needs no slow hash, and a copy of the file opens nothing. Every request looks its token
-up again, so a revoked token is refused at once, in every process that shares the data dir.
+only and optionally for reading only. Its secret is `rag_<id>_<random>`; the database keeps only the SHA-256 of
+it: a 256-bit random secret needs no slow hash, and a copy of the table opens nothing. Every request looks its
+token up again, so a revoked token is refused at once, in every process that shares the database; removing an
+account removes its tokens.
 
-    tokens = Tokens.in_data_dir(settings.data_dir)
-    token, secret = tokens.create("alice", account="alice", workspace=None, read_only=True)
+    tokens = Tokens(Database.open(settings))
+    token, secret = tokens.create("alice", account_id=alice.id, read_only=True)
     tokens.verify(secret)        # the ApiToken, or None when unknown or revoked
     tokens.revoke(token.id)
 """
@@ -16,44 +17,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import BaseModel
+from sqlalchemy import insert, select, update
 
-from rag.database import open_database
+from rag import schema
+from rag.database import Database
 
-FILE_NAME = "tokens.sqlite3"
 PREFIX = "rag_"
 _TOUCH_EVERY = 60.0  # seconds between writes of a token's last use (a busy token is not a write per request)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id           TEXT NOT NULL PRIMARY KEY,
-    name         TEXT NOT NULL,
-    account      TEXT,
-    workspace    TEXT,
-    read_only    INTEGER NOT NULL DEFAULT 0,
-    digest       TEXT NOT NULL UNIQUE,
-    created_at   REAL NOT NULL,
-    last_used_at REAL,
-    revoked_at   REAL
-);
-"""
-_COLUMNS = "id, name, account, workspace, read_only, created_at, last_used_at, revoked_at"
+_TABLE = schema.api_tokens
 
 
 class ApiToken(BaseModel, frozen=True):
     """A token as shown to people: never its secret or its hash.
 
-    `account` is the account it acts for (None: made while no account existed; it acts for everyone, and stops
-    working once accounts exist); `workspace` the id of the only workspace it may use (None: all the account's).
+    `account_id` is the account it acts for (None: made while no account existed; it acts for everyone, and stops
+    working once accounts exist); `workspace` the id of the only workspace it may use (None: all it may see).
     """
 
     id: str
     name: str
-    account: str | None = None
+    account_id: str | None = None
     workspace: str | None = None
     read_only: bool = False
     created_at: float
@@ -77,58 +64,49 @@ class ApiToken(BaseModel, frozen=True):
 
 
 class Tokens:
-    """The API tokens of one data dir, safe to share between threads and processes."""
+    """The API tokens of one database, safe to share between threads and processes."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db = open_database(self.path, _SCHEMA)  # 0600 in a 0700 folder, like the accounts
-
-    @classmethod
-    def in_data_dir(cls, data_dir: Path | str) -> Tokens:
-        """The tokens of a data dir."""
-        return cls(Path(data_dir) / FILE_NAME)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def create(
-        self, name: str, account: str | None = None, workspace: str | None = None, read_only: bool = False
+        self, name: str, account_id: str | None = None, workspace: str | None = None, read_only: bool = False
     ) -> tuple[ApiToken, str]:
         """A new token and its secret; the secret is not kept and cannot be shown again."""
         token = ApiToken(
             id=secrets.token_hex(6),
             name=name,
-            account=account,
+            account_id=account_id,
             workspace=workspace,
             read_only=read_only,
             created_at=time.time(),
         )
         secret = f"{PREFIX}{token.id}_{secrets.token_urlsafe(32)}"
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_tokens (id, name, account, workspace, read_only, digest, created_at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (token.id, name, account, workspace, int(read_only), _digest(secret), token.created_at),
-            )
+        with self.db.write() as conn:
+            conn.execute(insert(_TABLE).values(**token.model_dump(), digest=_digest(secret)))
         return token, secret
 
     def list(self) -> list[ApiToken]:
         """Every token, revoked ones too, oldest first."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_tokens ORDER BY created_at").fetchall()
+        with self.db.read() as conn:
+            rows = conn.execute(select(_TABLE).order_by(_TABLE.c.created_at)).all()
         return [_token(r) for r in rows]
 
     def any_active(self) -> bool:
         """Whether any token is still valid (then the API asks every caller for one)."""
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM api_tokens WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
+        with self.db.read() as conn:
+            return conn.execute(select(_TABLE.c.id).where(_TABLE.c.revoked_at.is_(None)).limit(1)).first() is not None
 
     def revoke(self, token_id: str) -> ApiToken | None:
         """Revoke a token by its id (as `tokens list` shows it): every later request with it is refused.
         None when no token has that id."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE api_tokens SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (time.time(), token_id)
+        with self.db.write() as conn:
+            conn.execute(
+                update(_TABLE)
+                .where(_TABLE.c.id == token_id, _TABLE.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
             )
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+            row = conn.execute(select(_TABLE).where(_TABLE.c.id == token_id)).first()
         return _token(row) if row else None
 
     def verify(self, secret: str) -> ApiToken | None:
@@ -136,40 +114,30 @@ class Tokens:
         if not secret.startswith(PREFIX) or len(secret) > 128:
             return None
         token_id = secret[len(PREFIX) :].split("_", 1)[0]
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS}, digest FROM api_tokens WHERE id=?", (token_id,)).fetchone()
-        if row is None or not hmac.compare_digest(row[-1], _digest(secret)):
+        with self.db.read() as conn:
+            row = conn.execute(select(_TABLE).where(_TABLE.c.id == token_id)).first()
+        if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
             return None
-        token = _token(row[:-1])
+        token = _token(row)
         if not token.active:
             return None
         now = time.time()
         if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
-            with self._lock:
-                self._db.execute("UPDATE api_tokens SET last_used_at=? WHERE id=?", (now, token.id))
+            with self.db.write() as conn:
+                conn.execute(update(_TABLE).where(_TABLE.c.id == token.id).values(last_used_at=now))
         return token
 
     def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+        """Give back the database handle."""
+        self.db.close()
 
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _token(row: tuple) -> ApiToken:
-    return ApiToken(
-        id=row[0],
-        name=row[1],
-        account=row[2],
-        workspace=row[3],
-        read_only=bool(row[4]),
-        created_at=row[5],
-        last_used_at=row[6],
-        revoked_at=row[7],
-    )
+def _token(row: object) -> ApiToken:
+    return ApiToken.model_validate(row, from_attributes=True)
 
 
 def _iso(when: float) -> str:

@@ -99,8 +99,11 @@ def api(
     api = Api(url="", env=env, data_dir=work / "data")
     try:
         for name in ("alice", "bob"):
-            access.accounts.add(name, "correct horse battery")
-            api.workspaces[f"{name}-notes"] = access.workspaces_db.create(f"{name}-notes", owner=name, shared=False).id
+            account = access.accounts.add(name, "correct horse battery")
+            private = access.workspaces_db.create(f"{name}-notes", owner=account.id, shared=False)
+            api.workspaces[private.name] = private.id
+        library = access.workspaces_db.create("library", default_role="viewer")  # shared: every account a viewer
+        api.workspaces[library.name] = library.id
         for label, (name, workspace, read_only) in {
             "alice": ("alice", None, False),
             "alice-notes": ("alice", "alice-notes", False),
@@ -163,7 +166,7 @@ def test_upload_ask_with_every_client_delete_and_find_it_gone(api: Api, corpus: 
     http = api.http("alice")
     job = _upload(http, corpus / ESSAY, "alice-notes")
     doc_id = job["report"]["files"][0]["doc_id"]
-    assert job["owner"] == "user:alice" and job["workspace"] == api.workspaces["alice-notes"]
+    assert job["owner"].startswith("account:") and job["workspace"] == api.workspaces["alice-notes"]
     listed = http.get("/v1/documents", params={"workspace": "alice-notes"}).json()
     assert [d["file_name"] for d in listed["documents"]] == [ESSAY]
     assert "stored_path" not in listed["documents"][0]  # the server's own paths stay on the server
@@ -323,7 +326,7 @@ def test_a_token_never_reaches_another_accounts_workspace(api: Api, tmp_path: Pa
     assert [m["id"] for m in narrow.get("/v1/models").json()["data"]] == ["workspace:alice-notes"]
 
 
-def test_a_read_only_token_reads_but_cannot_upload_or_delete(api: Api, tmp_path: Path) -> None:
+def test_a_read_only_token_or_a_viewer_reads_but_cannot_upload_or_delete(api: Api, tmp_path: Path) -> None:
     alice, reader = api.http("alice"), api.http("reader")
     note = tmp_path / "alice.txt"
     note.write_text("The greenhouse thermostat must stay at nineteen degrees during the orchid season. " * 3)
@@ -335,6 +338,10 @@ def test_a_read_only_token_reads_but_cannot_upload_or_delete(api: Api, tmp_path:
     for response in (upload, delete):
         assert response.status_code == 403 and "read-only" in response.json()["error"]["message"]
     assert alice.get(f"/v1/documents/{doc}", params={"workspace": "alice-notes"}).status_code == 200  # still there
+    # A read-write token still has only its account's role: a viewer of the shared library cannot upload there.
+    viewer = alice.post("/v1/documents", files={"files": ("z.txt", b"words")}, data={"workspace": "library"})
+    assert viewer.status_code == 403 and "You are a viewer" in viewer.json()["error"]["message"], viewer.text
+    assert alice.get("/v1/documents", params={"workspace": "library"}).status_code == 200
     assert alice.delete(f"/v1/documents/{doc}", params={"workspace": "alice-notes"}).status_code == 200
 
 

@@ -11,10 +11,11 @@ import pytest
 from argon2 import PasswordHasher
 from click.testing import CliRunner
 
+from rag.access import Caller
 from rag.accounts import Accounts
 from rag.cli import cli
-from rag.config import load_settings
-from rag.documents import catalog_path
+from rag.config import Settings, load_settings
+from rag.database import Database
 from rag.errors import (
     AccessDeniedError,
     AccountNotFoundError,
@@ -25,8 +26,6 @@ from rag.errors import (
     WorkspaceNotFoundError,
 )
 from rag.remote import RateLimiter, RemoteAccess, RemoteCaller
-from rag.tokens import Tokens
-from rag.workspaces import Workspaces
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 
@@ -40,30 +39,27 @@ def refused(kind: type[RagError], words: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def access(tmp_path: Path) -> RemoteAccess:
-    settings = load_settings(data_dir=tmp_path / "data")
-    made = RemoteAccess(
-        settings,
-        Accounts.from_settings(settings, hasher=CHEAP),
-        Tokens.in_data_dir(settings.data_dir),
-        Workspaces(catalog_path(settings), settings.collection),
-    )
+def access(db_settings: Settings) -> Iterator[RemoteAccess]:
+    """Over each database engine in turn (cheap argon2 parameters for the accounts made here)."""
+    made = RemoteAccess(db_settings, Database.open(db_settings))
+    made.accounts = Accounts(made.db, hasher=CHEAP)
     yield made
     made.close()
 
 
 def _accounts(access: RemoteAccess) -> tuple[str, str]:
-    access.accounts.add("alice", "correct horse battery")
-    access.accounts.add("bob", "correct horse battery")
-    mine = access.workspaces_db.create("alice-notes", owner="alice", shared=False)
-    theirs = access.workspaces_db.create("bob-notes", owner="bob", shared=False)
+    alice = access.accounts.add("alice", "correct horse battery")
+    bob = access.accounts.add("bob", "correct horse battery")
+    mine = access.workspaces_db.create("alice-notes", owner=alice.id, shared=False)
+    theirs = access.workspaces_db.create("bob-notes", owner=bob.id, shared=False)
     return mine.id, theirs.id
 
 
 def test_open_on_loopback_only_while_nothing_guards_it(access: RemoteAccess) -> None:
     assert not access.tokens_required()
-    assert access.authenticate(None) == RemoteCaller()
-    assert access.authenticate("Bearer sk-placeholder") == RemoteCaller()  # an OpenAI client insists on some key
+    anyone = RemoteCaller(caller=Caller.anonymous())
+    assert access.authenticate(None) == anyone
+    assert access.authenticate("Bearer sk-placeholder") == anyone  # an OpenAI client insists on some key
     access.check_bind("127.0.0.1")
     access.check_bind("::1")
     with refused(ConfigError, "Refusing to listen on 0.0.0.0"):
@@ -82,7 +78,7 @@ def test_open_on_loopback_only_while_nothing_guards_it(access: RemoteAccess) -> 
 
 
 def test_app_password_guards_the_api_too(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path / "data", app_password="s3cret-word")
+    settings = load_settings(data_dir=tmp_path / "data", app_password="s3cret-word")  # SQLite: no state to speak of
     guarded = RemoteAccess.from_settings(settings)
     try:
         assert guarded.tokens_required()
@@ -104,8 +100,9 @@ def test_a_token_acts_for_its_account_with_the_pages_rules(access: RemoteAccess)
     mine, theirs = _accounts(access)
     _, secret = access.issue("alice")
     caller = access.authenticate(f"bearer {secret}")
-    assert caller.account == "alice" and caller.owner == "user:alice"
-    assert {w.name for w in access.workspaces(caller)} == {"default", "alice-notes"}
+    alice = access.accounts.require("alice")
+    assert caller.caller == Caller.of(alice) and caller.owner == f"account:{alice.id}"  # the pages' own
+    assert {(w.name, w.role) for w in access.workspaces(caller)} == {("default", "editor"), ("alice-notes", "owner")}
     assert access.workspace(caller, "alice-notes").id == mine
     assert access.workspace(caller).id == "default"
     for name in ("bob-notes", theirs):  # bob's private workspace does not exist for alice, by name or id
@@ -135,23 +132,24 @@ def test_a_token_narrows_its_account_to_a_workspace_or_to_reading(access: Remote
 
 def test_a_removed_account_or_a_token_from_before_accounts_is_refused(access: RemoteAccess) -> None:
     _, before = access.issue("scripts")  # no accounts yet: acts for everyone
-    assert access.authenticate(f"Bearer {before}").account is None
+    assert access.authenticate(f"Bearer {before}").caller == Caller.anonymous()
     _accounts(access)
+    access.accounts.set_admin("alice", True)
     with refused(AuthenticationError, "made before accounts"):
         access.authenticate(f"Bearer {before}")
     _, bobs = access.issue("bob")
-    assert access.authenticate(f"Bearer {bobs}").account == "bob"
+    assert access.authenticate(f"Bearer {bobs}").caller.name == "bob"
     access.accounts.remove("bob")
-    with refused(AuthenticationError, "no longer exists"):
+    with refused(AuthenticationError, "unknown or revoked"):
         access.authenticate(f"Bearer {bobs}")
 
 
 def test_an_admin_flag_is_read_at_each_call(access: RemoteAccess) -> None:
     _accounts(access)
     _, secret = access.issue("alice")
-    assert not access.authenticate(f"Bearer {secret}").admin
+    assert not access.authenticate(f"Bearer {secret}").caller.admin
     access.accounts.set_admin("alice", True)
-    assert access.authenticate(f"Bearer {secret}").admin
+    assert access.authenticate(f"Bearer {secret}").caller.admin
 
 
 class Clock:
