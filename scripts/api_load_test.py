@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -146,14 +147,14 @@ def main() -> int:
 
             threads = [threading.Thread(target=ask_loop, args=(w,)) for w in range(args.clients)]
             threads += [threading.Thread(target=upload_loop, args=(w,)) for w in range(args.uploads)]
-            cpu_before = _cpu(proc.pid)
+            cpu_before, here_before = _cpu(proc.pid), _own_cpu()
             wall = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.perf_counter() - wall
-            server_cpu = _cpu(proc.pid) - cpu_before
+            server_cpu, client_cpu = _cpu(proc.pid) - cpu_before, _own_cpu() - here_before
             listed = seeder.get("/v1/documents").json()["documents"]
         in_catalog = sum(d["chunks"] for d in listed)
         in_milvus = _count(uri, token, collection)
@@ -174,6 +175,7 @@ def main() -> int:
             "chunks_in_catalog": in_catalog,
             "chunks_in_milvus": in_milvus,
             "server_cpu_seconds": round(server_cpu, 1),
+            "client_cpu_seconds": round(client_cpu, 1),
             "cpus": os.cpu_count(),
         }
         print(json.dumps(report, indent=2))
@@ -201,6 +203,12 @@ def _cpu(pid: int) -> float:
     """User plus system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process so far: the clients, and the test LLM server when it runs here."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _count(uri: str, token: str, collection: str) -> int:
