@@ -18,7 +18,8 @@
 Every route translates JSON into one Gateway call (rag/gateway.py) and the engine's models back. A middleware
 authenticates each /v1 and /mcp request before its body is read (rag/remote.py decides who it is) and caps the
 body at the web UI's limits. Routes are plain `def`s: FastAPI runs them in its thread pool, where they wait on
-the engine's runtime loop as pages do.
+the engine's runtime loop as pages do; only the chat route is a coroutine, so an answer streams from the engine's
+loop to the server's with no thread in between (a thread hop per piece costs latency on a busy machine).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rag import (
     DOCUMENT_PRIVATE,
     RETRIEVAL_ONLY_NOTE,
-    AnswerStream,
+    Answer,
     AskOptions,
     ChatTurn,
     DocumentRecord,
@@ -227,7 +229,7 @@ def list_models(caller: CallerDep, gateway: GatewayDep) -> ModelList:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, tags=["chat"])
-def chat_completions(
+async def chat_completions(
     body: ChatCompletionRequest, caller: CallerDep, gateway: GatewayDep
 ) -> ChatCompletion | StreamingResponse:
     """An answer from a workspace's documents, citing them as [n]; `stream: true` sends OpenAI's server-sent
@@ -238,17 +240,24 @@ def chat_completions(
     history = [ChatTurn(role=m.role, content=m.text) for m in turns[:-1]]  # type: ignore[arg-type]
     options = AskOptions(top_k=body.top_k, retrieval=body.retrieval, temperature=body.temperature)
     workspace = body.model.removeprefix(MODEL_PREFIX)
-    stream = gateway.stream_answer(caller, workspace, turns[-1].text, history, options)
+    # Rights are checked in a worker thread (database reads); the answer then streams from the engine's loop to
+    # this one without a thread per piece.
+    events = await run_in_threadpool(gateway.answer_events, caller, workspace, turns[-1].text, history, options)
     if body.stream:
-        return StreamingResponse(_events(stream, body.model, gateway.mode), media_type="text/event-stream")
-    text = "".join(stream)
-    answer = stream.answer
+        return StreamingResponse(_events(events, body.model, gateway.mode), media_type="text/event-stream")
+    pieces: list[str] = []
+    answer: Answer | None = None
+    async for item in events:
+        if isinstance(item, Answer):
+            answer = item
+        else:
+            pieces.append(item)
     assert answer is not None
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=body.model,
-        choices=[Choice(message=AssistantMessage(content=_label(answer.mode) + text))],
+        choices=[Choice(message=AssistantMessage(content=_label(answer.mode) + "".join(pieces)))],
         sources=answer.sources,
         mode=answer.mode,
     )
@@ -259,7 +268,7 @@ def _label(mode: str) -> str:
     return f"({RETRIEVAL_ONLY_NOTE})\n\n" if mode == "retrieval-only" else ""
 
 
-def _events(stream: AnswerStream, model: str, mode: str) -> Iterator[str]:
+async def _events(events: AsyncIterator[str | Answer], model: str, mode: str) -> AsyncIterator[str]:
     """The answer as OpenAI's chunks; an engine error mid-answer becomes an `error` event, as OpenAI sends."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -272,14 +281,14 @@ def _events(stream: AnswerStream, model: str, mode: str) -> Iterator[str]:
 
     yield event(Delta(role="assistant", content=_label(mode)))
     try:
-        for piece in stream:
-            yield event(Delta(content=piece))
+        async for item in events:
+            if isinstance(item, Answer):
+                yield event(Delta(), finish_reason="stop", sources=item.sources, mode=item.mode)
+            else:
+                yield event(Delta(content=item))
     except RagError as exc:
         yield f"data: {json.dumps({'error': _error_body(exc)})}\n\n"
         return
-    answer = stream.answer
-    assert answer is not None
-    yield event(Delta(), finish_reason="stop", sources=answer.sources, mode=answer.mode)
     yield "data: [DONE]\n\n"
 
 

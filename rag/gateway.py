@@ -8,7 +8,7 @@ and the role checks are RagService's, exactly as the pages call it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
 from rag.catalog import DocumentRecord
@@ -33,7 +33,7 @@ from rag.errors import (
 from rag.evaluate import EvalReport, QAPair
 from rag.jobs import JobSnapshot
 from rag.options import AskOptions, Retrieval
-from rag.query import Answer, AnswerStream, ChatTurn, Source
+from rag.query import Answer, ChatTurn, Source
 from rag.remote import RemoteAccess, RemoteCaller
 from rag.service import RagService
 from rag.sources import Passage
@@ -102,17 +102,19 @@ class Gateway:
         scoped = options.model_copy(update={"workspace": self.workspace(caller, workspace).id})
         return self.service.retrieve(query, scoped, caller.caller)
 
-    def stream_answer(
+    def answer_events(
         self,
         caller: RemoteCaller,
         workspace: str | None,
         question: str,
         history: Sequence[ChatTurn] = (),
         options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
-    ) -> AnswerStream:
-        """An answer from a workspace's documents as it is written; `.answer` holds it, with sources, at the end."""
+    ) -> AsyncIterator[str | Answer]:
+        """An answer from a workspace's documents, for a coroutine on the server's own event loop: its pieces as
+        they are written, then the Answer with its sources. Rights are checked now (call it from a worker thread:
+        it reads the database)."""
         scoped = options.model_copy(update={"workspace": self.workspace(caller, workspace).id})
-        return self.service.stream_answer(question, history, scoped, caller.caller)
+        return self.service.astream_answer(question, history, scoped, caller.caller)
 
     def ask(
         self,

@@ -303,6 +303,8 @@ def test_a_token_never_reaches_another_accounts_workspace(api: Api, tmp_path: Pa
 
         async def tools(who: str = who) -> None:
             async with api.mcp_http(who) as client:
+                listed = (await client.call_tool("list_workspaces", {})).structured_content["result"]  # type: ignore[index]
+                assert "bob-notes" not in {w["name"] for w in listed} and listed, listed
                 for name, arguments in TOOLS:
                     result = await client.call_tool(name, _fill(arguments, {"B": "bob-notes", "doc": doc}))
                     text = result.content[0].text  # type: ignore[union-attr]
