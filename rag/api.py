@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Quer
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -407,9 +408,11 @@ class _Authenticate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(_GUARDED):
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+        host = headers.get(b"host", b"").decode("latin-1")
         try:
-            caller = await anyio.to_thread.run_sync(self.gateway.authenticate, header)
+            caller = await anyio.to_thread.run_sync(self.gateway.authenticate, authorization, host)
         except RagError as exc:
             return await _error_response(exc)(scope, receive, send)
         scope.setdefault("state", {})["caller"] = caller
@@ -480,7 +483,10 @@ def create_app(gateway: Gateway, host: str = "127.0.0.1", rest: bool = True, mcp
     address it will listen on (the MCP SDK guards loopback servers against DNS rebinding)."""
     server = create_mcp(gateway) if mcp else None
     if server is not None:
-        server.streamable_http_app(streamable_http_path="/mcp", host=host)  # builds the session manager
+        # Builds the session manager. The SDK's own Host check is off: rag/remote.py refuses calls without a token
+        # addressed to another name (DNS rebinding) on every route, and calls with one may come through a proxy.
+        off = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        server.streamable_http_app(streamable_http_path="/mcp", host=host, transport_security=off)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202

@@ -75,9 +75,9 @@ class Gateway:
         self.access = access
         self.settings = service.settings
 
-    def authenticate(self, authorization: str | None) -> RemoteCaller:
-        """The caller behind an `Authorization` header, counted against its token's rate."""
-        caller = self.access.authenticate(authorization)
+    def authenticate(self, authorization: str | None, host: str | None = None) -> RemoteCaller:
+        """The caller behind an `Authorization` header (of a request to `host`), counted against its token's rate."""
+        caller = self.access.authenticate(authorization, host)
         self.access.throttle(caller)
         return caller
 

@@ -150,14 +150,22 @@ class RemoteAccess:
             "(python -m rag tokens create NAME), or listen on 127.0.0.1.",
         )
 
-    def authenticate(self, authorization: str | None) -> RemoteCaller:
+    def authenticate(self, authorization: str | None, host: str | None = None) -> RemoteCaller:
         """The caller an `Authorization` header stands for; AuthenticationError when it names no valid token
-        and one is needed."""
+        and one is needed. `host` is the request's Host header: a call without a token must be addressed to
+        this machine by name (127.0.0.1, localhost, ::1), so a web page that rebinds its own domain to 127.0.0.1
+        (DNS rebinding) cannot use an open server from the user's browser."""
         scheme, _, secret = (authorization or "").strip().partition(" ")
         secret = secret.strip() if scheme.lower() == "bearer" else ""
         token = self.tokens.verify(secret) if secret else None
         if token is None:
             if not self.tokens_required():
+                if host is not None and not _loopback(_hostname(host)):
+                    raise AccessDeniedError(
+                        f"open call addressed to {host!r}",
+                        user_message="Without an API token this server answers only requests addressed to "
+                        "127.0.0.1 or localhost.",
+                    )
                 return RemoteCaller(caller=Caller.anonymous())  # open on loopback: any placeholder key a client sends
             if not secret:
                 raise AuthenticationError(
@@ -214,6 +222,13 @@ class RemoteAccess:
                 user_message="This API token is read-only: it cannot upload or delete documents.",
             )
         return found
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port (`[::1]:8000` is `::1`)."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _loopback(host: str) -> bool:

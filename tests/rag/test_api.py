@@ -44,6 +44,7 @@ from tests.rag.api_server import REPO, serve_api
 pytestmark = pytest.mark.milvus
 
 ESSAY = "paul_graham_essay.txt"
+LOCAL = "http://localhost:8000"  # calls without a token must be addressed to this machine by name
 QUESTION = "What did the author work on before college?"
 BOB_TEXT = "The rooftop beehives of the Calder building produced forty kilograms of heather honey this year. " * 3
 
@@ -424,7 +425,8 @@ def test_retrieval_only_answers_are_labelled_as_such(service: RagService, tmp_pa
         "messages": [{"role": "user", "content": "How much honey did the hives make?"}],
     }
     try:
-        with TestClient(create_app(gateway, mcp=False)) as client:  # in this process, open: no account, no token
+        # In this process, open: no account, no token.
+        with TestClient(create_app(gateway, mcp=False), base_url=LOCAL) as client:
             whole = client.post("/v1/chat/completions", json=ask).json()
             text = whole["choices"][0]["message"]["content"]
             assert whole["mode"] == "retrieval-only" and text.startswith(f"({RETRIEVAL_ONLY_NOTE})")
@@ -436,8 +438,11 @@ def test_retrieval_only_answers_are_labelled_as_such(service: RagService, tmp_pa
             assert chunks[0]["choices"][0]["delta"]["content"].startswith("(Retrieval-only mode")
             assert chunks[-1]["mode"] == "retrieval-only" and chunks[-1]["sources"][0]["file_name"] == "bees.txt"
 
-        with TestClient(create_app(gateway, rest=False)) as client:  # `python -m rag mcp --http`: MCP alone
+        # `python -m rag mcp --http`: MCP alone.
+        with TestClient(create_app(gateway, rest=False), base_url=LOCAL) as client:
             assert client.get("/health").json()["mode"] == "retrieval-only"
+            rebound = client.get("/v1/models", headers={"host": "docs.evil.example:8000"})  # DNS rebinding
+            assert rebound.status_code == 403 and "127.0.0.1 or localhost" in rebound.json()["error"]["message"]
             assert client.get("/v1/models").status_code == client.get("/docs").status_code == 404
 
         async def over_mcp() -> None:

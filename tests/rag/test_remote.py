@@ -60,6 +60,10 @@ def test_open_on_loopback_only_while_nothing_guards_it(access: RemoteAccess) -> 
     anyone = RemoteCaller(caller=Caller.anonymous())
     assert access.authenticate(None) == anyone
     assert access.authenticate("Bearer sk-placeholder") == anyone  # an OpenAI client insists on some key
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+        assert access.authenticate(None, host) == anyone
+    with refused(AccessDeniedError, "addressed to 127.0.0.1 or localhost"):
+        access.authenticate(None, "docs.evil.example:8000")  # a web page's domain rebound to 127.0.0.1
     access.check_bind("127.0.0.1")
     access.check_bind("::1")
     with refused(ConfigError, "Refusing to listen on 0.0.0.0"):
@@ -70,7 +74,7 @@ def test_open_on_loopback_only_while_nothing_guards_it(access: RemoteAccess) -> 
         access.authenticate(None)
     with refused(AuthenticationError, "unknown or revoked"):
         access.authenticate("Bearer sk-placeholder")
-    assert access.authenticate(f"Bearer {secret}").token is not None
+    assert access.authenticate(f"Bearer {secret}", "docs.example.org").token is not None  # behind a proxy
     # Revoking the last token does not open a server that listens beyond loopback.
     access.tokens.revoke(_token.id)
     with pytest.raises(AuthenticationError):
