@@ -176,6 +176,7 @@ class SearchRequest(BaseModel):
     )
     top_k: int | None = Field(None, ge=1, le=50)
     retrieval: Retrieval | None = None
+    doc_ids: list[str] | None = Field(None, description="Only these documents of the workspace.")
 
 
 class SearchResponse(BaseModel):
@@ -297,7 +298,9 @@ async def _events(events: AsyncIterator[str | Answer], model: str, mode: str) ->
 def search(body: SearchRequest, caller: CallerDep, gateway: GatewayDep) -> SearchResponse:
     """The passages of a workspace that best match the query: file, page, score, text, document id and chunk."""
     workspace = gateway.workspace(caller, body.workspace)
-    results = gateway.search(caller, workspace.id, body.query, AskOptions(top_k=body.top_k, retrieval=body.retrieval))
+    doc_ids = tuple(body.doc_ids) if body.doc_ids else None
+    options = AskOptions(top_k=body.top_k, retrieval=body.retrieval, doc_ids=doc_ids)
+    results = gateway.search(caller, workspace.id, body.query, options)
     return SearchResponse(workspace=workspace, results=results)
 
 

@@ -103,14 +103,18 @@ def create_mcp(gateway: Gateway, local: RemoteCaller | None = None) -> MCPServer
     def search(
         query: str,
         ctx: Context,
+        doc_ids: Annotated[
+            list[str] | None, Field(description="Only these documents (ids from list_documents).")
+        ] = None,
         workspace: WorkspaceName = None,
         top_k: TopK = None,
         retrieval: Retrieval | None = None,
     ) -> list[Source]:
-        """The passages of a workspace's documents that best match `query`: file name, page, score, text, document
-        id and chunk (read around one with get_passage)."""
+        """The passages of a workspace's documents (or of some of them) that best match `query`: file name, page,
+        score, text, document id and chunk (read around one with get_passage)."""
+        options = AskOptions(top_k=top_k, retrieval=retrieval, doc_ids=tuple(doc_ids) if doc_ids else None)
         with _tool_errors():
-            return gateway.search(caller(ctx), workspace, query, AskOptions(top_k=top_k, retrieval=retrieval))
+            return gateway.search(caller(ctx), workspace, query, options)
 
     @server.tool(annotations=_READ)
     def ask(

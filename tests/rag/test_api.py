@@ -220,6 +220,11 @@ def test_upload_ask_with_every_client_delete_and_find_it_gone(api: Api, corpus: 
                 "get_passage", {"doc_id": source["doc_id"], "chunk": source["chunk"], "workspace": "alice-notes"}
             )
             assert not got.is_error and got.structured_content["file_name"] == ESSAY  # type: ignore[index]
+            for only, expected in (([doc_id], {ESSAY}), (["0" * 64], set())):  # a search inside some documents
+                found = await over_http.call_tool(
+                    "search", {"query": QUESTION, "doc_ids": only, "workspace": "alice-notes"}
+                )
+                assert {s["file_name"] for s in found.structured_content["result"]} == expected  # type: ignore[index]
             uri = f"rag://workspaces/{api.workspaces['alice-notes']}/documents/{doc_id}"
             text = (await over_stdio.read_resource(uri)).contents[0].text  # type: ignore[union-attr]
             assert text.startswith("What I Worked On") and "IBM 1401" in text
