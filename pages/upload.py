@@ -45,4 +45,4 @@ elif submitted:
     except RagError as err:
         show_error(err)
 
-jobs_panel(service, owner=sid)
+jobs_panel(service, owner=sid, workspace=workspace)

@@ -33,6 +33,7 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
+    "AnswerReport": "rag.evaluate",
     "AnswerStream": "rag.query",
     "ApiToken": "rag.tokens",
     "AskOptions": "rag.options",
@@ -127,6 +128,7 @@ __all__ = [
     "AccountNotFoundError",
     "Accounts",
     "Answer",
+    "AnswerReport",
     "AnswerStream",
     "ApiToken",
     "AskOptions",
@@ -268,7 +270,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         WorkspaceError,
         WorkspaceNotFoundError,
     )
-    from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.evaluate import AnswerReport, EvalReport, EvalRow, QAPair, parse_pairs
     from rag.gateway import DOCUMENT_PRIVATE, Gateway, status_of
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState

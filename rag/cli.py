@@ -340,18 +340,33 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
     help="Which retrieval to measure; all compares the three side by side (default: RAG_RETRIEVAL).",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help='Print {"hit_at": {"1","3","5"}, "mrr", "n", "rows"} (one per mode).'
+    "--answers",
+    is_flag=True,
+    help="Measure the answers instead: how often the answer text holds the evidence, and in its first two lines.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"hit_at": {"1","3","5"}, "mrr", "n", "rows"} (one per mode); with --answers '
+    '{"mode", "held", "held_half", "first_lines", "hit_at_k", "n", "rows"}.',
 )
 @click.pass_context
 @_edge
-def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str | None, as_json: bool) -> None:
-    """Measure retrieval on labelled questions: hit@1/3/5 and MRR. Reads only; indexes nothing.
+def eval_(
+    ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str | None, answers: bool, as_json: bool
+) -> None:
+    """Measure retrieval (hit@1/3/5 and MRR) or answers on labelled questions. Reads only; indexes nothing.
 
     QA_FILE holds one JSON object per line: {"question", "file", "evidence"}, the evidence a verbatim
     quote from that (indexed) file. A question hits at rank r when the r-th passage is from that file
-    and holds at least 80% of the evidence's word 3-grams.
+    and holds at least 80% of the evidence's word 3-grams. With --answers, each question is answered as
+    a user would see it (retrieval-only without an LLM) and the answer's text is checked by the same
+    rule: the share of answers holding the evidence (80% and 50% of its 3-grams), the share holding it
+    in their first two lines, and the passages' hit@k.
 
-    Example: python -m rag eval tests/data/qa.jsonl --retrieval all
+    Examples: python -m rag eval tests/data/qa.jsonl --retrieval all;
+    python -m rag eval tests/data/qa.jsonl --answers
     """
     from rag import parse_pairs
 
@@ -361,6 +376,23 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
         raise click.ClickException(f"{qa_file}: cannot be read ({exc})") from exc
     pairs = parse_pairs(text, str(qa_file))
     settings = _settings(ctx, top_k=top_k)
+    if answers:
+        if retrieval == "all":
+            raise click.UsageError("--answers measures one retrieval mode at a time, not all")
+        with _service(settings) as service:
+            report = service.evaluate_answers(pairs, retrieval, top_k, _workspace(service))  # type: ignore[arg-type]
+        if as_json:
+            click.echo(json.dumps(report.model_dump(mode="json")))
+            return
+        click.echo(f"{report.n} questions, {report.mode} answers, {report.retrieval} retrieval, top {report.top_k}")
+        click.echo(f"evidence in the answer (80% of its 3-grams): {report.held:.1%}")
+        click.echo(f"evidence in the answer (50% of its 3-grams): {report.held_half:.1%}")
+        click.echo(f"evidence in the first two lines (80%):       {report.first_lines:.1%}")
+        click.echo(f"passage hit@{report.top_k}:                               {report.hit_at_k:.1%}")
+        click.echo(f"p50 seconds per answer:                      {report.p50_ms / 1000:.2f}")
+        for row in report.misses:
+            click.echo(f"miss ({row.share:.0%} of the evidence): {row.question}  [{row.file}]")
+        return
     modes = ["dense", "keyword", "hybrid"] if retrieval == "all" else [retrieval or settings.retrieval_mode]
     with _service(settings) as service:
         reports = service.evaluate(pairs, modes, top_k, _workspace(service))

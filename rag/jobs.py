@@ -62,8 +62,7 @@ class JobSnapshot(BaseModel, frozen=True):
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    workspace: str | None = None
-    """The id of the workspace its files go into (None for a job spanning several)."""
+    workspace: str | None = None  # the workspace (by id) its files go into
 
     @property
     def active(self) -> bool:
@@ -97,8 +96,6 @@ class _Job:
         self.owner = owner
         self.created_at = time.time()
         self.sources = list(files)
-        workspaces = {f.workspace for f in files}
-        self.workspace = workspaces.pop() if len(workspaces) == 1 else None
         self.files = [FileProgress(file=clean_name(f.name)) for f in files]
         self.state = JobState.QUEUED
         self.report: IngestReport | None = None
@@ -121,7 +118,7 @@ class _Job:
                 error=self.error,
                 started_at=self.started_at,
                 finished_at=self.finished_at,
-                workspace=self.workspace,
+                workspace=self.sources[0].workspace if self.sources else None,
             )
 
 

@@ -23,7 +23,7 @@ from rag.database import Database
 from rag.documents import DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.errors import AccessDeniedError, WorkspaceError
-from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
+from rag.evaluate import AnswerReport, EvalReport, QAPair, aevaluate, aevaluate_answers, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import describe_llm
@@ -82,7 +82,8 @@ class RagService(QuestionService):
                 max_running=settings.max_running_jobs,
                 release=lambda source: self.library.release(source.path),
             )
-            self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self._recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self.recovered = tuple(r.file_name for r in self._recovered)
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -260,11 +261,12 @@ class RagService(QuestionService):
         return render_page(Path(record.stored_path), page, passage, zoom)
 
     def source_context(
-        self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR
+        self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR, window: int = 600
     ) -> tuple[str, str, str]:
-        """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
+        """The passage in its surrounding text (`window` characters each side), for formats without pages:
+        (before, passage, after)."""
         record = self.document(doc_id, workspace, caller)
-        return source_context(Path(record.stored_path), record.file_name, passage)
+        return source_context(Path(record.stored_path), record.file_name, passage, window)
 
     def passage(self, doc_id: str, workspace: str, chunk: int, around: int = 1, caller: Caller = OPERATOR) -> Passage:
         """Chunk `chunk` of a document of a workspace with `around` chunks each side, and its page."""
@@ -437,6 +439,20 @@ class RagService(QuestionService):
         timeout = 60 + 10 * len(pairs)
         return [self.runtime.run(aevaluate(self.engine, pairs, mode, k, workspace), timeout=timeout) for mode in modes]
 
+    def evaluate_answers(
+        self,
+        pairs: Sequence[QAPair],
+        retrieval: Retrieval | None = None,
+        top_k: int | None = None,
+        workspace: str = DEFAULT_ID,
+    ) -> AnswerReport:
+        """How often the answer a user reads holds the evidence (and in its first lines); reads only."""
+        check_files(pairs, {r.file_name for r in self.library.list(workspace)})
+        k = top_k or self.settings.top_k
+        mode = retrieval or self.settings.retrieval_mode
+        timeout = 60 + 30 * len(pairs)
+        return self.runtime.run(aevaluate_answers(self.engine, pairs, mode, k, workspace), timeout=timeout)
+
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig, caller: Caller = OPERATOR) -> Iterator[BenchRow | BenchReport]:
         """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands (admins
@@ -467,8 +483,14 @@ class RagService(QuestionService):
             lock.release()
 
     # -- status -----------------------------------------------------------------------------
-    def status(self) -> ServiceStatus:
-        """What is connected and how much is indexed."""
+    def recovered_in(self, workspace: str) -> tuple[str, ...]:
+        """Names of a workspace's documents that the start-up removed, left half-indexed by an interrupted run."""
+        return tuple(r.file_name for r in self._recovered if r.workspace == workspace)
+
+    def status(self, workspace: str | None = None) -> ServiceStatus:
+        """What is connected and how much is indexed: in one workspace (by id; its documents and their chunks,
+        counted from the catalogue, so no scan of the collection), or in all (`chunks` counted by Milvus)."""
+        records = self.library.list(workspace)
 
         async def _info() -> StoreInfo:
             return StoreInfo(
@@ -476,7 +498,7 @@ class RagService(QuestionService):
                 kind=self.connection.kind,
                 version=await self.store.aversion(),
                 collection=self.store.name,
-                chunks=await self.store.acount(),
+                chunks=await self.store.acount() if workspace is None else sum(r.chunks for r in records),
             )
 
         return ServiceStatus(
@@ -485,8 +507,8 @@ class RagService(QuestionService):
             embed_dim=self.embedder.dim,
             llm=describe_llm(self.settings),
             mode=self.mode,
-            documents=len(self.library.list()),
-            recovered=self.recovered,
+            documents=len(records),
+            recovered=self.recovered if workspace is None else self.recovered_in(workspace),
         )
 
     def close(self) -> None:

@@ -26,6 +26,8 @@ EPOCH = "auth.epoch"
 ACCOUNT = "auth.account"
 """Session-state key of the signed-in account as checked in this run."""
 
+FORM_WIDTH = 420  # pixels: a sign-in form of normal width, not the whole page
+
 
 @st.cache_resource(show_spinner=False, on_release=lambda accounts: accounts.close())
 def _open_accounts(data_dir: str, database_url: str) -> Accounts:
@@ -93,7 +95,7 @@ def require_login() -> None:
 
 def _login_form(accounts: Accounts) -> None:
     st.title("Ask your documents")
-    with st.form("auth.login"):
+    with st.form("auth.login", width=FORM_WIDTH):
         name = st.text_input("Name", key="auth.name")
         password = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Sign in")
@@ -157,7 +159,7 @@ def require_password() -> None:
     if secret is None or not secret.get_secret_value() or st.session_state.get(UNLOCKED):
         return
     st.title("Ask your documents")
-    with st.form("auth.form"):
+    with st.form("auth.form", width=FORM_WIDTH):
         given = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Enter")
     if submitted:

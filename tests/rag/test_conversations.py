@@ -45,7 +45,7 @@ def test_append_and_history_keep_order_sources_and_mode(make_store) -> None:  # 
     assert turns[1].sources == [ZOO]
     assert store.chat_history("s1") == [
         ChatTurn(role="user", content="What does the zoo keep?"),
-        ChatTurn(role="assistant", content="Lions [1]"),
+        ChatTurn(role="assistant", content="Lions [1]", doc_ids=(ZOO.doc_id,)),  # the document it cites, for follow-ups
     ]
 
 
