@@ -222,6 +222,27 @@ class Settings(BaseSettings):
         ),
     )
 
+    api_host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("RAG_API_HOST", "api_host"),
+        description="Address `python -m rag serve` (and `mcp --http`) listens on; beyond loopback only once a token "
+        "or an account exists.",
+    )
+    api_port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("RAG_API_PORT", "api_port"))
+    api_rate_limit: int = Field(
+        120,
+        ge=0,
+        validation_alias=AliasChoices("RAG_API_RATE_LIMIT", "api_rate_limit"),
+        description="Requests a minute each API token may send (bursts up to as many); 0: no limit.",
+    )
+
+    mcp_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("RAG_MCP_TOKEN", "mcp_token"),
+        description="`python -m rag mcp` over stdio acts as this API token's caller; unset: as the local user, "
+        "like the CLI.",
+    )
+
     @field_validator("openai_base_url", "milvus_uri", "database_url")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:

@@ -11,7 +11,7 @@ checks the `ask` process's modules).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from rag.access import OPERATOR, Caller
 from rag.config import Settings
@@ -134,6 +134,20 @@ class QuestionService:
         self.visible_workspace(options.workspace, caller)
         agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    def astream_answer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+        caller: Caller = OPERATOR,
+    ) -> AsyncIterator[str | Answer]:
+        """`stream_answer` for a coroutine on another event loop (an ASGI server): the answer's pieces, then the
+        finished Answer, each step run on the runtime loop and awaited there, no thread between. The rights are
+        checked now, in the calling thread (the caller needs a role in the options' workspace)."""
+        self.visible_workspace(options.workspace, caller)
+        agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
+        return self.runtime.aiterate(agen, timeout=self.settings.llm_timeout + 60)
 
     def close(self) -> None:
         """Close the clients and stop the loop."""

@@ -57,6 +57,10 @@ _ENV_NAMES = (
     "APP_PASSWORD",
     "RAG_MAX_RUNNING_JOBS",
     "RAG_OCR",
+    "RAG_API_HOST",
+    "RAG_API_PORT",
+    "RAG_API_RATE_LIMIT",
+    "RAG_MCP_TOKEN",
 )
 
 
