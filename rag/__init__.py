@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
     "BENCH_MODES": "rag.bench",
+    "DOCUMENT_PRIVATE": "rag.gateway",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
     "RETRIEVAL_MODES": "rag.options",
@@ -32,8 +33,11 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
+    "AnswerReport": "rag.evaluate",
     "AnswerStream": "rag.query",
+    "ApiToken": "rag.tokens",
     "AskOptions": "rag.options",
+    "AuthenticationError": "rag.errors",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
@@ -55,9 +59,11 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
     "JobCancelledError": "rag.errors",
+    "JobNotFoundError": "rag.errors",
     "JobSnapshot": "rag.jobs",
     "JobState": "rag.jobs",
     "LoginError": "rag.errors",
@@ -65,12 +71,16 @@ _LOCATIONS = {
     "Member": "rag.workspaces",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
+    "Passage": "rag.sources",
     "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
     "QueueStatus": "rag.jobs",
     "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
+    "RateLimitedError": "rag.errors",
+    "RemoteAccess": "rag.remote",
+    "RemoteCaller": "rag.remote",
     "RenderedPage": "rag.sources",
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
@@ -81,10 +91,14 @@ _LOCATIONS = {
     "Stage": "rag.ingest",
     "StoreUnavailableError": "rag.errors",
     "StoredTurn": "rag.conversations",
+    "Tokens": "rag.tokens",
+    "UploadTooLargeError": "rag.errors",
     "Workspace": "rag.workspaces",
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "create_app": "rag.api",
+    "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
     "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
@@ -97,10 +111,14 @@ _LOCATIONS = {
     "queue_status": "rag.jobs",
     "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
+    "run_stdio": "rag.mcp_server",
+    "serve_http": "rag.api",
+    "status_of": "rag.gateway",
 }
 
 __all__ = [
     "BENCH_MODES",
+    "DOCUMENT_PRIVATE",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
@@ -113,8 +131,11 @@ __all__ = [
     "AccountNotFoundError",
     "Accounts",
     "Answer",
+    "AnswerReport",
     "AnswerStream",
+    "ApiToken",
     "AskOptions",
+    "AuthenticationError",
     "BenchConfig",
     "BenchReport",
     "BenchRow",
@@ -136,9 +157,11 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Gateway",
     "IngestError",
     "IngestReport",
     "JobCancelledError",
+    "JobNotFoundError",
     "JobSnapshot",
     "JobState",
     "LoginError",
@@ -146,12 +169,16 @@ __all__ = [
     "Member",
     "ModelError",
     "OperationTimeoutError",
+    "Passage",
     "Preparation",
     "QAPair",
-    "QueueStatus",
     "QuestionService",
+    "QueueStatus",
     "RagError",
     "RagService",
+    "RateLimitedError",
+    "RemoteAccess",
+    "RemoteCaller",
     "RenderedPage",
     "Retrieval",
     "Runtime",
@@ -161,11 +188,15 @@ __all__ = [
     "Stage",
     "StoreUnavailableError",
     "StoredTurn",
+    "Tokens",
+    "UploadTooLargeError",
+    "WorkerInfo",
     "Workspace",
     "WorkspaceError",
-    "WorkerInfo",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "create_app",
+    "create_mcp",
     "default_corpus_dir",
     "describe_embedding",
     "escape_markdown",
@@ -175,9 +206,12 @@ __all__ = [
     "neutralize_markdown",
     "parse_pairs",
     "plan",
-    "queue_status",
     "prepare_backend",
+    "queue_status",
     "redact_url",
+    "run_stdio",
+    "serve_http",
+    "status_of",
 ]
 
 
@@ -198,6 +232,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.access import Caller
     from rag.accounts import Account, Accounts
+    from rag.api import create_app, serve_http
     from rag.bench import (
         BENCH_MODES,
         EXPERIMENTS,
@@ -219,6 +254,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         AccessDeniedError,
         AccountError,
         AccountNotFoundError,
+        AuthenticationError,
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
@@ -228,26 +264,33 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         EvalFileError,
         IngestError,
         JobCancelledError,
+        JobNotFoundError,
         LoginError,
         LoginThrottledError,
         ModelError,
         OperationTimeoutError,
         RagError,
+        RateLimitedError,
         StoreUnavailableError,
+        UploadTooLargeError,
         WorkspaceError,
         WorkspaceNotFoundError,
     )
-    from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.evaluate import AnswerReport, EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.gateway import DOCUMENT_PRIVATE, Gateway, status_of
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState, QueueStatus, WorkerInfo, queue_status
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
+    from rag.mcp_server import create_mcp, run_stdio
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
     from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
     from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
+    from rag.remote import RemoteAccess, RemoteCaller
     from rag.runtime import Runtime
     from rag.schema import ROLES
     from rag.service import RagService, ServiceStatus
-    from rag.sources import RenderedPage
+    from rag.sources import Passage, RenderedPage
+    from rag.tokens import ApiToken, Tokens
     from rag.workspaces import Member, Workspace

@@ -320,15 +320,15 @@ class DocumentLibrary:
         await self.store.adelete_workspace(workspace)
         return records
 
-    async def arecover(self) -> list[str]:
+    async def arecover(self) -> list[DocumentRecord]:
         """Clean up after writers that died: remove half-indexed documents and unfinished re-indexes whose lease
-        ran out, and bring the keyword index in step with the catalogue. Returns the names of removed documents."""
+        ran out, and bring the keyword index in step with the catalogue. Returns the removed documents."""
         cleaned = []
         for record in await asyncio.to_thread(self.catalog.expired, time.time()):
             async with self.writer(record.doc_id):
                 if record.status == "indexing":
                     await self._adelete(record)
-                    cleaned.append(record.file_name)
+                    cleaned.append(record)
                 else:
                     await self._adelete_other_generations(record.doc_id, record.generation)
                     await asyncio.to_thread(self.catalog.end_generation, record.doc_id)

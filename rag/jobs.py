@@ -117,7 +117,7 @@ class JobSnapshot(BaseModel, frozen=True):
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    workspace: str = "default"
+    workspace: str | None = None  # the workspace (by id) its files go into
     worker: WorkerInfo | None = None
     """The worker running it (or that ran it last)."""
     attempts: int = 0
