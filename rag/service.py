@@ -283,13 +283,13 @@ class RagService(QuestionService):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
         finally:
-            if not ended:
+            if not ended:  # the caller left early (Ctrl-C): the job stops wherever it runs
                 self.jobs.cancel(job.id)
-                if runner is None:
+                try:
                     self._wait(job.id, 60)
+                except OperationTimeoutError:
+                    log.warning("job %s is still stopping; its worker removes what it stored", job.id)
             if runner is not None:
-                if not ended:
-                    self._wait(job.id, 60)
                 runner.stop()
 
     def _runner_for(self, job_id: str) -> Worker | None:
