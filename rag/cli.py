@@ -217,6 +217,11 @@ def models_build(ctx: click.Context, as_json: bool) -> None:
 def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     """Index files (folders are walked). Same bytes again are skipped; a changed file replaces its old version.
 
+    \b
+    The files are stored, then queued as one job (taking its turn with everyone's uploads) and followed here until
+    it ends; Ctrl-C cancels it. This process runs the job itself unless a worker will (the app's, with the
+    embedded database; `python -m rag worker` processes with PostgreSQL).
+
     Example: python -m rag ingest ../shared/corpus
     """
     from rag import SUPPORTED_EXTENSIONS, FileProgress, FileStatus, Stage
