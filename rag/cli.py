@@ -219,8 +219,8 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
 
     \b
     The files are stored, then queued as one job (taking its turn with everyone's uploads) and followed here until
-    it ends; Ctrl-C cancels it. This process runs the job itself unless a worker will (the app's, with the
-    embedded database; `python -m rag worker` processes with PostgreSQL).
+    it ends; Ctrl-C cancels it. With the embedded database this process runs it (or a running app's worker, if
+    that claims it first); with PostgreSQL the `python -m rag worker` processes do, or this one when none runs.
 
     Example: python -m rag ingest ../shared/corpus
     """
