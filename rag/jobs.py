@@ -924,7 +924,12 @@ class Worker:
         )
 
     def _publish(self, running: _Running, position: int, progress: FileProgress, result: FileResult | None) -> None:
+        """Keep a file's latest progress for the next write (at most every POLL_SECONDS); a new stage or an end is
+        written at once, so readers see each step of a file."""
         old = running.dirty.get(position)
+        before = running.latest.get(position)
+        if (before is None or before.stage != progress.stage or result is not None) and self._wake is not None:
+            self._wake.set()
         running.latest[position] = progress
         running.dirty[position] = (progress, result or (old[1] if old else None))
 
