@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. Names load on first use (PEP 562), so `python -m rag docs list` does not pay
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
+    "BENCH_LABELS": "rag.bench_summary",
     "BENCH_MODES": "rag.bench",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
@@ -70,6 +71,10 @@ _LOCATIONS = {
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "bench_headlines": "rag.bench_summary",
+    "bench_records": "rag.bench_summary",
+    "bench_run_caption": "rag.bench_summary",
+    "bench_step_text": "rag.bench_summary",
     "default_corpus_dir": "rag.bench",
     "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
@@ -84,6 +89,7 @@ _LOCATIONS = {
 }
 
 __all__ = [
+    "BENCH_LABELS",
     "BENCH_MODES",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
@@ -143,6 +149,10 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "bench_headlines",
+    "bench_records",
+    "bench_run_caption",
+    "bench_step_text",
     "default_corpus_dir",
     "describe_embedding",
     "escape_markdown",
@@ -184,6 +194,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         default_corpus_dir,
         plan,
     )
+    from rag.bench_summary import BENCH_LABELS, bench_headlines, bench_records, bench_run_caption, bench_step_text
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn

@@ -528,7 +528,16 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
     help="Rows per insert request on the project's async path.",
 )
 @click.option(
-    "--repeat", default=3, show_default=True, type=click.IntRange(1, 50), help="Timed rounds per embedding backend."
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 50),
+    help="Timed rounds of every measurement, the modes taking turns; rows show the median and the spread.",
+)
+@click.option(
+    "--modes",
+    default="",
+    help="Only these modes of add, search and ingest, comma-separated (e.g. seed-async,project-async). Default: all.",
 )
 @click.option(
     "--chunks",
@@ -551,6 +560,7 @@ def bench(
     max_files: int | None,
     insert_batch: int,
     repeat: int,
+    modes: str,
     chunks: int,
     as_json: bool,
 ) -> None:
@@ -575,6 +585,7 @@ def bench(
             max_files=max_files,
             insert_batch=insert_batch,
             repeat=repeat,
+            modes=[m.strip() for m in modes.split(",") if m.strip()] or None,
             embed_chunks=chunks or None,
         )
     except ValueError as exc:
@@ -614,11 +625,15 @@ def bench(
                 )
                 continue
             if header != "milvus":
-                click.echo(f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'ms/item':>9} {'speedup':>8}  note")
+                click.echo(
+                    f"{'experiment':10} {'mode':14} {'N':>6} {'seconds':>9} {'min-max':>15} {'ms/item':>9} "
+                    f"{'speedup':>8}  note"
+                )
                 header = "milvus"
             speed = f"{item.speedup:.1f}x" if item.speedup else "-"
+            spread = f"{item.seconds_min:.3f}-{item.seconds_max:.3f}" if item.seconds_min is not None else "-"
             click.echo(
-                f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} "
+                f"{item.experiment:10} {item.mode:14} {item.n:>6} {item.seconds:>9.3f} {spread:>15} "
                 f"{item.ms_per_item:>9.3f} {speed:>8}  {item.note}"
             )
     finally:
