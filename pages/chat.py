@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from rag import RagError, StoredTurn
+from rag import DOCUMENTS_PAGE, RagError, StoredTurn
 from ui.auth import owner_id
 from ui.chat import (
     REGENERATE,
@@ -27,8 +27,9 @@ sid = owner_id()
 workspace = current_workspace(service)
 conversations = service.conversations
 options = chat_sidebar(service)
-docs = service.documents(workspace.id)
-options = options.model_copy(update={"doc_ids": document_filter(docs), "workspace": workspace.id})
+docs = service.documents(workspace.id, limit=DOCUMENTS_PAGE)  # the newest: a page load never reads them all
+chosen = document_filter(service, workspace.id, docs, DOCUMENTS_PAGE)
+options = options.model_copy(update={"doc_ids": chosen, "workspace": workspace.id})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
 if not docs:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 _LOCATIONS = {
     "BENCH_LABELS": "rag.bench_summary",
     "BENCH_MODES": "rag.bench",
+    "DOCUMENTS_PAGE": "rag.documents",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
     "RETRIEVAL_MODES": "rag.options",
@@ -91,6 +92,7 @@ _LOCATIONS = {
 __all__ = [
     "BENCH_LABELS",
     "BENCH_MODES",
+    "DOCUMENTS_PAGE",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
@@ -198,7 +200,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
-    from rag.documents import list_documents
+    from rag.documents import DOCUMENTS_PAGE, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccountError,

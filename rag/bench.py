@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Experiment = Literal["add", "search", "ingest", "embed"]
+Experiment = Literal["add", "search", "ingest", "embed", "scale"]
 Mode = Literal[
     "sync",
     "sync-same-embedding",
@@ -80,11 +80,28 @@ Mode = Literal[
     "torch-bf16",
     "onnx",
     "onnx-int8",
+    # the scale experiment's measurements
+    "insert",
+    "index",
+    "load",
+    "open",
+    "dense",
+    "keyword",
+    "hybrid",
+    "neighbours",
+    "recall",
+    "docs-list",
+    "home",
+    "chat",
+    "question",
+    "memory",
+    "disk",
+    "index-sweep",
 ]
 
 BENCH_MODES: tuple[Mode, ...] = get_args(Mode)  # in the order the page shows them
-EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest", "embed")
-MILVUS_EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest")
+EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest", "embed", "scale")
+MILVUS_EXPERIMENTS: tuple[Experiment, ...] = ("add", "search", "ingest", "scale")
 MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
 INGEST_MODES: tuple[Mode, ...] = ("sync", "sync-same-embedding", "project-async", "raw-embedding")
 SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
@@ -121,6 +138,22 @@ class BenchConfig(BaseModel, frozen=True):
     embed_chunks: int | None = Field(
         512, ge=1, description="Corpus chunks the embed experiment embeds, spread evenly over the corpus; None: all."
     )
+    sizes: list[int] = Field(
+        default_factory=lambda: [10_000, 100_000, 1_000_000], description="Chunks per collection (scale experiment)."
+    )
+    queries: int = Field(200, ge=16, le=100_000, description="Questions timed per search mode and client count.")
+    clients: list[int] = Field(default_factory=lambda: [1, 16], description="Concurrent callers of the scale searches.")
+    recall_queries: int = Field(100, ge=1, le=10_000, description="Questions whose recall@10 is checked (scale).")
+    page_loads: int = Field(10, ge=1, le=1000, description="Timed page loads, `docs list` and questions (scale).")
+    index_sweep: list[str] = Field(
+        default_factory=list, description="Indexes to rebuild and measure at each size, e.g. HNSW:M=16,ef=64 (scale)."
+    )
+    results_file: str | None = Field(
+        None,
+        description="Scale: a JSON file the rows are saved to after each size; sizes it holds are not measured again, "
+        "and a size whose build stopped is kept and resumed.",
+    )
+    keep_collections: bool = Field(False, description="Keep each size's collection after measuring it (scale).")
 
     @field_validator("counts")
     @classmethod
@@ -128,6 +161,20 @@ class BenchConfig(BaseModel, frozen=True):
         if not value or any(n < 1 or n > 100_000 for n in value):
             raise ValueError("counts must be between 1 and 100000")
         return sorted(set(value))
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 100 or n > 100_000_000 for n in value):
+            raise ValueError("sizes must be between 100 and 100000000 chunks")
+        return sorted(set(value))
+
+    @field_validator("index_sweep")
+    @classmethod
+    def _index_sweep(cls, value: list[str]) -> list[str]:
+        from rag.scale import IndexSpec
+
+        return [str(IndexSpec.parse(spec)) for spec in value]
 
     @field_validator("experiments")
     @classmethod
@@ -169,6 +216,16 @@ class BenchRow(BaseModel, frozen=True):
     seconds_max: float | None = None
     repeats: int | None = None
     chosen: bool | None = None
+    # the scale experiment (n is the collection's size in chunks; seconds the p50 of latency rows)
+    clients: int | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    per_s: float | None = None
+    recall: float | None = None
+    rss_milvus_mb: float | None = None
+    rss_app_mb: float | None = None
+    disk_mb: float | None = None
+    details: dict[str, float | str] = Field(default_factory=dict)
 
 
 class BenchReport(BaseModel, frozen=True):
@@ -222,6 +279,8 @@ def plan(config: BenchConfig) -> list[tuple[Experiment, Mode, int | None]]:
             steps += [(experiment, mode, None) for mode in config.modes_of(experiment)]
         elif experiment == "embed":
             steps += [(experiment, mode, None) for mode in embed_modes()]
+        elif experiment == "scale":
+            steps += [(experiment, "insert", n) for n in config.sizes]
         elif experiment in ("add", "search"):  # every mode of one N is measured round by round, then reported
             steps += [(experiment, mode, n) for n in config.counts for mode in config.modes_of(experiment)]
     return steps
@@ -833,6 +892,10 @@ async def aiter_bench(
             measured = _asearch(connection, config)  # type: ignore[arg-type]
         elif experiment == "ingest":
             measured = _aingest(settings, connection, embedder, config)  # type: ignore[arg-type]
+        elif experiment == "scale":
+            from rag.scale import ScaleRun
+
+            measured = ScaleRun(settings, connection, embedder, config).arun()  # type: ignore[arg-type]
         else:
             measured = _aembed(settings, embedder, config)
         try:

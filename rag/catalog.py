@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
 """
+# Made after the added columns exist (a catalogue from before workspaces gains `workspace` at open): the newest
+# documents of a workspace are read straight from it, however many there are.
+_INDEXES = "CREATE INDEX IF NOT EXISTS documents_by_added ON documents (collection, status, workspace, added_at);"
 # Columns added after the first release: (name, declaration), added to older catalog files at open.
 _ADDED_COLUMNS = (
     ("generation", "INTEGER NOT NULL DEFAULT 0"),
@@ -76,6 +79,7 @@ class Catalog:
         self.collection = collection
         self._lock = threading.Lock()
         self._db = open_database(path, _SCHEMA, {"documents": _ADDED_COLUMNS})
+        self._db.executescript(_INDEXES)
         self._db.row_factory = sqlite3.Row
 
     def _rows(self, sql: str, *args: object) -> list[DocumentRecord]:
@@ -97,14 +101,40 @@ class Catalog:
             workspace,
         )
 
-    def list(self, status: str | None = "indexed", workspace: str | None = None) -> list[DocumentRecord]:
-        """Documents in this collection (of one workspace, or all), newest first; `status=None`: any state."""
-        sql, args = "SELECT * FROM documents WHERE collection=?", [self.collection]
+    def list(
+        self, status: str | None = "indexed", workspace: str | None = None, limit: int | None = None
+    ) -> list[DocumentRecord]:
+        """Documents in this collection (of one workspace, or all), newest first; `status=None`: any state; at most
+        `limit` (the newest are read straight from an index, however many there are)."""
+        where, args = self._where(status, workspace)
+        sql = f"SELECT * FROM documents WHERE {where} ORDER BY added_at DESC"
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, limit]
+        return self._rows(sql, *args)
+
+    def find(self, text: str, workspace: str | None, limit: int) -> list[DocumentRecord]:
+        """Indexed documents whose name contains `text` (any case), newest first, at most `limit`."""
+        where, args = self._where("indexed", workspace)
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        sql = f"SELECT * FROM documents WHERE {where} AND file_name LIKE ? ESCAPE '\\' ORDER BY added_at DESC LIMIT ?"
+        return self._rows(sql, *args, pattern, limit)
+
+    def count(self, status: str | None = "indexed", workspace: str | None = None) -> tuple[int, int]:
+        """How many documents (of one workspace, or all) and how many chunks they hold, counted in SQL."""
+        where, args = self._where(status, workspace)
+        with self._lock:
+            documents, chunks = self._db.execute(
+                f"SELECT count(*), coalesce(sum(chunks), 0) FROM documents WHERE {where}", args
+            ).fetchone()
+        return int(documents), int(chunks)
+
+    def _where(self, status: str | None, workspace: str | None) -> tuple[str, list[object]]:
+        where, args = "collection=?", [self.collection]
         if status is not None:
-            sql, args = sql + " AND status=?", [*args, status]
+            where, args = where + " AND status=?", [*args, status]
         if workspace is not None:
-            sql, args = sql + " AND workspace=?", [*args, workspace]
-        return self._rows(sql + " ORDER BY added_at DESC", *args)
+            where, args = where + " AND workspace=?", [*args, workspace]
+        return where, args
 
     def begin(self, record: DocumentRecord, lease_until: float) -> None:
         """Record a document whose chunks are being written, leased to its writer until `lease_until`."""

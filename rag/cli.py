@@ -385,16 +385,25 @@ def docs() -> None:
 
 @docs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of documents.")
+@click.option(
+    "--limit",
+    default=100,  # rag.DOCUMENTS_PAGE; not imported here, so `--help` stays instant
+    show_default=True,
+    type=click.IntRange(0),
+    help="List only the newest N documents (0: all); how many there are in all goes to stderr.",
+)
 @click.pass_context
 @_edge
-def docs_list(ctx: click.Context, as_json: bool) -> None:
-    """List indexed documents.
+def docs_list(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List indexed documents, newest first.
 
-    Example: python -m rag docs list --json
+    Example: python -m rag docs list --json --limit 0
     """
     from rag import list_documents
 
-    records = list_documents(_settings(ctx))
+    records, total = list_documents(_settings(ctx), limit or None)
+    if len(records) < total:
+        click.echo(f"Showing the {len(records)} newest of {total} documents; --limit 0 lists all.", err=True)
     if as_json:
         click.echo(
             json.dumps(
@@ -502,7 +511,11 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--counts", default="10,100,1000", show_default=True, help="Comma-separated N values.")
-@click.option("--dim", default=768, show_default=True, type=click.IntRange(2, 32768), help="Vector dimension.")
+@click.option(
+    "--dim",
+    type=click.IntRange(2, 32768),
+    help="Vector dimension [default: 768, the seed's; 384 with the scale experiment, the bundled model's].",
+)
 @click.option(
     "--consistency",
     default="Strong",
@@ -517,7 +530,27 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
     type=click.IntRange(1, 256),
     help="Requests in flight for the project's async path.",
 )
-@click.option("--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest,embed.")
+@click.option(
+    "--experiments", default="add,search,ingest", show_default=True, help="Which of add,search,ingest,embed,scale."
+)
+@click.option(
+    "--sizes",
+    default="10000,100000,1000000",
+    show_default=True,
+    help="Scale: chunks per synthetic collection, comma-separated (each built, measured and dropped in turn).",
+)
+@click.option("--quick", is_flag=True, help="Scale: one collection of 10,000 chunks and fewer timed queries.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Scale: save the rows to this JSON file after each size; sizes it holds are skipped, a stopped build resumes.",
+)
+@click.option("--keep", is_flag=True, help="Scale: keep each size's collection instead of dropping it.")
+@click.option(
+    "--index-sweep",
+    default="",
+    help="Scale: also rebuild and measure these indexes, ';'-separated, e.g. 'HNSW:M=16,efConstruction=200,ef=64'.",
+)
 @click.option("--corpus", type=click.Path(exists=True, file_okay=False), help="Folder of documents for ingest/embed.")
 @click.option("--max-files", type=click.IntRange(1), help="Use only the first N corpus files for ingest/embed.")
 @click.option(
@@ -552,7 +585,7 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
 def bench(
     ctx: click.Context,
     counts: str,
-    dim: int,
+    dim: int | None,
     consistency: str,
     concurrency: int,
     experiments: str,
@@ -562,6 +595,11 @@ def bench(
     repeat: int,
     modes: str,
     chunks: int,
+    sizes: str,
+    quick: bool,
+    out: str | None,
+    keep: bool,
+    index_sweep: str,
     as_json: bool,
 ) -> None:
     """Time sync against async Milvus calls (the seed's experiment and the project's path) in scratch collections,
@@ -571,13 +609,14 @@ def bench(
     Examples:
       python -m rag bench --counts 10,100 --experiments add,search
       python -m rag bench --experiments embed --repeat 3 --json
+      python -m rag bench --experiments scale --sizes 10000,100000 --dim 384 --out scale.json
     """
     from rag import MILVUS_EXPERIMENTS, BenchConfig, BenchRow, aiter_bench
 
     try:
         config = BenchConfig(
             counts=[int(c) for c in counts.split(",") if c.strip()],
-            dim=dim,
+            dim=dim or (384 if "scale" in experiments else 768),
             consistency_level=consistency,
             concurrency=concurrency,
             experiments=[e.strip() for e in experiments.split(",") if e.strip()],
@@ -587,6 +626,14 @@ def bench(
             repeat=repeat,
             modes=[m.strip() for m in modes.split(",") if m.strip()] or None,
             embed_chunks=chunks or None,
+            results_file=out,
+            keep_collections=keep,
+            index_sweep=[spec for spec in index_sweep.split(";") if spec.strip()],
+            **(
+                {"sizes": [10_000], "queries": 48, "recall_queries": 32, "page_loads": 3}
+                if quick
+                else {"sizes": [int(n) for n in sizes.replace("_", "").split(",") if n.strip()]}
+            ),
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -608,6 +655,21 @@ def bench(
                     click.echo(item.model_dump_json(indent=2))
                 continue
             if as_json:
+                continue
+            if item.experiment == "scale":
+                if header != "scale":
+                    click.echo(
+                        f"{'size':>9} {'measure':11} {'clients':>7} {'seconds':>9} {'p50 ms':>8} {'p95 ms':>8} "
+                        f"{'per s':>8} {'recall':>6} {'MB':>8}  note"
+                    )
+                    header = "scale"
+                figure = item.chunks_per_s or item.per_s
+                megabytes = item.disk_mb if item.disk_mb is not None else item.rss_milvus_mb
+                click.echo(
+                    f"{item.n:>9} {item.mode:11} {item.clients or '':>7} {item.seconds:>9.3f} "
+                    f"{_num(item.p50_ms, 1):>8} {_num(item.p95_ms, 1):>8} {_num(figure, 1):>8} "
+                    f"{_num(item.recall, 3):>6} {_num(megabytes, 0):>8}  {item.note}"
+                )
                 continue
             if item.experiment == "embed":
                 if header != "embed":
@@ -638,6 +700,10 @@ def bench(
             )
     finally:
         close()
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 @cli.group()

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 120.0
 """How long a writer's claim on a document lasts without renewal (it renews every few batches)."""
 
+DOCUMENTS_PAGE = 100
+"""Documents a page or `docs list` reads at once, newest first: a larger library is searched, not listed whole."""
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -72,13 +75,14 @@ def catalog_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "catalog.sqlite3"
 
 
-def list_documents(settings: Settings) -> list[DocumentRecord]:
-    """Indexed documents of the settings' workspace, newest first, read from the catalogue alone (no Milvus,
-    no model: `docs list`)."""
+def list_documents(settings: Settings, limit: int | None = DOCUMENTS_PAGE) -> tuple[list[DocumentRecord], int]:
+    """The newest `limit` (None: all) indexed documents of the settings' workspace and how many it holds, read from
+    the catalogue alone (no Milvus, no model: `docs list`)."""
     workspaces = Workspaces(catalog_path(settings), settings.collection)
     catalog = Catalog(catalog_path(settings), settings.collection)
     try:
-        return catalog.list("indexed", workspaces.get(settings.workspace).id)
+        workspace = workspaces.get(settings.workspace).id
+        return catalog.list("indexed", workspace, limit), catalog.count("indexed", workspace)[0]
     finally:
         catalog.close()
         workspaces.close()
@@ -97,9 +101,19 @@ class DocumentLibrary:
         self._writers: dict[str, tuple[asyncio.Lock, int]] = {}  # doc id -> (its lock, writers waiting or writing)
 
     # -- reading ------------------------------------------------------------------------------
-    def list(self, workspace: str | None = DEFAULT_ID, status: str | None = "indexed") -> list[DocumentRecord]:
-        """Documents of a workspace (None: of all), newest first (`status=None`: in any state)."""
-        return self.catalog.list(status, workspace)
+    def list(
+        self, workspace: str | None = DEFAULT_ID, status: str | None = "indexed", limit: int | None = None
+    ) -> list[DocumentRecord]:
+        """Documents of a workspace (None: of all), newest first (`status=None`: in any state), at most `limit`."""
+        return self.catalog.list(status, workspace, limit)
+
+    def find(self, text: str, workspace: str | None = DEFAULT_ID, limit: int = 100) -> list[DocumentRecord]:
+        """Indexed documents of a workspace whose name contains `text`, newest first, at most `limit`."""
+        return self.catalog.find(text, workspace, limit)
+
+    def count(self, workspace: str | None = DEFAULT_ID) -> tuple[int, int]:
+        """Indexed documents of a workspace (None: of all) and the chunks they hold."""
+        return self.catalog.count("indexed", workspace)
 
     def get(self, doc_id: str) -> DocumentRecord | None:
         """The row of a document, in any state."""

@@ -171,9 +171,18 @@ class RagService(QuestionService):
         return snapshot
 
     # -- documents --------------------------------------------------------------------------
-    def documents(self, workspace: str = DEFAULT_ID) -> list[DocumentRecord]:
-        """Indexed documents of a workspace (by id), newest first."""
-        return self.library.list(workspace)
+    def documents(self, workspace: str = DEFAULT_ID, limit: int | None = None) -> list[DocumentRecord]:
+        """Indexed documents of a workspace (by id), newest first; the newest `limit` only, when given (a page of
+        a large library costs the same as of a small one)."""
+        return self.library.list(workspace, limit=limit)
+
+    def document_count(self, workspace: str = DEFAULT_ID) -> int:
+        """How many documents a workspace (by id) holds, counted without reading them."""
+        return self.library.count(workspace)[0]
+
+    def find_documents(self, text: str, workspace: str = DEFAULT_ID, limit: int = 100) -> list[DocumentRecord]:
+        """Indexed documents of a workspace whose name contains `text` (any case), newest first."""
+        return self.library.find(text, workspace, limit)
 
     def delete_document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
         """Remove a document of a workspace: every chunk, its keyword entries, its row and its stored bytes."""
@@ -313,7 +322,11 @@ class RagService(QuestionService):
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> ServiceStatus:
-        """What is connected and how much is indexed."""
+        """What is connected and how much is indexed. The counts come from the catalogue (the default workspace's
+        documents, every indexed document's chunks): counting in Milvus would scan the collection and, under
+        Strong consistency, wait for a time tick on every Home page load."""
+        documents = self.library.count(DEFAULT_ID)[0]
+        chunks = self.library.count(None)[1]
 
         async def _info() -> StoreInfo:
             return StoreInfo(
@@ -321,7 +334,7 @@ class RagService(QuestionService):
                 kind=self.connection.kind,
                 version=await self.store.aversion(),
                 collection=self.store.name,
-                chunks=await self.store.acount(),
+                chunks=chunks,
             )
 
         return ServiceStatus(
@@ -330,7 +343,7 @@ class RagService(QuestionService):
             embed_dim=self.embedder.dim,
             llm=describe_llm(self.settings),
             mode=self.mode,
-            documents=len(self.library.list()),
+            documents=documents,
             recovered=self.recovered,
         )
 

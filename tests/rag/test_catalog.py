@@ -77,3 +77,26 @@ def test_a_catalogue_from_an_older_version_gains_the_new_columns(tmp_path: Path)
     assert (old.doc_id, old.generation, old.pending, old.chunks) == ("old", 0, None, 12)
     assert [r.doc_id for r in catalog.expired(time.time())] == ["cut"]  # no lease: a writer from before leases
     catalog.close()
+
+
+def test_the_newest_page_counts_and_name_search_read_only_what_they_return(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite3", "c1")
+    for i, name in enumerate(["alpha.txt", "beta_1.txt", "beta%2.txt", "gamma.txt"]):
+        catalog.begin(_record(f"d{i}", name).model_copy(update={"added_at": 1000.0 + i}), lease_until=0)
+        catalog.finish(f"d{i}", chunks=10 * (i + 1), pages=None)
+    catalog.begin(_record("d9", "pending.txt"), lease_until=time.time() + 60)  # being written: not counted
+    assert [r.doc_id for r in catalog.list(limit=2)] == ["d3", "d2"]
+    assert catalog.count() == (4, 100) and catalog.count(workspace="other") == (0, 0)
+    assert [r.file_name for r in catalog.find("BETA", "default", 10)] == ["beta%2.txt", "beta_1.txt"]
+    assert [r.file_name for r in catalog.find("_", "default", 10)] == ["beta_1.txt"]  # no LIKE wildcards
+    assert [r.file_name for r in catalog.find("%", "default", 10)] == ["beta%2.txt"]
+    assert len(catalog.find(".txt", "default", 3)) == 3 and catalog.find("beta", "other", 10) == []
+    plan = " ".join(
+        str(tuple(row))
+        for row in catalog._db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM documents WHERE collection=? AND status=? AND workspace=? "
+            "ORDER BY added_at DESC LIMIT 2",
+            ("c1", "indexed", "default"),
+        )
+    )
+    assert "documents_by_added" in plan and "TEMP B-TREE" not in plan  # read from the index, nothing sorted

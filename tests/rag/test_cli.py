@@ -65,6 +65,30 @@ def test_ingest_ask_list_delete(cli_env, corpus: Path, tmp_path: Path) -> None: 
     assert json.loads(runner.invoke(cli, ["docs", "list", "--json"], obj={}).stdout) == []
 
 
+def test_docs_list_shows_the_newest_page_and_says_how_many_there_are(tmp_path: Path) -> None:
+    from rag.catalog import Catalog, DocumentRecord
+    from rag.config import load_settings
+    from rag.documents import catalog_path
+
+    settings = load_settings(data_dir=tmp_path / "data")
+    catalog = Catalog(catalog_path(settings), settings.collection)
+    for i in range(3):
+        record = DocumentRecord(
+            doc_id=f"{i:064d}", file_name=f"f{i}.txt", file_type="txt", size=1, pages=None, chunks=1,
+            status="indexing", stored_path=f"/x/{i}", added_at=1000.0 + i,
+        )  # fmt: skip
+        catalog.begin(record, lease_until=0)
+        catalog.finish(record.doc_id, chunks=1, pages=None)
+    catalog.close()
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path / "data"), "docs", "list"]
+    page = runner.invoke(cli, [*base, "--limit", "2", "--json"], obj={})
+    assert [d["file_name"] for d in json.loads(page.stdout)] == ["f2.txt", "f1.txt"]
+    assert "Showing the 2 newest of 3 documents" in page.stderr
+    every = runner.invoke(cli, [*base, "--limit", "0"], obj={})
+    assert len(every.stdout.splitlines()) == 3 and every.stderr == ""
+
+
 def test_bad_setting_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_TOP_K", "0")
     result = CliRunner().invoke(cli, ["docs", "list"], obj={})
