@@ -52,6 +52,10 @@ _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
 _DECODE_INLINE = 200  # search hits decoded on the loop; more (coalesced batches) are decoded in a thread
 RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelled sets (BENCHMARKS.md)
+# The embedding index of collections created from now on, chosen on the scale curve (BENCHMARKS.md, "Scale"):
+# HNSW finds 97.5-99% of the exact 10 nearest chunks at ef 64-128 in 8 ms where the exact (FLAT) search of the
+# same 100,000 chunks takes 58 ms, and its cost grows with the logarithm of a segment's size, not linearly.
+DENSE_INDEX = {"index_type": "HNSW", "M": 16, "efConstruction": 200}
 _FUSION_DEPTH = 10  # hybrid fuses this many times top_k candidates from each side (at least 50)
 
 
@@ -276,6 +280,7 @@ class DocumentStore:
         # server that restarted may still be replaying recent writes: until one Strong read has returned, a
         # search could miss chunks that are indexed. `_synced` is cleared by every transient failure.
         self._synced = False
+        self.index_type = ""  # the embedding field's index, read when the collection is opened
         dim = int(getattr(vector_store, "dim", None) or 0) or 1024
         # Dense searches started together leave as a few multi-vector requests (see rag.coalesce).
         self.searches: Coalescer[tuple[int, str], list[float], list[Hit]] = Coalescer(
@@ -336,6 +341,7 @@ class DocumentStore:
                 overwrite=overwrite,
                 batch_size=settings.insert_batch_size,
                 output_fields=list(_OUTPUT_FIELDS),
+                index_config=dict(DENSE_INDEX),  # for a new collection (an existing one keeps its index)
                 use_async_client=True,
                 timeout=30,
                 **sparse,
@@ -451,6 +457,8 @@ class DocumentStore:
         async for attempt in self._retrying():  # a collection found unloaded is loaded, then asked again
             with attempt, map_milvus_errors("describe the collection"):
                 desc = await self.aclient.describe_collection(self.name)
+                indexes = await self.aclient.list_indexes(self.name, field_name=EMBEDDING_FIELD)
+                index = await self.aclient.describe_index(self.name, indexes[0]) if indexes else {}
                 rows = await self.aclient.query(
                     self.name,
                     filter=f'{DOC_ID_FIELD} != ""',
@@ -462,6 +470,9 @@ class DocumentStore:
             (int(f.get("params", {}).get("dim", 0)) for f in desc["fields"] if f["name"] == EMBEDDING_FIELD), 0
         )
         self._synced = True
+        self.index_type = str(index.get("index_type") or "")
+        if self.index_type == "HNSW":  # LlamaIndex's own searches (the server's hybrid) search as deep as ours
+            self.vector_store.search_config = self.search_params(100)
         stored_model = rows[0].get(MODEL_KEY) if rows else None
         if (stored_dim and stored_dim != dim) or (stored_model and stored_model != model_id):
             raise EmbeddingMismatchError(
@@ -686,11 +697,19 @@ class DocumentStore:
                     limit=top_k,
                     filter=flt,
                     output_fields=[*_OUTPUT_FIELDS, TEXT_FIELD],
-                    search_params=self.vector_store.search_config,
+                    search_params=self.search_params(top_k),
                 )
         if len(vectors) * top_k <= _DECODE_INLINE:
             return [self._hits_to_nodes(hits) for hits in res]
         return await asyncio.to_thread(lambda: [self._hits_to_nodes(hits) for hits in res])  # big: off the loop
+
+    def search_params(self, limit: int) -> dict[str, Any]:
+        """A dense search's parameters: HNSW's breadth `ef` (RAG_SEARCH_EF, never below the hits asked for);
+        other indexes search with their own defaults, or what `vector_store.search_config` says."""
+        params = dict(self.vector_store.search_config or {})  # flat, as LlamaIndex keeps it: {"ef": 128}
+        if self.index_type == "HNSW":
+            params["ef"] = max(int(params.get("ef", self.settings.search_ef)), limit)
+        return params
 
     def _hits_to_nodes(self, hits: Any) -> list[Hit]:
         return [Hit(node=_chunk(hit), score=float(hit["distance"])) for hit in hits]
