@@ -228,7 +228,13 @@ service = service_or_stop()
 
 left, right = st.columns(2)
 experiments = left.multiselect(
-    "Experiments", list(EXPERIMENTS), default=["add", "search"], format_func=BENCH_LABELS.get, key="bench.experiments"
+    "Experiments",
+    [e for e in EXPERIMENTS if e != "scale"],  # an hour-long build: see the help
+    default=["add", "search"],
+    format_func=BENCH_LABELS.get,
+    key="bench.experiments",
+    help="The scale curve (collections of 10,000 to 1,000,000 chunks) runs from the command line: "
+    "python -m rag bench --experiments scale",
 )
 counts = left.multiselect(
     "N (nodes added, queries searched)", COUNT_OPTIONS, default=[10, 100, 1000], key="bench.counts"
