@@ -144,7 +144,7 @@ class BenchConfig(BaseModel, frozen=True):
     queries: int = Field(200, ge=16, le=100_000, description="Questions timed per search mode and client count.")
     clients: list[int] = Field(default_factory=lambda: [1, 16], description="Concurrent callers of the scale searches.")
     recall_queries: int = Field(100, ge=1, le=10_000, description="Questions whose recall@10 is checked (scale).")
-    page_loads: int = Field(10, ge=1, le=1000, description="Timed page loads, `docs list` and questions (scale).")
+    page_loads: int = Field(30, ge=1, le=1000, description="Timed page loads, `docs list` and questions (scale).")
     index_sweep: list[str] = Field(
         default_factory=list, description="Indexes to rebuild and measure at each size, e.g. HNSW:M=16,ef=64 (scale)."
     )

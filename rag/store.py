@@ -51,6 +51,7 @@ _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
 _DECODE_INLINE = 200  # search hits decoded on the loop; more (coalesced batches) are decoded in a thread
+_ROWS_INLINE = 4  # nodes turned into rows on the loop (under a millisecond); more are packed in a worker thread
 RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelled sets (BENCHMARKS.md)
 # The embedding index of collections created from now on, chosen on the scale curve (BENCHMARKS.md, "Scale"):
 # HNSW finds 97.5-99% of the exact 10 nearest chunks at ef 64-128 in 8 ms where the exact (FLAT) search of the
@@ -487,7 +488,10 @@ class DocumentStore:
 
     async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
         """Insert embedded nodes (upserting by id, so a retried batch never duplicates), and their keywords."""
-        rows = await asyncio.to_thread(rows_for, self.vector_store, nodes)  # packing 1000s of vectors: off the loop
+        if len(nodes) <= _ROWS_INLINE:  # a thread hop costs more than packing a few rows (a busy machine: ms)
+            rows = rows_for(self.vector_store, nodes)
+        else:  # packing 1000s of vectors: off the loop
+            rows = await asyncio.to_thread(rows_for, self.vector_store, nodes)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
                 await self.aclient.upsert(self.name, rows)
