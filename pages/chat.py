@@ -3,7 +3,7 @@
 import streamlit as st
 
 from rag import DOCUMENTS_PAGE, RagError, StoredTurn
-from ui.auth import owner_id
+from ui.auth import current_caller, owner_id
 from ui.chat import (
     REGENERATE,
     RETRIEVAL_ONLY_HINT,
@@ -27,8 +27,9 @@ sid = owner_id()
 workspace = current_workspace(service)
 conversations = service.conversations
 options = chat_sidebar(service)
-docs = service.documents(workspace.id, limit=DOCUMENTS_PAGE)  # the newest: a page load never reads them all
-chosen = document_filter(service, workspace.id, docs, DOCUMENTS_PAGE)
+caller = current_caller()
+docs = service.documents(workspace.id, caller, limit=DOCUMENTS_PAGE)  # the newest: a page load never reads them all
+chosen = document_filter(service, workspace.id, docs, DOCUMENTS_PAGE, caller)
 options = options.model_copy(update={"doc_ids": chosen, "workspace": workspace.id})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
@@ -49,11 +50,12 @@ else:
             icon=":material/hourglass_top:",
         )
 
+parts = {d.doc_id: d.chunks for d in docs}  # where a passage of a format without pages is: part n of parts
 history = conversations.history(sid, workspace.id)
 for number, turn in enumerate(history):
     with st.chat_message(turn.role):
         st.markdown(turn.safe_markdown)
-        render_sources(turn.sources, service, workspace.id, key=str(turn.id))
+        render_sources(turn.sources, service, workspace.id, key=str(turn.id), parts=parts)
         if turn.role == "assistant":
             answer_actions(conversations, sid, workspace.id, turn, last=number == len(history) - 1)
 
@@ -66,14 +68,14 @@ if question:
     with st.chat_message("assistant"):
         turns = [t.as_chat_turn() for t in conversations.history(sid, workspace.id)]
         try:
-            stream = service.stream_answer(question, turns, options)
+            stream = service.stream_answer(question, turns, options, caller)
             st.write_stream(safe_stream(stream, service.mode))
             answer = stream.answer
         except RagError as err:
             show_error(err)
             answer = None
         if answer is not None:
-            render_sources(answer.sources)
+            render_sources(answer.sources, parts=parts)
             conversations.append(sid, StoredTurn(role="user", content=question), workspace.id)
             conversations.append(
                 sid,

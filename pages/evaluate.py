@@ -3,6 +3,7 @@
 import streamlit as st
 
 from rag import RagError, Source, parse_pairs
+from ui.auth import current_caller, is_admin
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
@@ -12,6 +13,11 @@ from ui.workspaces import current_workspace
 ensure_routed()
 
 _MODES = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)", "hybrid": "Both (hybrid)"}
+
+
+def _rank(rank: int | None) -> str:
+    return str(rank) if rank else "—"
+
 
 st.title("Evaluate retrieval")
 st.caption(
@@ -27,9 +33,13 @@ upload = st.file_uploader("Question file (.jsonl)", type=["jsonl", "json", "txt"
 pasted = st.text_area("…or paste the lines here", key="evaluate.text", height=150)
 modes_available = [m for m in _MODES if m in service.features.retrieval_modes]
 left, right = st.columns([3, 1])
-modes = left.multiselect(
-    "Retrieval modes", modes_available, default=modes_available, format_func=_MODES.get, key="evaluate.modes"
-)
+caller = current_caller()
+if caller.kind == "account" and not is_admin():  # several modes at once are an admin's (heavy, revealing)
+    modes = [left.selectbox("Retrieval mode", modes_available, format_func=_MODES.get, key="evaluate.mode")]
+else:
+    modes = left.multiselect(
+        "Retrieval modes", modes_available, default=modes_available, format_func=_MODES.get, key="evaluate.modes"
+    )
 top_k = right.number_input("Passages per question", 1, 50, service.settings.top_k, key="evaluate.top_k")
 
 if st.button("Evaluate", key="evaluate.run", type="primary", disabled=not modes, icon=":material/fact_check:"):
@@ -38,7 +48,7 @@ if st.button("Evaluate", key="evaluate.run", type="primary", disabled=not modes,
     try:
         pairs = parse_pairs(text, source)
         with st.spinner(f"Asking {len(pairs)} questions in {len(modes)} mode(s)…"):
-            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k), workspace.id)
+            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k), workspace.id, caller)
     except RagError as err:
         st.session_state.pop("evaluate.reports", None)
         show_error(err)
@@ -63,15 +73,24 @@ st.dataframe(
     ],
     hide_index=True,
     width="stretch",
+    column_config={
+        f"hit@{k}": st.column_config.NumberColumn(
+            format="percent", help=f"Share of questions whose evidence is in the first {k} passages"
+        )
+        for k in (1, 3, 5)
+    },
 )
 st.dataframe(
     [
-        {"question": row.question, "file": row.file} | {_MODES[r.mode]: r.rows[i].rank for r in reports}
+        {"question": row.question, "file": row.file} | {_MODES[r.mode]: _rank(r.rows[i].rank) for r in reports}
         for i, row in enumerate(reports[0].rows)
     ],
     hide_index=True,
     width="stretch",
-    column_config={_MODES[r.mode]: st.column_config.NumberColumn(help="rank of the first hit") for r in reports},
+    column_config={
+        _MODES[r.mode]: st.column_config.TextColumn(help="Rank of the first passage holding the evidence; — none")
+        for r in reports
+    },
 )
 
 for report in reports:

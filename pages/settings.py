@@ -4,10 +4,11 @@ import streamlit as st
 
 from rag import RagError, load_settings
 from ui.errors import show_error
-from ui.navigation import ensure_routed
+from ui.navigation import ensure_routed, require_admin_when_accounts
 from ui.settings import settings_table
 
 ensure_routed()
+require_admin_when_accounts()
 
 st.title("Settings")
 st.caption(
@@ -20,14 +21,4 @@ except RagError as err:
     show_error(err)
     st.stop()
 
-st.dataframe(
-    settings_table(settings),
-    hide_index=True,
-    width="stretch",
-    height="content",
-    column_config={
-        "Setting": st.column_config.TextColumn(width="medium"),
-        "Value": st.column_config.TextColumn(width="medium"),
-        "Description": st.column_config.TextColumn(width="large"),
-    },
-)
+st.table(settings_table(settings), hide_index=True)  # a static table: long descriptions wrap, none is cut

@@ -1,52 +1,22 @@
-"""The document catalog: which documents a collection holds, in SQLite inside the data dir.
+"""The document catalog: which documents a collection holds, in the engine's database (`rag.database`).
 
 Milvus holds the chunks; the catalog holds one row per document (name, type, pages, chunks, size,
-when added) and its state. A row stays `indexing` until every chunk is stored, so after a crash the
-engine finds half-indexed documents and removes their chunks instead of listing them.
+when added, who uploaded it) and its state. A row stays `indexing` until every chunk is stored, so after
+a crash the engine finds half-indexed documents and removes their chunks instead of listing them.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import BaseModel
+from sqlalchemy import delete, func, insert, select, update
 
-from rag.database import open_database
+from rag import schema
+from rag.database import Database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    collection TEXT NOT NULL,
-    doc_id     TEXT NOT NULL,
-    file_name  TEXT NOT NULL,
-    file_type  TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    pages      INTEGER,
-    chunks     INTEGER NOT NULL DEFAULT 0,
-    status     TEXT NOT NULL,
-    stored_path TEXT NOT NULL,
-    added_at   REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0,
-    pending    INTEGER,
-    lease_until REAL,
-    workspace  TEXT NOT NULL DEFAULT 'default',
-    PRIMARY KEY (collection, doc_id)
-);
-CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
-"""
-# Made after the added columns exist (a catalogue from before workspaces gains `workspace` at open): the newest
-# documents of a workspace are read straight from it, however many there are.
-_INDEXES = "CREATE INDEX IF NOT EXISTS documents_by_added ON documents (collection, status, workspace, added_at);"
-# Columns added after the first release: (name, declaration), added to older catalog files at open.
-_ADDED_COLUMNS = (
-    ("generation", "INTEGER NOT NULL DEFAULT 0"),
-    ("pending", "INTEGER"),
-    ("lease_until", "REAL"),
-    ("workspace", "TEXT NOT NULL DEFAULT 'default'"),
-)
+_docs = schema.documents
 
 
 class DocumentRecord(BaseModel, frozen=True):
@@ -65,6 +35,8 @@ class DocumentRecord(BaseModel, frozen=True):
     pending: int | None = None
     lease_until: float | None = None
     workspace: str = "default"
+    owner: str | None = None
+    """The uploader's account id (None: the operator, or the app without accounts)."""
 
     @property
     def added(self) -> str:
@@ -73,93 +45,73 @@ class DocumentRecord(BaseModel, frozen=True):
 
 
 class Catalog:
-    """Thread-safe access to the catalog file of one collection."""
+    """Access to the catalog rows of one collection, safe to share between threads and processes."""
 
-    def __init__(self, path: Path, collection: str) -> None:
+    def __init__(self, db: Database, collection: str) -> None:
+        self.db = db
         self.collection = collection
-        self._lock = threading.Lock()
-        self._db = open_database(path, _SCHEMA, {"documents": _ADDED_COLUMNS})
-        self._db.executescript(_INDEXES)
-        self._db.row_factory = sqlite3.Row
 
-    def _rows(self, sql: str, *args: object) -> list[DocumentRecord]:
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [DocumentRecord(**{k: row[k] for k in DocumentRecord.model_fields}) for row in rows]
+    def _rows(self, *where: object, order: bool = False, limit: int | None = None) -> list[DocumentRecord]:
+        query = select(_docs).where(_docs.c.collection == self.collection, *where)
+        if order:
+            query = query.order_by(_docs.c.added_at.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return [DocumentRecord(**{k: getattr(row, k) for k in DocumentRecord.model_fields}) for row in rows]
 
     def get(self, doc_id: str) -> DocumentRecord | None:
         """The record for a document id, in any state."""
-        rows = self._rows("SELECT * FROM documents WHERE collection=? AND doc_id=?", self.collection, doc_id)
+        rows = self._rows(_docs.c.doc_id == doc_id)
         return rows[0] if rows else None
 
-    def by_name(self, file_name: str, workspace: str) -> list[DocumentRecord]:
-        """Indexed documents of a workspace with this file name (older versions of an upload)."""
+    def by_name(self, file_name: str, workspace: str, owner: str | None = None) -> list[DocumentRecord]:
+        """Indexed documents of a workspace with this file name uploaded by `owner` (older versions of an
+        upload: a same-name file of someone else is another document, never replaced)."""
         return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND file_name=? AND workspace=? AND status='indexed'",
-            self.collection,
-            file_name,
-            workspace,
+            _docs.c.file_name == file_name,
+            _docs.c.workspace == workspace,
+            _docs.c.status == "indexed",
+            _docs.c.owner.is_(None) if owner is None else _docs.c.owner == owner,
         )
 
     def list(
         self, status: str | None = "indexed", workspace: str | None = None, limit: int | None = None
     ) -> list[DocumentRecord]:
         """Documents in this collection (of one workspace, or all), newest first; `status=None`: any state; at most
-        `limit` (the newest are read straight from an index, however many there are)."""
-        where, args = self._where(status, workspace)
-        sql = f"SELECT * FROM documents WHERE {where} ORDER BY added_at DESC"
-        if limit is not None:
-            sql, args = sql + " LIMIT ?", [*args, limit]
-        return self._rows(sql, *args)
+        `limit` (the newest are read straight from an index, ix_documents_by_added, however many there are)."""
+        return self._rows(*_where(status, workspace), order=True, limit=limit)
 
     def find(self, text: str, workspace: str | None, limit: int) -> list[DocumentRecord]:
         """Indexed documents whose name contains `text` (any case), newest first, at most `limit`."""
-        where, args = self._where("indexed", workspace)
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        sql = f"SELECT * FROM documents WHERE {where} AND file_name LIKE ? ESCAPE '\\' ORDER BY added_at DESC LIMIT ?"
-        return self._rows(sql, *args, pattern, limit)
+        pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        name = func.lower(_docs.c.file_name).like(pattern, escape="\\")
+        return self._rows(*_where("indexed", workspace), name, order=True, limit=limit)
 
     def count(self, status: str | None = "indexed", workspace: str | None = None) -> tuple[int, int]:
-        """How many documents (of one workspace, or all) and how many chunks they hold, counted in SQL."""
-        where, args = self._where(status, workspace)
-        with self._lock:
-            documents, chunks = self._db.execute(
-                f"SELECT count(*), coalesce(sum(chunks), 0) FROM documents WHERE {where}", args
-            ).fetchone()
+        """How many documents (of one workspace, or all) and how many chunks they hold, counted in the database."""
+        query = select(func.count(), func.coalesce(func.sum(_docs.c.chunks), 0)).where(
+            _docs.c.collection == self.collection, *_where(status, workspace)
+        )
+        with self.db.read() as conn:
+            documents, chunks = conn.execute(query).one()
         return int(documents), int(chunks)
-
-    def _where(self, status: str | None, workspace: str | None) -> tuple[str, list[object]]:
-        where, args = "collection=?", [self.collection]
-        if status is not None:
-            where, args = where + " AND status=?", [*args, status]
-        if workspace is not None:
-            where, args = where + " AND workspace=?", [*args, workspace]
-        return where, args
 
     def begin(self, record: DocumentRecord, lease_until: float) -> None:
         """Record a document whose chunks are being written, leased to its writer until `lease_until`."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO documents (collection, doc_id, file_name, file_type, size, pages, chunks, "
-                "status, stored_path, added_at, generation, pending, lease_until, workspace) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    self.collection,
-                    record.doc_id,
-                    record.file_name,
-                    record.file_type,
-                    record.size,
-                    record.pages,
-                    record.chunks,
-                    "indexing",
-                    record.stored_path,
-                    record.added_at or time.time(),
-                    record.generation,
-                    None,
-                    lease_until,
-                    record.workspace,
-                ),
-            )
+        values = record.model_dump()
+        values.update(
+            collection=self.collection,
+            status="indexing",
+            added_at=record.added_at or time.time(),
+            pending=None,
+            lease_until=lease_until,
+        )
+        key = (_docs.c.collection == self.collection) & (_docs.c.doc_id == record.doc_id)
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(key))
+            conn.execute(insert(_docs).values(**values))
 
     def begin_generation(self, doc_id: str, generation: int, lease_until: float) -> None:
         """Record that a re-index is writing `generation` of an indexed document beside the current one."""
@@ -182,36 +134,40 @@ class Catalog:
     def expired(self, now: float) -> list[DocumentRecord]:
         """Rows whose writer's lease ran out: half-indexed documents, or re-indexes, nobody is writing now."""
         return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND (status='indexing' OR pending IS NOT NULL) "
-            "AND (lease_until IS NULL OR lease_until < ?)",
-            self.collection,
-            now,
+            (_docs.c.status == "indexing") | _docs.c.pending.is_not(None),
+            _docs.c.lease_until.is_(None) | (_docs.c.lease_until < now),
         )
 
     def references(self, stored_path: str) -> int:
-        """How many rows (of any collection of this data dir) keep these stored bytes."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM documents WHERE stored_path=?", (stored_path,)).fetchone()[0]
+        """How many rows (of any collection of this database) keep these stored bytes."""
+        with self.db.read() as conn:
+            return conn.execute(select(func.count()).where(_docs.c.stored_path == stored_path)).scalar_one()
 
     def _update(self, doc_id: str, **values: object) -> None:
-        columns = ", ".join(f"{name}=?" for name in values)
-        with self._lock:
-            self._db.execute(
-                f"UPDATE documents SET {columns} WHERE collection=? AND doc_id=?",
-                (*values.values(), self.collection, doc_id),
+        with self.db.write() as conn:
+            conn.execute(
+                update(_docs).where(_docs.c.collection == self.collection, _docs.c.doc_id == doc_id).values(**values)
             )
 
     def remove(self, doc_id: str) -> None:
         """Forget a document."""
-        with self._lock:
-            self._db.execute("DELETE FROM documents WHERE collection=? AND doc_id=?", (self.collection, doc_id))
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(_docs.c.collection == self.collection, _docs.c.doc_id == doc_id))
 
     def clear(self) -> None:
         """Forget every document of this collection."""
-        with self._lock:
-            self._db.execute("DELETE FROM documents WHERE collection=?", (self.collection,))
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(_docs.c.collection == self.collection))
 
     def close(self) -> None:
-        """Close the database file."""
-        with self._lock:
-            self._db.close()
+        """Give back the database handle."""
+        self.db.close()
+
+
+def _where(status: str | None, workspace: str | None) -> list[object]:
+    where: list[object] = []
+    if status is not None:
+        where.append(_docs.c.status == status)
+    if workspace is not None:
+        where.append(_docs.c.workspace == workspace)
+    return where

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from rag.access import OPERATOR
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
+from rag.database import Database
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
 from rag.store import DocumentStore, chunk_id
 from rag.workspaces import DEFAULT_ID, Workspaces
@@ -48,13 +50,15 @@ DOCUMENTS_PAGE = 100
 class SourceFile:
     """A file to ingest: where its bytes are, what the user calls it, which workspace it goes into, and
     whether its bytes are staged already (`content_hash`, their SHA-256, is then set). `reindex` asks for a
-    new generation of an indexed document's chunks."""
+    new generation of an indexed document's chunks; `owner` is the uploader's account id (None: the operator,
+    or no accounts)."""
 
     path: Path
     name: str
     content_hash: str | None = None
     reindex: bool = False
     workspace: str = DEFAULT_ID
+    owner: str | None = None
 
     @property
     def doc_id(self) -> str | None:
@@ -70,22 +74,13 @@ def document_id(workspace: str, content_hash: str) -> str:
     return hashlib.sha256(f"{workspace}:{content_hash}".encode()).hexdigest()
 
 
-def catalog_path(settings: Settings) -> Path:
-    """Where the catalogue of a data dir lives."""
-    return Path(settings.data_dir) / "catalog.sqlite3"
-
-
 def list_documents(settings: Settings, limit: int | None = DOCUMENTS_PAGE) -> tuple[list[DocumentRecord], int]:
     """The newest `limit` (None: all) indexed documents of the settings' workspace and how many it holds, read from
-    the catalogue alone (no Milvus, no model: `docs list`)."""
-    workspaces = Workspaces(catalog_path(settings), settings.collection)
-    catalog = Catalog(catalog_path(settings), settings.collection)
-    try:
-        workspace = workspaces.get(settings.workspace).id
-        return catalog.list("indexed", workspace, limit), catalog.count("indexed", workspace)[0]
-    finally:
-        catalog.close()
-        workspaces.close()
+    the catalogue alone (no Milvus, no model: `docs list`, run by the operator)."""
+    with Database.open(settings) as db:
+        workspace = Workspaces(db, settings.collection).get(settings.workspace, OPERATOR)
+        catalog = Catalog(db, settings.collection)
+        return catalog.list("indexed", workspace.id, limit), catalog.count("indexed", workspace.id)[0]
 
 
 class DocumentLibrary:
@@ -94,7 +89,7 @@ class DocumentLibrary:
     def __init__(self, settings: Settings, store: DocumentStore) -> None:
         self.settings = settings
         self.store = store
-        self.catalog = Catalog(catalog_path(settings), settings.collection)
+        self.catalog = Catalog(Database.open(settings), settings.collection)
         self.uploads = Path(settings.data_dir) / "uploads"
         self._holds: Counter[str] = Counter()  # stored path -> jobs still using the bytes
         self._holds_lock = threading.Lock()
@@ -225,7 +220,7 @@ class DocumentLibrary:
         await asyncio.to_thread(self.catalog.finish, record.doc_id, chunks, record.pages, record.generation)
         replaced = [
             old
-            for old in await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace)
+            for old in await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace, record.owner)
             if old.doc_id != record.doc_id
         ]
         for old in replaced:
@@ -297,7 +292,12 @@ class DocumentLibrary:
             )
         self.hold(stored)
         return SourceFile(
-            stored, record.file_name, content_hash=stored.name[:64], reindex=True, workspace=record.workspace
+            stored,
+            record.file_name,
+            content_hash=stored.name[:64],
+            reindex=True,
+            workspace=record.workspace,
+            owner=record.owner,
         )
 
     async def adelete_workspace(self, workspace: str) -> list[DocumentRecord]:
@@ -310,15 +310,15 @@ class DocumentLibrary:
         await self.store.adelete_workspace(workspace)
         return records
 
-    async def arecover(self) -> list[str]:
+    async def arecover(self) -> list[DocumentRecord]:
         """Clean up after writers that died: remove half-indexed documents and unfinished re-indexes whose lease
-        ran out, and bring the keyword index in step with the catalogue. Returns the names of removed documents."""
+        ran out, and bring the keyword index in step with the catalogue. Returns the removed documents."""
         cleaned = []
         for record in await asyncio.to_thread(self.catalog.expired, time.time()):
             async with self.writer(record.doc_id):
                 if record.status == "indexing":
                     await self._adelete(record)
-                    cleaned.append(record.file_name)
+                    cleaned.append(record)
                 else:
                     await self._adelete_other_generations(record.doc_id, record.generation)
                     await asyncio.to_thread(self.catalog.end_generation, record.doc_id)

@@ -829,7 +829,7 @@ class ScaleRun:
             try:
                 for i in range(self.config.page_loads):
                     times["docs-list"].append(_clock(lambda: list_documents(state.settings)))
-                    times["home"].append(_clock(service.status))
+                    times["home"].append(_clock(lambda: service.status(DEFAULT_ID)))
                     times["chat"].append(_clock(lambda: (service.documents(DEFAULT_ID), service.collection_state())))
                     question = texts[i % len(texts)]
                     times["question"].append(

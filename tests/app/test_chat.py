@@ -52,7 +52,7 @@ def test_retrieval_only_mode_is_labelled_and_answers_with_sources(app_env: AppEn
     user, assistant = at.chat_message
     assert user.name == "user" and assistant.name == "assistant"
     answer = assistant.markdown[0].value
-    assert "Best-matching sentences" in answer and "acacia leaves" in answer
+    assert answer.startswith("“") and "acacia leaves" in answer and "\\[1\\]" in answer  # a quote, cited
     assert "Retrieval-only mode" not in answer  # the notice above the conversation says it once
     assert "giraffes.txt" in _plain(assistant.caption[0].value)
     sources = assistant.expander[0]

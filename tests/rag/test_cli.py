@@ -68,10 +68,10 @@ def test_ingest_ask_list_delete(cli_env, corpus: Path, tmp_path: Path) -> None: 
 def test_docs_list_shows_the_newest_page_and_says_how_many_there_are(tmp_path: Path) -> None:
     from rag.catalog import Catalog, DocumentRecord
     from rag.config import load_settings
-    from rag.documents import catalog_path
+    from rag.database import Database
 
     settings = load_settings(data_dir=tmp_path / "data")
-    catalog = Catalog(catalog_path(settings), settings.collection)
+    catalog = Catalog(Database.open(settings), settings.collection)
     for i in range(3):
         record = DocumentRecord(
             doc_id=f"{i:064d}", file_name=f"f{i}.txt", file_type="txt", size=1, pages=None, chunks=1,

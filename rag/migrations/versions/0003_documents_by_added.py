@@ -1,0 +1,21 @@
+"""An index for the newest documents of a workspace (Chat's document filter, `docs list`, Home's counts): a page
+load reads the newest hundred straight from it instead of sorting every row of a large library.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_documents_by_added", "documents", ["collection", "status", "workspace", "added_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_documents_by_added", table_name="documents")
