@@ -77,6 +77,7 @@ _WALK_CORRELATION = 0.8
 _QUESTION_NOISE = 1.0
 _WAVE = 4_000  # chunks generated and written per step (their documents' rows begun and committed together)
 RECALL_K = 10
+_SLOW = 3600.0  # seconds a flush, load or index call may take on a large collection (the clients' default: 30)
 
 
 @dataclass(frozen=True)
@@ -656,7 +657,7 @@ class ScaleRun:
         client = state.store.vector_store.client  # type: ignore[union-attr]
 
         def _wait() -> tuple[int, str]:
-            client.flush(state.name)
+            client.flush(state.name, timeout=_SLOW)
             while True:
                 info = client.describe_index(state.name, EMBEDDING_FIELD)
                 if info.get("state") == "Failed":
@@ -694,9 +695,9 @@ class ScaleRun:
         vector = self.corpus.queries(1, state.layout)[0][0].tolist()
 
         def _reload() -> float:
-            client.release_collection(state.name)
+            client.release_collection(state.name, timeout=_SLOW)
             started = time.perf_counter()
-            client.load_collection(state.name)
+            client.load_collection(state.name, timeout=_SLOW)
             return started
 
         with map_milvus_errors("reload the collection"):
@@ -858,8 +859,8 @@ class ScaleRun:
         def _rebuild() -> float:
             if state.index == (spec.index_type, spec.build):
                 return 0.0  # the same index as the previous spec's: only the search parameter changes
-            client.release_collection(state.name)
-            client.drop_index(state.name, EMBEDDING_FIELD)
+            client.release_collection(state.name, timeout=_SLOW)
+            client.drop_index(state.name, EMBEDDING_FIELD, timeout=_SLOW)
             params = client.prepare_index_params()
             params.add_index(
                 field_name=EMBEDDING_FIELD,
@@ -869,7 +870,7 @@ class ScaleRun:
                 params=spec.build,
             )
             started = time.perf_counter()
-            client.create_index(state.name, params)
+            client.create_index(state.name, params, timeout=_SLOW)
             while True:
                 info = client.describe_index(state.name, EMBEDDING_FIELD)
                 if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(
@@ -878,7 +879,7 @@ class ScaleRun:
                     break
                 time.sleep(0.5)
             built = time.perf_counter() - started
-            client.load_collection(state.name)
+            client.load_collection(state.name, timeout=_SLOW)
             state.index = (spec.index_type, spec.build)
             return built
 

@@ -102,8 +102,9 @@ def tables(rows: list[Row]) -> str:
             "|---:|---|---:|---:|---:|---:|",
         ]
         for r in sweep:
+            built = f"{r['seconds']:.1f}" if r["seconds"] else "as above"  # the same build, another search setting
             out.append(
-                f"| {r['n']:,} | `{r['details'].get('index', '?')}` | {r['seconds']:.1f} | {r['recall']:.3f} "
+                f"| {r['n']:,} | `{r['details'].get('index', '?')}` | {built} | {r['recall']:.3f} "
                 f"| {_ms(r)} | {_num(r.get('rss_milvus_mb'))} |"
             )
     return "\n".join(out)
