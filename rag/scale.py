@@ -345,16 +345,6 @@ def milvus_process(connection: Connection, data_dir: Path) -> int | None:
     return found
 
 
-def _metrics_port(connection: Connection, data_dir: Path) -> int | None:
-    """The local Milvus's metrics port: the embedded server's health port, else Milvus's default (9091)."""
-    if connection.kind == "embedded":
-        from rag.milvus_server import EmbeddedMilvus
-
-        state = EmbeddedMilvus(data_dir).status().state
-        return state.health_port if state else None
-    return 9091
-
-
 def milvus_data_dir(pid: int | None) -> Path | None:
     """Where a local Milvus keeps its data (the embedded layout: `<milvus>/bin/milvus` beside `<milvus>/data`)."""
     if pid is None:
@@ -428,7 +418,6 @@ class ScaleRun:
         self.root = Path(settings.data_dir) / "bench-scale"
         self.milvus_pid = milvus_process(connection, Path(settings.data_dir))
         self.milvus_data = milvus_data_dir(self.milvus_pid)
-        self.metrics_port = _metrics_port(connection, Path(settings.data_dir)) if self.milvus_pid else None
         # The chunks claim the embedder's model when its dimension matches, so a RagService (restart, pages,
         # questions) opens the collection with it; question vectors then land among synthetic ones, which
         # costs the same as among real ones.
@@ -556,23 +545,15 @@ class ScaleRun:
         gc.collect()
         rss_app = rss_mb()
         milvus = rss_mb(self.milvus_pid) if self.milvus_pid else None
-        held = await asyncio.to_thread(self._collection_memory_mb, state.store.vector_store.client, state.name)
         yield self._row(
             "memory",
             size,
             0.0,
-            "after the searches: the collection in Milvus's own accounting; resident memory of the whole server and of "
-            "this process (the app, its embedding model, and the builder's buffers)",
+            "after the searches: resident memory of the whole Milvus server and of this process (the app, its "
+            "embedding model, and the builder's buffers)",
             rss_milvus_mb=milvus,
             rss_app_mb=rss_app,
-            details={
-                k: v
-                for k, v in (
-                    ("collection_mb", held),
-                    ("app_growth_mb", rss_app - rss_app_before if rss_app and rss_app_before else None),
-                )
-                if v is not None
-            },
+            details={"app_growth_mb": rss_app - rss_app_before} if rss_app and rss_app_before else {},
         )
         client = state.store.vector_store.client  # type: ignore[union-attr]
         collection = await asyncio.to_thread(collection_disk_mb, client, state.name, self.milvus_data)
@@ -694,25 +675,27 @@ class ScaleRun:
         client = state.store.vector_store.client  # type: ignore[union-attr]
         vector = self.corpus.queries(1, state.layout)[0][0].tolist()
 
-        def _reload() -> float:
+        def _reload() -> tuple[float, float | None]:
             client.release_collection(state.name, timeout=_SLOW)
+            time.sleep(5.0)  # the server gives memory back lazily; its RSS after this is the best "without"
+            released = rss_mb(self.milvus_pid) if self.milvus_pid else None
             started = time.perf_counter()
             client.load_collection(state.name, timeout=_SLOW)
-            return started
+            return started, released
 
         with map_milvus_errors("reload the collection"):
-            started = await asyncio.to_thread(_reload)
+            started, released = await asyncio.to_thread(_reload)
             hits = await state.store.asearch(vector, 5, workspace=DEFAULT_ID)
             reload = time.perf_counter() - started
         loaded = rss_mb(self.milvus_pid) if self.milvus_pid else None
-        held = await asyncio.to_thread(self._collection_memory_mb, client, state.name)
         yield self._row(
             "load",
             state.size,
             reload,
-            f"release, load, first dense search ({len(hits)} hits); Milvus's RSS is the whole server's",
+            f"release, load, first dense search ({len(hits)} hits); the server's RSS grew by the details' "
+            "collection_mb (only meaningful on a server nothing else uses)",
             rss_milvus_mb=loaded,
-            details={"collection_mb": held} if held is not None else {},
+            details={"collection_mb": loaded - released} if loaded is not None and released is not None else {},
         )
 
         def _open() -> tuple[float, float]:
@@ -738,26 +721,6 @@ class ScaleRun:
             f"a fresh RagService opened in {opened:.2f} s (collection, catalogue, recovery and keyword reconcile), "
             "then one hybrid question",
         )
-
-    def _collection_memory_mb(self, client: Any, name: str) -> float | None:
-        """The memory Milvus's query node accounts to the collection (its `entity_size` metric), in MB: unlike the
-        server's RSS, not blurred by other collections or by memory the Go runtime has not given back yet."""
-        port = self.metrics_port
-        if port is None:
-            return None
-        import urllib.request
-
-        collection = str(client.describe_collection(name)["collection_id"])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-                text = reply.read().decode()
-        except OSError:
-            return None
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("milvus_querynode_entity_size{") and f'collection_id="{collection}"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total / 1048576
 
     # -- searching --------------------------------------------------------------------------------
     async def _asearches(self, state: _Size, queries: np.ndarray, texts: list[str]) -> AsyncIterator[BenchRow]:

@@ -148,7 +148,7 @@ documents = Table(
     ),
     Index("ix_documents_by_name", "collection", "workspace", "file_name"),
     Index("ix_documents_stored_path", "stored_path"),
-    Index("ix_documents_by_added", "collection", "status", "workspace", "added_at"),  # migration 0003
+    Index("ix_documents_by_added", "collection", "status", "workspace", "added_at", "chunks"),  # migration 0003
 )
 
 turns = Table(

@@ -53,7 +53,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _held(*rows: Row | None) -> float | None:
-    """The collection's memory in Milvus's own accounting (newer results keep it in the memory row)."""
+    """How much the server's RSS grew when the collection was loaded (the load row's details)."""
     return next((r["details"]["collection_mb"] for r in rows if r and "collection_mb" in r.get("details", {})), None)
 
 
@@ -62,7 +62,7 @@ def tables(rows: list[Row]) -> str:
     sizes = sorted({r["n"] for r in rows})
     out = [
         "| chunks | documents | insert (chunks/s) | index build (s) | reload (s) | app open (s) | Milvus RSS, whole "
-        "server (MB) | collection in Milvus's memory (MB) | app RSS (MB) | disk (MB) | recall@10 | load avg |",
+        "server (MB) | RSS growth on load (MB) | app RSS (MB) | disk (MB) | recall@10 | load avg |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in sizes:
@@ -75,7 +75,7 @@ def tables(rows: list[Row]) -> str:
             f"| {size:,} | {documents} | {_num(insert and insert.get('chunks_per_s'))} "
             f"| {_num(index and index['seconds'], 1)} "
             f"| {_num(load and load['seconds'], 1)} | {_num(opened and opened['seconds'], 2)} "
-            f"| {_num(memory and memory.get('rss_milvus_mb'))} | {_num(_held(memory, load))} "
+            f"| {_num(memory and memory.get('rss_milvus_mb'))} | {_num(_held(load))} "
             f"| {_num(memory and memory.get('rss_app_mb'))} | {_num(disk and disk.get('disk_mb'))} "
             f"| {_num(recall and recall.get('recall'), 3)} | {min(loads):.1f}–{max(loads):.1f} |"
             if loads

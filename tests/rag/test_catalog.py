@@ -88,7 +88,7 @@ def test_the_newest_page_counts_and_name_search_read_only_what_they_return(db: D
     assert len(catalog.find(".txt", "default", 3)) == 3 and catalog.find("beta", "other", 10) == []
     with db.read() as conn:
         indexes = {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("documents")}
-        assert indexes["ix_documents_by_added"] == ["collection", "status", "workspace", "added_at"]
+        assert indexes["ix_documents_by_added"] == ["collection", "status", "workspace", "added_at", "chunks"]
         if conn.dialect.name == "sqlite":  # the newest page is read from that index, nothing is sorted
             plan = " ".join(
                 str(tuple(row))
@@ -100,3 +100,13 @@ def test_the_newest_page_counts_and_name_search_read_only_what_they_return(db: D
                 )
             )
             assert "ix_documents_by_added" in plan and "TEMP B-TREE" not in plan
+            counted = " ".join(
+                str(tuple(row))
+                for row in conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT count(*), sum(chunks) FROM documents WHERE collection='c1' "
+                        "AND status='indexed' AND workspace='default'"
+                    )
+                )
+            )
+            assert "COVERING INDEX ix_documents_by_added" in counted  # counted without reading a row
