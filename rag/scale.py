@@ -794,7 +794,7 @@ class ScaleRun:
                 for i in range(self.config.page_loads):
                     times["docs-list"].append(_clock(lambda: list_documents(state.settings)))
                     times["home"].append(_clock(lambda: service.status(DEFAULT_ID)))
-                    times["chat"].append(_clock(lambda: (service.documents(DEFAULT_ID), service.collection_state())))
+                    times["chat"].append(_clock(lambda: _chat_page(service)))
                     question = texts[i % len(texts)]
                     times["question"].append(
                         _clock(lambda q=question: service.retrieve(q, AskOptions(retrieval="hybrid")))
