@@ -43,7 +43,7 @@ import numpy as np
 
 from rag.catalog import DocumentRecord
 from rag.config import Settings
-from rag.keyword import _STOPWORDS
+from rag.keyword import STOPWORDS
 from rag.store import (
     DOC_ID_FIELD,
     EMBEDDING_FIELD,
@@ -114,7 +114,7 @@ class SyntheticCorpus:
     def __init__(self, dim: int, seed: int = 21) -> None:
         self.dim, self.seed = dim, seed
         rng = np.random.default_rng([seed, 0])
-        self.stopwords = np.array(sorted(_STOPWORDS))
+        self.stopwords = np.array(sorted(STOPWORDS))
         self.words = _pseudo_words(rng, _VOCABULARY)  # the most frequent first
         ranks = np.arange(1, _VOCABULARY + 1, dtype=np.float64)
         weights = 1.0 / (ranks + 2.7) ** 1.07  # Zipf-Mandelbrot, as word frequencies in text
@@ -298,7 +298,7 @@ def _pseudo_words(rng: np.random.Generator, count: int) -> np.ndarray:
             onsets[rng.integers(len(onsets))] + vowels[rng.integers(len(vowels))] + codas[rng.integers(len(codas))]
             for _ in range(syllables)
         )
-        if len(word) > 2 and word not in seen and word not in _STOPWORDS:
+        if len(word) > 2 and word not in seen and word not in STOPWORDS:
             seen.add(word)
             words.append(word)
     words.sort(key=len)
