@@ -30,7 +30,7 @@ from rag.llms import describe_llm
 from rag.options import Retrieval
 from rag.questions import QuestionService
 from rag.runtime import Runtime
-from rag.sources import RenderedPage, render_page, source_context
+from rag.sources import Passage, RenderedPage, adocument_text, apassage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 from rag.workspaces import DEFAULT_ID, Member, Workspace
 
@@ -273,7 +273,7 @@ class RagService(QuestionService):
     ) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
         record = self.document(doc_id, workspace, caller)
-        return render_page(Path(record.stored_path), page, passage, zoom)
+        return render_page(Path(record.stored_path), page, passage, zoom, self.settings.max_page_pixels)
 
     def source_context(
         self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR, window: int = 600
@@ -282,6 +282,16 @@ class RagService(QuestionService):
         (before, passage, after)."""
         record = self.document(doc_id, workspace, caller)
         return source_context(Path(record.stored_path), record.file_name, passage, window)
+
+    def passage(self, doc_id: str, workspace: str, chunk: int, around: int = 1, caller: Caller = OPERATOR) -> Passage:
+        """Chunk `chunk` of a document of a workspace with `around` chunks each side, and its page."""
+        record = self.document(doc_id, workspace, caller)
+        return self.runtime.run(apassage(self.store, record, chunk, around), timeout=60)
+
+    def document_text(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> str:
+        """A document's indexed text in order (its chunks, overlaps merged, page marks)."""
+        record = self.document(doc_id, workspace, caller)
+        return self.runtime.run(adocument_text(self.store, record), timeout=120)
 
     def original(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> tuple[str, bytes]:
         """A document's name and original bytes, for download."""
