@@ -68,8 +68,9 @@ rather than overlapping them.
 
 Every figure is the **median of several rounds** (the *Timed rounds* option), the modes taking turns within
 each round so that a busy machine slows them alike; the whiskers and the spread column show the slowest and
-fastest round. Under Strong each round starts every mode at the same point of the server's time tick, so the
-tick wait (one or two ticks, drawn by chance) is the same for every mode of a round.
+fastest round. Under Strong each round starts every mode at the same point of the server's time tick (searches
+of up to 10 queries are sent side by side), so the tick wait (one or two ticks, drawn by chance) is the same for
+every mode of a round.
 
 **Ingest** is bound by the embedding model, which runs on this machine's CPU. *Sync* is a plain
 LlamaIndex pipeline: each file read, chunked, embedded with LlamaIndex's default settings (fp32,

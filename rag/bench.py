@@ -106,6 +106,7 @@ MILVUS_MODES: tuple[Mode, ...] = ("sync", "seed-async", "project-async")
 INGEST_MODES: tuple[Mode, ...] = ("sync", "sync-same-embedding", "project-async", "raw-embedding")
 SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
 TIME_TICK = 0.2  # seconds between Milvus's time ticks (its proxy.timeTickInterval default), which Strong waits for
+SIDE_BY_SIDE = 10  # under Strong, searches of at most this many queries are timed with the modes side by side
 TOP_K = 3
 _CORPUS_NOTES = "SOURCES.md"
 _THREAD_GRACE = 30.0  # seconds a cancelled sync loop gets to notice before its collection is dropped
@@ -560,23 +561,35 @@ async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator
             for mode in modes:  # untimed: connects the clients and makes the engine's one Strong read of an open
                 await _search_work(mode, store, engine, _query_vectors(1, config.dim))
         loop = asyncio.get_running_loop()
+
+        async def _measure(mode: Mode, vectors: list[list[float]]) -> tuple[Mode, float, int]:
+            before = engine.searches.calls
+            with map_milvus_errors("search"):
+                seconds, results = await _timed(_search_work(mode, store, engine, vectors))
+            if len(results) != len(vectors):
+                raise RuntimeError(f"{mode} search returned {len(results)} results for {len(vectors)} queries")
+            return mode, seconds, engine.searches.calls - before
+
         for n in config.counts:
             vectors = _query_vectors(n, config.dim)
             times: dict[Mode, list[float]] = {m: [] for m in modes}
             requests: list[int] = []
+            strong = config.consistency_level == "Strong"
             for round_ in range(config.repeat):
                 phase = loop.time() + random.uniform(0, TIME_TICK)
-                for mode in rotated(modes, round_):
-                    if config.consistency_level == "Strong":
-                        phase = await _at_phase(phase)
-                    before = engine.searches.calls
-                    with map_milvus_errors("search"):
-                        seconds, results = await _timed(_search_work(mode, store, engine, vectors))
-                    if len(results) != n:
-                        raise RuntimeError(f"{mode} search returned {len(results)} results for {n} queries")
+                if strong and n <= SIDE_BY_SIDE:  # a handful of requests each: sent together, they share the tick
+                    phase = await _at_phase(phase)
+                    measured = await asyncio.gather(*(_measure(m, vectors) for m in rotated(modes, round_)))
+                else:
+                    measured = []
+                    for mode in rotated(modes, round_):
+                        if strong:
+                            phase = await _at_phase(phase)
+                        measured.append(await _measure(mode, vectors))
+                for mode, seconds, sent in measured:
                     times[mode].append(seconds)
                     if mode == "project-async":
-                        requests.append(engine.searches.calls - before)
+                        requests.append(sent)
             sync = statistics.median(times["sync"]) if "sync" in times else None
             for mode in modes:
                 note = "one query per request"
@@ -589,7 +602,8 @@ async def _at_phase(anchor: float) -> float:
     """Sleep until the next instant a whole number of time ticks after `anchor` (untimed); return it.
 
     Under Strong every search waits for the server's next time tick, or the one after (1 or 2 ticks, 0.1-0.4 s,
-    decided by when the request leaves, not by what it carries). Starting every mode of a round at the same phase
+    decided by when the request leaves, not by what it carries; requests that leave together share the outcome, so
+    searches of a few queries are timed with the modes side by side). Starting every mode of a round at the same phase
     of the tick (a random phase per round) gives them the same wait, so a round compares what the modes do
     differently, and the rounds together still sample every phase, as requests from users do.
     """
