@@ -267,17 +267,19 @@ def sentences(text: str) -> list[Sentence]:
     found: list[Sentence] = []
     for joined, origin, breaks in _paragraphs(text):
         spans: list[tuple[int, int]] = []
+        previous = ""  # pysbd's previous piece
         for start, end in _pieces(joined):
             # A boundary needs white space after it (".RData" or "x.y" inside a sentence is not one), a sentence
             # end before it (pysbd also cuts before enumerations: "(a) ... and/or (b) ...") and no abbreviation.
             if spans and (
                 (not joined[spans[-1][1] - 1 : spans[-1][1]].isspace() and not joined[start].isspace())
                 or not _SENTENCE_END.search(joined[spans[-1][0] : spans[-1][1]].rstrip())
-                or _ABBREVIATION_END.search(joined[spans[-1][0] : spans[-1][1]].rstrip())
+                or _ABBREVIATION_END.search(previous.strip())
             ):
                 spans[-1] = (spans[-1][0], end)
             else:
                 spans.append((start, end))
+            previous = joined[start:end]
         for start, end in spans:
             piece = joined[start:end]
             start += len(piece) - len(piece.lstrip())
