@@ -350,7 +350,7 @@ if run:
             repeat=int(repeat),
         )
     except ValueError as err:
-        st.error(f"Invalid options: {err}")
+        st.error(f"Invalid options: {md(str(err))}")
         st.stop()
     steps = plan(config)
     rows: list[BenchRow] = []

@@ -98,7 +98,7 @@ for report in reports:
         continue
     st.subheader(f"Misses: {_MODES[report.mode]} ({len(report.misses)})")
     for number, row in enumerate(report.misses):
-        with st.expander(f"{row.question} — expected in {row.file}"):
+        with st.expander(f"{md(row.question)} — expected in {md(row.file)}"):
             st.markdown("**Returned instead:**")
             for rank, passage in enumerate(row.returned, start=1):
                 page = f", p. {passage.page}" if passage.page else ""

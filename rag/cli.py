@@ -420,7 +420,7 @@ def docs() -> None:
 @click.pass_context
 @_edge
 def docs_list(ctx: click.Context, as_json: bool) -> None:
-    """List indexed documents.
+    """List indexed documents: id, type, pages, chunks, when added, then the file's whole name.
 
     Example: python -m rag docs list --json
     """
@@ -438,7 +438,7 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
         click.echo("No documents indexed yet.")
     for r in records:
         pages = f"{r.pages} pages" if r.pages else "-"
-        click.echo(f"{r.doc_id[:12]}  {r.file_name:40.40}  {r.file_type:5} {pages:>10} {r.chunks:6} chunks  {r.added}")
+        click.echo(f"{r.doc_id[:12]}  {r.file_type:5} {pages:>10} {r.chunks:6} chunks  {r.added}  {r.file_name}")
 
 
 @docs.command("delete")

@@ -17,7 +17,7 @@ from rag.access import OPERATOR, Caller
 from rag.config import Settings
 from rag.database import Database
 from rag.embeddings import Embedder, load_embedder
-from rag.errors import WorkspaceNotFoundError
+from rag.errors import ModelError, WorkspaceNotFoundError
 from rag.llms import build_llm
 from rag.options import AskOptions
 from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
@@ -65,8 +65,14 @@ class QuestionService:
 
     def _llm_for(self, options: AskOptions) -> object | None:
         """The LLM for a question's own model or temperature (None: the engine's own), built once per
-        (model, temperature) on the runtime loop."""
+        (model, temperature) on the runtime loop; a model outside LLM_MODELS is refused (ModelError)."""
         model, temperature = options.llm_model, options.temperature
+        if model is not None and model not in self.settings.llm_choices:
+            raise ModelError(
+                f"model {model!r} not in LLM_MODELS",
+                user_message=f"The model {model!r} is not offered here; choose one of "
+                f"{', '.join(self.settings.llm_choices)} (LLM_MODELS).",
+            )
         if not self.settings.llm_enabled or (model in (None, self.settings.llm_model) and temperature is None):
             return None
         key = (model or self.settings.llm_model, self.settings.temperature if temperature is None else temperature)

@@ -258,7 +258,7 @@ class RagService(QuestionService):
     ) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
         record = self.document(doc_id, workspace, caller)
-        return render_page(Path(record.stored_path), page, passage, zoom)
+        return render_page(Path(record.stored_path), page, passage, zoom, self.settings.max_page_pixels)
 
     def source_context(
         self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR, window: int = 600

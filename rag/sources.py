@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from rag.errors import DocumentNotFoundError, RagError
-from rag.ocr import PDFIUM_LOCK, OcrPage, read_sidecar
+from rag.ocr import PDFIUM_LOCK, OcrPage, fit_scale, read_sidecar
 
 if TYPE_CHECKING:
     import pypdfium2 as pdfium
@@ -56,10 +56,13 @@ class RenderedPage:
     ocr: bool  # the page was read by OCR; the highlight comes from the recognised word boxes
 
 
-def render_page(pdf_path: Path, page_number: int, passage_text: str = "", zoom: float = 1.0) -> RenderedPage:
+def render_page(
+    pdf_path: Path, page_number: int, passage_text: str = "", zoom: float = 1.0, max_pixels: int = 20_000_000
+) -> RenderedPage:
     """Render page `page_number` (1-based) of a PDF with `passage_text` highlighted; cached per file version.
 
-    CPU work for pdfium and PIL: call it from a worker thread, not from an event loop.
+    The image holds at most `max_pixels` (RAG_MAX_PAGE_PIXELS): a page too large for the zoom asked is
+    drawn at a lower scale. CPU work for pdfium and PIL: call it from a worker thread, not from an event loop.
     """
     path = Path(pdf_path)
     try:
@@ -67,11 +70,14 @@ def render_page(pdf_path: Path, page_number: int, passage_text: str = "", zoom: 
     except OSError as exc:
         raise RagError(f"{path}: {exc}", user_message="The original file is no longer stored.") from exc
     zoom = round(min(max(zoom, 0.25), MAX_ZOOM), 2)
-    return _render_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, page_number, zoom, passage_text)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, page_number, zoom, passage_text, max_pixels)
+    return _render_cached(*key)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _render_cached(path: str, _mtime_ns: int, _size: int, page_number: int, zoom: float, passage: str) -> RenderedPage:
+def _render_cached(
+    path: str, _mtime_ns: int, _size: int, page_number: int, zoom: float, passage: str, max_pixels: int
+) -> RenderedPage:
     """`render_page` behind a bounded cache keyed by the file's path, mtime and size, page, zoom and passage."""
     import pypdfium2 as pdfium
     from PIL import Image, ImageDraw
@@ -88,7 +94,7 @@ def _render_cached(path: str, _mtime_ns: int, _size: int, page_number: int, zoom
                 raise RagError(f"page {page_number} of {count}", user_message=f"The PDF has no page {page_number}.")
             page = pdf[page_number - 1]
             try:
-                bitmap = page.render(scale=RENDER_SCALE * zoom)
+                bitmap = page.render(scale=fit_scale(*page.get_size(), RENDER_SCALE * zoom, max_pixels))
                 image = bitmap.to_pil().convert("RGBA")
                 bitmap.close()
                 ocr_page = ocr_pages.get(page_number)

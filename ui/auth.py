@@ -16,6 +16,7 @@ import secrets
 import streamlit as st
 
 from rag import Account, Accounts, Caller, RagError, Settings, load_settings
+from ui.format import md
 from ui.state import SID, session_id
 
 UNLOCKED = "auth.unlocked"
@@ -120,7 +121,7 @@ def sign_out() -> None:
 
 def _sign_out_button(name: str) -> None:
     with st.sidebar:
-        st.caption(f"Signed in as **{name}**")
+        st.caption(f"Signed in as **{md(name)}**")
         if st.button("Sign out", key="auth.sign_out", icon=":material/logout:"):
             sign_out()
             st.rerun()

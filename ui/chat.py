@@ -42,7 +42,8 @@ def chat_sidebar(service: RagService) -> AskOptions:
     tunable = service.mode == "llm"
     # Defaults go into session state, not the widgets, so values kept across pages never clash with them.
     st.session_state.setdefault("chat.top_k", min(settings.top_k, 20))
-    st.session_state.setdefault("chat.llm_model", settings.llm_model)
+    if st.session_state.get("chat.llm_model") not in settings.llm_choices:
+        st.session_state["chat.llm_model"] = settings.llm_model
     st.session_state.setdefault("chat.temperature", float(settings.temperature))
     with st.sidebar:
         st.subheader("Answer settings")
@@ -53,11 +54,12 @@ def chat_sidebar(service: RagService) -> AskOptions:
             key="chat.top_k",
             help="How many of the most similar passages are retrieved and cited.",
         )
-        model = st.text_input(
+        model = st.selectbox(
             "LLM model",
+            settings.llm_choices,
             key="chat.llm_model",
-            disabled=not tunable,
-            help="The model name the LLM server knows (LLM_MODEL)." if tunable else "Set with LLM_MODEL.",
+            disabled=not tunable or len(settings.llm_choices) < 2,
+            help="The models offered here (LLM_MODELS)." if tunable else "Set with LLM_MODEL.",
         )
         temperature = st.slider(
             "Temperature",
@@ -73,7 +75,7 @@ def chat_sidebar(service: RagService) -> AskOptions:
         retrieval = _retrieval_choice(service)
     return AskOptions(
         top_k=int(top_k),
-        llm_model=(model.strip() or None) if tunable else None,
+        llm_model=model if tunable else None,
         temperature=float(temperature) if tunable else None,
         retrieval=retrieval,
     )

@@ -16,7 +16,7 @@ import streamlit.components.v1 as components
 from rag import RagError, RagService, Source
 from ui.auth import current_caller
 from ui.errors import show_error
-from ui.format import md
+from ui.format import md, short
 
 _ZOOMS = (0.75, 1.0, 1.25, 1.5, 2.0)
 
@@ -45,7 +45,12 @@ def source_viewer(service: RagService, source: Source, workspace: str, key: str,
         show_error(err)
         return
     st.download_button(
-        f"Download {name}", data, file_name=name, key=f"{key}.download", icon=":material/download:", on_click="ignore"
+        f"Download {md(short(name))}",
+        data,
+        file_name=name,
+        key=f"{key}.download",
+        icon=":material/download:",
+        on_click="ignore",
     )
 
 
@@ -70,7 +75,7 @@ def _pdf_page(service: RagService, source: Source, workspace: str, key: str) -> 
             st.text(source.text)
     else:
         st.caption(f"Page {int(page)} of {shown.page_count}; the passage is on page {source.page}.")
-    st.image(shown.png, caption=f"{source.file_name}, page {int(page)}", width=shown.width)
+    st.image(shown.png, caption=f"{md(source.file_name)}, page {int(page)}", width=shown.width)
 
 
 def text_view(before: str, passage: str, after: str) -> str:

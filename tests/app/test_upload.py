@@ -27,6 +27,7 @@ def test_no_jobs_shows_only_the_form(app_env: AppEnv) -> None:
     assert not at.progress
     limit = Settings.model_fields["max_file_mb"].default
     assert f"{limit:g} MB each" in at.caption[0].value and ".pdf" in at.caption[0].value
+    assert "a PDF up to 1000 pages" in at.caption[0].value  # RAG_MAX_PAGES
 
 
 def test_a_running_job_shows_per_file_progress_and_can_be_cancelled(app_env: AppEnv, corpus: Path) -> None:

@@ -136,6 +136,18 @@ def test_per_question_model_and_temperature(llm_service, fake_openai, corpus: Pa
     assert default["model"] == "fake-model" and default["temperature"] == llm_service.settings.temperature
 
 
+def test_a_model_outside_llm_models_is_refused(llm_service, fake_openai) -> None:  # noqa: ANN001
+    """The engine, not only the chat page's chooser, keeps questions to LLM_MODELS: nothing reaches the server."""
+    from rag.errors import ModelError
+
+    before = len(fake_openai.requests)
+    with pytest.raises(ModelError) as err:
+        llm_service.ask("What is unstructured?", options=AskOptions(llm_model="gpt-4-32k-expensive"))
+    assert "gpt-4-32k-expensive" in err.value.user_message and "LLM_MODELS" in err.value.user_message
+    assert "fake-model, other-model" in err.value.user_message
+    assert len(fake_openai.requests) == before
+
+
 def test_retrieval_only_answer_quotes_the_whole_sentence_with_its_citation(indexed_corpus) -> None:  # noqa: ANN001
     svc, _ = indexed_corpus
     answer = svc.ask("How many airplanes does the proposed AD affect?")
