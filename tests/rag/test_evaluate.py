@@ -34,9 +34,12 @@ def _pairs(name: str) -> list[QAPair]:
 
 
 def test_the_labelled_sets_are_well_formed() -> None:
-    main, dev = _pairs("qa.jsonl"), _pairs("qa_dev.jsonl")
+    main, dev, held_out = _pairs("qa.jsonl"), _pairs("qa_dev.jsonl"), _pairs("qa_holdout.jsonl")
     assert len(main) >= 40 and len({p.file for p in main}) >= 10
-    assert not {p.evidence for p in main} & {p.evidence for p in dev}  # the dev set is a different set
+    assert len(held_out) >= 20 and len({p.file for p in held_out}) >= 10
+    # the dev and held-out sets are different sets
+    assert not {p.evidence for p in main} & {p.evidence for p in dev}
+    assert not {p.evidence for p in main + dev} & {p.evidence for p in held_out}
 
 
 def test_hit_rule_counts_word_trigrams_of_the_right_file() -> None:
