@@ -29,6 +29,7 @@ _LOCATIONS = {
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
     "ChatTurn": "rag.query",
+    "CheckReport": "rag.documents",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
@@ -43,6 +44,7 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Finding": "rag.documents",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
     "JobCancelledError": "rag.errors",
@@ -70,6 +72,7 @@ _LOCATIONS = {
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "check_documents": "rag.documents",
     "default_corpus_dir": "rag.bench",
     "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
@@ -102,6 +105,7 @@ __all__ = [
     "BenchRow",
     "BenchmarkBusyError",
     "ChatTurn",
+    "CheckReport",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
@@ -116,6 +120,7 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Finding",
     "IngestError",
     "IngestReport",
     "JobCancelledError",
@@ -143,6 +148,7 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "check_documents",
     "default_corpus_dir",
     "describe_embedding",
     "escape_markdown",
@@ -187,7 +193,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
-    from rag.documents import list_documents
+    from rag.documents import CheckReport, Finding, check_documents, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccountError,

@@ -2,7 +2,11 @@
 
 Milvus holds the chunks; the catalog holds one row per document (name, type, pages, chunks, size,
 when added) and its state. A row stays `indexing` until every chunk is stored, so after a crash the
-engine finds half-indexed documents and removes their chunks instead of listing them.
+engine finds half-indexed documents and removes their chunks instead of listing them; a row being
+removed is `deleting`. Only an `indexed` row's current generation answers questions (`committed`).
+
+`claims` serialises writers across processes: a writer of a document (or of a file name) holds a row
+here, taken only when free, expired or left by a dead process, and renewed while it writes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +41,13 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, doc_id)
 );
 CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
+CREATE TABLE IF NOT EXISTS claims (
+    collection  TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    lease_until REAL NOT NULL,
+    PRIMARY KEY (collection, key)
+);
 """
 # Columns added after the first release: (name, declaration), added to older catalog files at open.
 _ADDED_COLUMNS = (
@@ -156,6 +168,96 @@ class Catalog:
             "AND (lease_until IS NULL OR lease_until < ?)",
             self.collection,
             now,
+        )
+
+    def claim(self, key: str, owner: str, lease_until: float, now: float, steal_from: str | None = None) -> bool:
+        """Take the claim `key` for `owner` if nobody holds it, its lease ran out before `now`, or its holder is
+        `steal_from` (a writer known dead). One conditional statement, so two claimants never both win."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO claims (collection, key, owner, lease_until) VALUES (?,?,?,?) "
+                "ON CONFLICT (collection, key) DO UPDATE SET owner=excluded.owner, lease_until=excluded.lease_until "
+                "WHERE claims.lease_until < ? OR claims.owner = ?",
+                (self.collection, key, owner, lease_until, now, steal_from or owner),
+            )
+            return cursor.rowcount == 1
+
+    def renew_claim(self, key: str, owner: str, lease_until: float) -> bool:
+        """Extend a claim `owner` still holds; False when it was lost (taken over after its lease ran out)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE claims SET lease_until=? WHERE collection=? AND key=? AND owner=?",
+                (lease_until, self.collection, key, owner),
+            )
+            return cursor.rowcount == 1
+
+    def release_claim(self, key: str, owner: str) -> None:
+        """Give a claim back (only the holder's own)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM claims WHERE collection=? AND key=? AND owner=?", (self.collection, key, owner)
+            )
+
+    def claims(self, prefix: str = "") -> dict[str, tuple[str, float]]:
+        """Claims held now (keys starting with `prefix`): key -> (owner, lease_until)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, owner, lease_until FROM claims WHERE collection=? AND substr(key, 1, ?)=?",
+                (self.collection, len(prefix), prefix),
+            ).fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def committed(self, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """The current generation and chunk count of those documents that are committed (`indexed`)."""
+        found: dict[str, tuple[int, int]] = {}
+        ids = list(dict.fromkeys(doc_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT doc_id, generation, chunks FROM documents WHERE collection=? AND status='indexed' "
+                    f"AND doc_id IN ({','.join('?' * len(part))})",
+                    (self.collection, *part),
+                ).fetchall()
+            found.update({row[0]: (row[1], row[2]) for row in rows})
+        return found
+
+    def commit(
+        self,
+        doc_id: str,
+        chunks: int,
+        pages: int | None,
+        generation: int,
+        retire: Sequence[str] = (),
+        cleanup_owed: bool = False,
+    ) -> None:
+        """In one transaction: a document's `generation` becomes the one that answers, and the documents in
+        `retire` (older versions it replaces) become `deleting`. With `cleanup_owed` (a re-index) the row keeps
+        `pending` until `end_generation`, so a crash before the other generations are removed is finished by
+        recovery instead of leaving two generations."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE documents SET status='indexed', chunks=?, pages=?, generation=?, pending=? "
+                "WHERE collection=? AND doc_id=?",
+                (chunks, pages, generation, generation if cleanup_owed else None, self.collection, doc_id),
+            )
+            self._db.executemany(
+                "UPDATE documents SET status='deleting' WHERE collection=? AND doc_id=?",
+                [(self.collection, old) for old in retire],
+            )
+
+    def retire(self, doc_id: str) -> None:
+        """Mark a document `deleting`: it stops answering at once, and recovery finishes a removal that a crash
+        interrupted."""
+        self._update(doc_id, status="deleting")
+
+    def unfinished(self) -> list[DocumentRecord]:
+        """Rows some writer has not finished: `indexing`, `deleting`, or a generation pending (a re-index, or the
+        removal of the generation it replaced)."""
+        return self._rows(
+            "SELECT * FROM documents WHERE collection=? AND (status!='indexed' OR pending IS NOT NULL)",
+            self.collection,
         )
 
     def references(self, stored_path: str) -> int:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from rag.catalog import Catalog
 from rag.config import Settings
-from rag.documents import catalog_path
+from rag.documents import catalog_path, visibility
 from rag.embeddings import Embedder, load_embedder
 from rag.llms import build_llm
 from rag.options import AskOptions
@@ -49,6 +50,10 @@ class QuestionService:
                     timeout=120,
                 )
             self.store = store
+            # Searches see committed chunks only: a document being written, a re-index's next generation and
+            # leftovers of a deleted or replaced document never answer (checked in the catalogue per search).
+            self.catalog = Catalog(catalog_path(settings), settings.collection)
+            self.store.visibility = visibility(self.catalog)
             self.engine = QueryEngine(settings, self.embedder, self.store, self.runtime.run(self._abuild_llm(), 30))
             self.workspaces = Workspaces(catalog_path(settings), settings.collection)
             self._llms: dict[tuple[str, float], object | None] = {}
@@ -113,6 +118,7 @@ class QuestionService:
     def close(self) -> None:
         """Close the clients and stop the loop."""
         self.workspaces.close()
+        self.catalog.close()
         try:
             self.runtime.run(self.store.aclose(), timeout=10)
         finally:

@@ -17,7 +17,7 @@ from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
-from rag.documents import DocumentLibrary, SourceFile, stage_all
+from rag.documents import CheckReport, DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
@@ -73,6 +73,8 @@ class RagService(QuestionService):
                 release=lambda source: self.library.release(source.path),
             )
             self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            # Upkeep while the app runs: the start-up consistency check, then recovery every minute.
+            self._upkeep = self.runtime.submit(self.library.awatch())
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -261,6 +263,12 @@ class RagService(QuestionService):
         """Whether Milvus has the collection loaded (`loaded`), is loading it after a restart, or not."""
         return self.runtime.run(self.store.aload_state(), timeout=30)
 
+    def check_documents(self, repair: bool = False) -> CheckReport:
+        """The reconcile pass (`docs check`): Milvus, the keyword index and the catalogue compared chunk by chunk;
+        with `repair`, what belongs to no committed document removed. Reads every chunk id: seconds per 100,000
+        chunks."""
+        return self.runtime.run(self.library.acheck(repair))
+
     def count_chunks(self, doc_id: str | None = None) -> int:
         """Chunks in Milvus (for one document or all)."""
         return self.runtime.run(self.store.acount(doc_id), timeout=60)
@@ -336,6 +344,7 @@ class RagService(QuestionService):
 
     def close(self) -> None:
         """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
+        self._upkeep.cancel()
         self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
         self.library.close()
         self.conversations.close()
