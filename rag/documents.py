@@ -106,6 +106,7 @@ class DocumentLibrary:
         self._holds: Counter[str] = Counter()  # stored path -> jobs still using the bytes
         self._holds_lock = threading.Lock()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # claim key -> (its lock, holders and waiters here)
+        self._upkeep: asyncio.Task[None] | None = None
 
     # -- reading ------------------------------------------------------------------------------
     def list(self, workspace: str | None = DEFAULT_ID, status: str | None = "indexed") -> list[DocumentRecord]:
@@ -447,6 +448,18 @@ class DocumentLibrary:
             await asyncio.to_thread(self.catalog.end_generation, doc_id)
         return False
 
+    async def astart_upkeep(self) -> None:
+        """Start `awatch` on the loop (once)."""
+        if self._upkeep is None:
+            self._upkeep = asyncio.create_task(self.awatch(), name="document upkeep")
+
+    async def astop_upkeep(self) -> None:
+        """Stop `awatch` and wait until it has released any claim it held."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            await asyncio.gather(self._upkeep, return_exceptions=True)
+            self._upkeep = None
+
     async def awatch(self) -> None:
         """The running app's upkeep: a cheap consistency check at start (counts only; a full reconcile pass in the
         background when they disagree), then recovery of dead writers' work every RECOVERY_SECONDS."""
@@ -472,14 +485,19 @@ class DocumentLibrary:
         """The start-up check, a few cheap reads: with no write in progress, Milvus and the keyword index hold
         exactly as many chunks as the committed documents have. True also while writes are in progress (the
         counts then prove nothing) or when the counts agree."""
-        if await asyncio.to_thread(self.catalog.unfinished) or await asyncio.to_thread(self.live_claims, "doc:"):
+
+        async def writing() -> bool:
+            return bool(
+                await asyncio.to_thread(self.catalog.unfinished) or await asyncio.to_thread(self.live_claims, "doc:")
+            )
+
+        if await writing():
             return True
         expected = sum(r.chunks for r in await asyncio.to_thread(self.catalog.list, "indexed", None))
-        if await self.store.acount() != expected:
-            return False
+        counts = [await self.store.acount()]
         if self.store.keyword is not None:
-            return sum((await asyncio.to_thread(self.store.keyword.counts)).values()) == expected
-        return True
+            counts.append(sum((await asyncio.to_thread(self.store.keyword.counts)).values()))
+        return await writing() or all(n == expected for n in counts)  # a write that began meanwhile: no verdict
 
     async def acheck(self, repair: bool = False, remove_empty_rows: bool = True) -> CheckReport:
         """Compare Milvus, the keyword index and the catalogue chunk by chunk; with `repair`, remove what belongs
@@ -638,10 +656,16 @@ def owner_dead(owner: str) -> bool:
 
 
 def visibility(catalog: Catalog) -> Visibility:
-    """What searches may see, from the catalogue: the committed generation and chunk count of documents."""
+    """What searches may see, from the catalogue: the committed generation and chunk count of documents.
+
+    The lookup runs on the loop, not in a worker thread: it reads a few dozen rows by primary key from SQLite in
+    WAL mode (readers never wait for writers), about 0.1 ms, less than a thread hop costs, and a hop on a busy
+    machine waits for a scheduler slice (measured: BENCHMARKS.md, "Only committed documents answer"). The
+    catalogue object must be the engine's own, used by nothing else, so its lock is never contended.
+    """
 
     async def committed(doc_ids: Sequence[str]) -> Mapping[str, tuple[int, int]]:
-        return await asyncio.to_thread(catalog.committed, doc_ids) if doc_ids else {}
+        return catalog.committed(doc_ids) if doc_ids else {}
 
     return committed
 

@@ -170,7 +170,8 @@ class KeywordIndex:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT id, chunk_id, doc_id FROM chunks WHERE collection=? AND id>? ORDER BY id LIMIT ?",
+                    # `+collection`: walk the rowid range, not the by-document index (which sorts every batch)
+                    "SELECT id, chunk_id, doc_id FROM chunks WHERE +collection=? AND id>? ORDER BY id LIMIT ?",
                     (self.collection, last, batch),
                 ).fetchall()
             if not rows:

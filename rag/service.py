@@ -7,6 +7,7 @@ crash left half-indexed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class RagService(QuestionService):
             )
             self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
             # Upkeep while the app runs: the start-up consistency check, then recovery every minute.
-            self._upkeep = self.runtime.submit(self.library.awatch())
+            self.runtime.run(self.library.astart_upkeep(), timeout=10)
         except BaseException:
             if self._own_runtime:
                 self.runtime.close()
@@ -344,14 +345,15 @@ class RagService(QuestionService):
 
     def close(self) -> None:
         """Close clients and stop the loop (the embedded Milvus keeps running for the next start)."""
-        self._upkeep.cancel()
+        with contextlib.suppress(Exception):
+            self.runtime.run(self.library.astop_upkeep(), timeout=30)
         self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
-        self.library.close()
         self.conversations.close()
         try:
             super().close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
+        self.library.close()  # after the loop: a cancelled writer still releases its claim in the catalogue
 
 
 def _sources(
