@@ -197,7 +197,14 @@ def chunk_documents(
         node.id_ = chunk_id(doc_id, position, generation)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update(
-            {"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id, WORKSPACE_FIELD: workspace}
+            {
+                "doc_id": doc_id,
+                "chunk": position,
+                "generation": generation,  # also in the id; only the catalogue's current generation answers
+                "file_type": kind,
+                MODEL_KEY: model_id,
+                WORKSPACE_FIELD: workspace,
+            }
         )
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)
