@@ -14,10 +14,12 @@ import pandas as pd
 import streamlit as st
 
 from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from ui.auth import current_caller
 from ui.errors import service_or_stop, show_error
-from ui.navigation import ensure_routed
+from ui.navigation import ensure_routed, require_admin_when_accounts
 
 ensure_routed()
+require_admin_when_accounts()
 
 RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
@@ -339,7 +341,9 @@ if run:
     st.session_state.pop(RESULT, None)
     progress_slot.progress(0.0, text=_step_text(steps[0]))
     try:
-        with contextlib.closing(service.bench(config)) as items:  # closing drops the scratch collections now
+        with contextlib.closing(
+            service.bench(config, current_caller())
+        ) as items:  # closing drops the scratch collections now
             for item in items:
                 if isinstance(item, BenchReport):
                     report = item

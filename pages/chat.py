@@ -3,7 +3,7 @@
 import streamlit as st
 
 from rag import RagError, StoredTurn
-from ui.auth import owner_id
+from ui.auth import current_caller, owner_id
 from ui.chat import (
     REGENERATE,
     RETRIEVAL_ONLY_HINT,
@@ -27,7 +27,7 @@ sid = owner_id()
 workspace = current_workspace(service)
 conversations = service.conversations
 options = chat_sidebar(service)
-docs = service.documents(workspace.id)
+docs = service.documents(workspace.id, current_caller())
 options = options.model_copy(update={"doc_ids": document_filter(docs), "workspace": workspace.id})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
@@ -65,7 +65,7 @@ if question:
     with st.chat_message("assistant"):
         turns = [t.as_chat_turn() for t in conversations.history(sid, workspace.id)]
         try:
-            stream = service.stream_answer(question, turns, options)
+            stream = service.stream_answer(question, turns, options, current_caller())
             st.write_stream(safe_stream(stream, service.mode))
             answer = stream.answer
         except RagError as err:

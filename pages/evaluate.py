@@ -3,6 +3,7 @@
 import streamlit as st
 
 from rag import RagError, Source, parse_pairs
+from ui.auth import current_caller, is_admin
 from ui.errors import service_or_stop, show_error
 from ui.format import md
 from ui.navigation import ensure_routed
@@ -27,9 +28,13 @@ upload = st.file_uploader("Question file (.jsonl)", type=["jsonl", "json", "txt"
 pasted = st.text_area("…or paste the lines here", key="evaluate.text", height=150)
 modes_available = [m for m in _MODES if m in service.features.retrieval_modes]
 left, right = st.columns([3, 1])
-modes = left.multiselect(
-    "Retrieval modes", modes_available, default=modes_available, format_func=_MODES.get, key="evaluate.modes"
-)
+caller = current_caller()
+if caller.kind == "account" and not is_admin():  # several modes at once are an admin's (heavy, revealing)
+    modes = [left.selectbox("Retrieval mode", modes_available, format_func=_MODES.get, key="evaluate.mode")]
+else:
+    modes = left.multiselect(
+        "Retrieval modes", modes_available, default=modes_available, format_func=_MODES.get, key="evaluate.modes"
+    )
 top_k = right.number_input("Passages per question", 1, 50, service.settings.top_k, key="evaluate.top_k")
 
 if st.button("Evaluate", key="evaluate.run", type="primary", disabled=not modes, icon=":material/fact_check:"):
@@ -38,7 +43,7 @@ if st.button("Evaluate", key="evaluate.run", type="primary", disabled=not modes,
     try:
         pairs = parse_pairs(text, source)
         with st.spinner(f"Asking {len(pairs)} questions in {len(modes)} mode(s)…"):
-            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k), workspace.id)
+            st.session_state["evaluate.reports"] = service.evaluate(pairs, modes, int(top_k), workspace.id, caller)
     except RagError as err:
         st.session_state.pop("evaluate.reports", None)
         show_error(err)

@@ -4,10 +4,11 @@ import streamlit as st
 
 from rag import RagError, load_settings
 from ui.errors import show_error
-from ui.navigation import ensure_routed
+from ui.navigation import ensure_routed, require_admin_when_accounts
 from ui.settings import settings_table
 
 ensure_routed()
+require_admin_when_accounts()
 
 st.title("Settings")
 st.caption(

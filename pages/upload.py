@@ -16,6 +16,14 @@ st.title("Upload documents")
 service = service_or_stop()
 sid = owner_id()
 workspace = current_workspace(service)
+if workspace.role == "viewer":
+    st.info(
+        f"You may read and ask in {md(workspace.label)}, not add documents: ask an admin for the editor role, or "
+        "choose another workspace in the sidebar.",
+        icon=":material/lock:",
+    )
+    jobs_panel(service, owner=sid)
+    st.stop()
 limits = service.settings
 st.caption(
     f"Supported: {', '.join(SUPPORTED_EXTENSIONS)}; up to {limits.max_files} files per job, "

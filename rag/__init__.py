@@ -1,6 +1,14 @@
 """The engine behind the app: async ingestion and question answering over Milvus.
 
 Pages, `ui/` and the CLI import only these names (a test enforces it); every other module is internal.
+
+Who is calling: every `RagService` method that reads or changes a workspace takes `caller=` (a `Caller`:
+`Caller.of(account)`, `Caller.anonymous()` while no account exists, or `Caller.operator()` for the local
+command line, the default) and enforces the caller's role there (`rag.access`: viewer, editor, owner; admins
+manage shared workspaces, roles and accounts). An API or MCP server passes the caller it authenticated and gets
+the same rules as the pages: `AccessDeniedError` or `WorkspaceNotFoundError` (which never names what the caller
+may not see), each with a message for people. The engine's tables live in `Database` (SQLite in the data dir,
+or PostgreSQL: RAG_DATABASE_URL), migrated at start.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ _LOCATIONS = {
     "RETRIEVAL_MODES": "rag.options",
     "RETRIEVAL_ONLY_NOTE": "rag.query",
     "SUPPORTED_EXTENSIONS": "rag.readers",
+    "ROLES": "rag.schema",
+    "AccessDeniedError": "rag.errors",
     "Account": "rag.accounts",
     "AccountError": "rag.errors",
     "AccountNotFoundError": "rag.errors",
@@ -28,11 +38,13 @@ _LOCATIONS = {
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
     "BenchmarkBusyError": "rag.errors",
+    "Caller": "rag.access",
     "ChatTurn": "rag.query",
     "CheckReport": "rag.documents",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
+    "Database": "rag.database",
     "DocumentBusyError": "rag.errors",
     "DocumentNotFoundError": "rag.errors",
     "DocumentRecord": "rag.catalog",
@@ -52,6 +64,7 @@ _LOCATIONS = {
     "JobState": "rag.jobs",
     "LoginError": "rag.errors",
     "LoginThrottledError": "rag.errors",
+    "Member": "rag.workspaces",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
     "Preparation": "rag.embeddings",
@@ -92,7 +105,9 @@ __all__ = [
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
     "RETRIEVAL_ONLY_NOTE",
+    "ROLES",
     "SUPPORTED_EXTENSIONS",
+    "AccessDeniedError",
     "Account",
     "AccountError",
     "AccountNotFoundError",
@@ -104,11 +119,13 @@ __all__ = [
     "BenchReport",
     "BenchRow",
     "BenchmarkBusyError",
+    "Caller",
     "ChatTurn",
     "CheckReport",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
+    "Database",
     "DocumentBusyError",
     "DocumentNotFoundError",
     "DocumentRecord",
@@ -128,6 +145,7 @@ __all__ = [
     "JobState",
     "LoginError",
     "LoginThrottledError",
+    "Member",
     "ModelError",
     "OperationTimeoutError",
     "Preparation",
@@ -178,6 +196,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
+    from rag.access import Caller
     from rag.accounts import Account, Accounts
     from rag.bench import (
         BENCH_MODES,
@@ -193,9 +212,11 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
+    from rag.database import Database
     from rag.documents import CheckReport, Finding, check_documents, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
+        AccessDeniedError,
         AccountError,
         AccountNotFoundError,
         BenchmarkBusyError,
@@ -226,6 +247,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
     from rag.runtime import Runtime
+    from rag.schema import ROLES
     from rag.service import RagService, ServiceStatus
     from rag.sources import RenderedPage
-    from rag.workspaces import Workspace
+    from rag.workspaces import Member, Workspace

@@ -1,27 +1,28 @@
-"""Optional accounts: names with argon2-hashed passwords, and failed logins that back off, in SQLite.
+"""Optional accounts: names with argon2-hashed passwords and stable ids, in the engine's database.
 
 With no account the app runs as one user (APP_PASSWORD may still guard it); once one exists every page
-asks for a login. The file lives in the data dir (`accounts.sqlite3`, 0600 in a 0700 folder), so the CLI
-and every app process see the same accounts and the same backoff, and a restart forgets neither.
+asks for a sign-in. Accounts live in the database (`rag.database`), so the CLI and every app process see
+the same accounts and the same sign-in waits (`rag.signin`), and a restart forgets neither.
 
-A failed login makes the next attempt for that name, and from that client address, wait: 1 s, then
-2, 4, ... up to 60 s, forgotten an hour after the last failure; a success clears both. An attempt is
-recorded as a failure before its password is checked (and cleared if it succeeds), so requests sent in
-parallel get one guess, not one each. A wrong password and an unknown name give the same message after
-the same work (an unknown name is checked against a dummy hash) and are throttled alike.
+An account is known by its id everywhere (workspaces, documents, chats, jobs); its name is for signing in
+and for people. Removing an account and adding one with the same name gives a new id, so the new account
+inherits nothing. Changing a password bumps the account's `session_epoch`: a page checks it on every run,
+so sessions signed in with the old password end at their next run.
+
+A wrong password and an unknown name give the same message after the same work (an unknown name is
+checked against a dummy hash) and are throttled alike.
 
     accounts = Accounts.from_settings(settings)
     accounts.add("alice", "correct horse battery", admin=True)
-    if accounts.any():                                   # accounts mode: every page needs a login
+    if accounts.any():                                   # accounts mode: every page needs a sign-in
         account = accounts.login("alice", typed, client=ip_address)   # raises LoginError with the message to show
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,44 +30,34 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from rag.config import Settings
-from rag.database import open_database
-from rag.errors import AccountError, AccountNotFoundError, LoginError, LoginThrottledError
+from rag import schema
+from rag.config import Settings, load_settings
+from rag.database import Database
+from rag.errors import AccountError, AccountNotFoundError, LoginError
+from rag.signin import APP, BACKOFF_CAP, FORGET_AFTER, SignInLimiter, backoff, client_key, name_key
 
-FILE_NAME = "accounts.sqlite3"
+__all__ = ["BACKOFF_CAP", "FORGET_AFTER", "Account", "Accounts", "backoff", "check_name", "check_password"]
+
 MAX_NAME = 64
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; this only stops a megabyte "password" from being hashed
-BACKOFF_BASE = 1.0  # seconds after the first failure
-BACKOFF_CAP = 60.0  # longest wait between attempts
-FORGET_AFTER = 3600.0  # failures older than this (since the last one) no longer count
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # used with fullmatch: "$" would let a final newline in
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    name       TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
-    hash       TEXT NOT NULL,
-    admin      INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS failures (
-    key     TEXT NOT NULL PRIMARY KEY,
-    count   INTEGER NOT NULL,
-    last_at REAL NOT NULL,
-    until   REAL NOT NULL
-);
-"""
 _LOGIN_FAILED = "Wrong name or password."
 
 
 class Account(BaseModel, frozen=True):
     """One account as shown to people: never its hash."""
 
+    id: str
     name: str
     admin: bool
     created_at: float
+    session_epoch: int = 0
 
     @property
     def created(self) -> str:
@@ -95,70 +86,65 @@ def check_password(password: str) -> str:
     return password
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait after `failures` consecutive failed logins: 1, 2, 4, ... capped at BACKOFF_CAP."""
-    if failures <= 0:
-        return 0.0
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 32))
-
-
 class Accounts:
-    """The accounts of one data dir, safe to share between threads and processes.
+    """The accounts of one database, safe to share between threads and processes.
 
-    `clock` gives the wall-clock time used for the backoff (tests pass their own); `hasher` the argon2
-    parameters for new hashes (a hash made with other parameters is redone at its next successful login).
+    `clock` gives the wall-clock time used for the sign-in waits (tests pass their own); `hasher` the argon2
+    parameters for new hashes (a hash made with other parameters is redone at its next successful sign-in).
     """
 
     def __init__(
-        self, path: Path | str, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
+        self, db: Database, *, clock: Callable[[], float] | None = None, hasher: PasswordHasher | None = None
     ) -> None:
-        self.path = Path(path)
-        self._clock = clock
+        self.db = db
+        self.limiter = SignInLimiter(db, clock)
         self._hasher = hasher or PasswordHasher()
         self._dummy: str | None = None
-        self._lock = threading.Lock()
-        self._db = open_database(self.path, _SCHEMA)  # 0700 folder, 0600 database and journal
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
+        cls, settings: Settings, *, clock: Callable[[], float] | None = None, hasher: PasswordHasher | None = None
     ) -> Accounts:
-        """The accounts of `settings.data_dir`."""
-        return cls.in_data_dir(settings.data_dir, clock=clock, hasher=hasher)
+        """The accounts of the settings' database (RAG_DATABASE_URL, else the data dir's SQLite file)."""
+        return cls(Database.open(settings), clock=clock, hasher=hasher)
 
     @classmethod
     def in_data_dir(
-        cls, data_dir: Path | str, *, clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None
+        cls, data_dir: Path | str, *, clock: Callable[[], float] | None = None, hasher: PasswordHasher | None = None
     ) -> Accounts:
-        """The accounts of a data dir."""
-        return cls(Path(data_dir) / FILE_NAME, clock=clock, hasher=hasher)
+        """The accounts of a data dir (and of RAG_DATABASE_URL when that is set)."""
+        return cls.from_settings(load_settings(data_dir=Path(data_dir)), clock=clock, hasher=hasher)
 
     check_name = staticmethod(check_name)
     check_password = staticmethod(check_password)
 
     def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+        """Give back the database handle."""
+        self.db.close()
 
-    # -- managing accounts (CLI, admin page) --------------------------------------------------------------
+    # -- reading ------------------------------------------------------------------------------------------
 
     def any(self) -> bool:
-        """Whether accounts mode is on: at least one account exists, so every page needs a login."""
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM accounts LIMIT 1").fetchone() is not None
+        """Whether accounts mode is on: at least one account exists, so every page needs a sign-in."""
+        with self.db.read() as conn:
+            return conn.execute(select(schema.accounts.c.id).limit(1)).first() is not None
 
     def list(self) -> list[Account]:
         """Every account, by name."""
-        with self._lock:
-            rows = self._db.execute("SELECT name, admin, created_at FROM accounts ORDER BY name").fetchall()
-        return [Account(name=r[0], admin=bool(r[1]), created_at=r[2]) for r in rows]
+        with self.db.read() as conn:
+            rows = conn.execute(select(schema.accounts).order_by(schema.accounts.c.name_key)).all()
+        return [_account(r) for r in rows]
 
     def get(self, name: str) -> Account | None:
-        """The account with this name (any case), or None; a page re-checks its login with it."""
-        with self._lock:
-            row = self._db.execute("SELECT name, admin, created_at FROM accounts WHERE name=?", (name,)).fetchone()
-        return Account(name=row[0], admin=bool(row[1]), created_at=row[2]) if row else None
+        """The account with this name (any case), or None."""
+        with self.db.read() as conn:
+            return _by_name(conn, name)
+
+    def get_by_id(self, account_id: str) -> Account | None:
+        """The account with this id, or None (removed): a page re-checks its sign-in with it on every run."""
+        with self.db.read() as conn:
+            row = conn.execute(select(schema.accounts).where(schema.accounts.c.id == account_id)).first()
+        return _account(row) if row else None
 
     def require(self, name: str) -> Account:
         """The account with this name; AccountNotFoundError if there is none."""
@@ -167,80 +153,135 @@ class Accounts:
             raise _not_found(name)
         return account
 
+    def names(self, ids: set[str]) -> dict[str, str]:
+        """Account names by id (removed accounts are absent), to show owners and members."""
+        if not ids:
+            return {}
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(schema.accounts.c.id, schema.accounts.c.name).where(schema.accounts.c.id.in_(ids))
+            )
+            return {r.id: r.name for r in rows}
+
+    def private_documents(self, name: str) -> int:
+        """How many documents the account's private workspaces hold (what removing it must decide about)."""
+        account = self.require(name)
+        ws, docs = schema.workspaces, schema.documents
+        with self.db.read() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(docs.join(ws, (docs.c.collection == ws.c.collection) & (docs.c.workspace == ws.c.id)))
+                .where(ws.c.owner == account.id, ws.c.shared.is_(False))
+            ).scalar_one()
+
+    # -- managing accounts (CLI, Accounts page) -------------------------------------------------------------
+
     def add(self, name: str, password: str, admin: bool = False) -> Account:
-        """Create an account; names are unique regardless of case."""
+        """Create an account with a new id; names are unique regardless of case."""
         check_name(name)
         digest = self._hasher.hash(check_password(password))
-        account = Account(name=name, admin=admin, created_at=time.time())
+        account = Account(id=secrets.token_hex(8), name=name, admin=admin, created_at=time.time())
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO accounts (name, hash, admin, created_at) VALUES (?,?,?,?)",
-                    (name, digest, int(admin), account.created_at),
+            with self.db.write() as conn:
+                conn.execute(
+                    insert(schema.accounts).values(
+                        id=account.id,
+                        name=name,
+                        name_key=name.lower(),
+                        hash=digest,
+                        admin=admin,
+                        created_at=account.created_at,
+                    )
                 )
-        except sqlite3.IntegrityError as exc:
+        except IntegrityError as exc:
             raise AccountError(
                 f"account {name!r} exists", user_message=f"An account named “{name}” already exists."
             ) from exc
         return account
 
-    def remove(self, name: str) -> Account:
-        """Delete an account; the last admin stays while other accounts would be left without one."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                account = self._get_locked(name)
-                self._keep_an_admin(account, "remove")
-                self._db.execute("DELETE FROM accounts WHERE name=?", (account.name,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def remove(self, name: str, hand_to: str | None = None) -> Account:
+        """Delete an account; the last admin stays while other accounts would be left without one.
+
+        Its private workspaces go too, with its chats and its known clients. Private workspaces that still
+        hold documents are refused unless `hand_to` names an admin who receives them (with the documents it
+        uploaded anywhere); deleting those documents instead is the service's work (`RagService.remove_account`),
+        since their chunks live in Milvus. Documents it uploaded to shared workspaces stay, with no uploader.
+        """
+        ws, docs = schema.workspaces, schema.documents
+        with self.db.write("accounts") as conn:
+            account = _by_name(conn, name)
+            if account is None:
+                raise _not_found(name)
+            _keep_an_admin(conn, account, "remove")
+            heir = None
+            if hand_to is not None:
+                heir = _by_name(conn, hand_to)
+                if heir is None or not heir.admin or heir.id == account.id:
+                    raise AccountError(
+                        f"{hand_to!r} is not another admin",
+                        user_message=f"Documents can be handed only to another admin; “{hand_to}” is not one.",
+                    )
+            private = conn.execute(select(ws).where(ws.c.owner == account.id, ws.c.shared.is_(False))).all()
+            holding = [
+                w
+                for w in private
+                if conn.execute(
+                    select(docs.c.doc_id).where(docs.c.collection == w.collection, docs.c.workspace == w.id).limit(1)
+                ).first()
+            ]
+            if holding and heir is None:
+                raise AccountError(
+                    f"{account.name} has private documents",
+                    user_message=f"“{account.name}” has documents in private workspaces: delete them, or hand them "
+                    "to an admin, before the account is removed.",
+                )
+            for workspace in private:
+                if workspace in holding:
+                    assert heir is not None
+                    conn.execute(
+                        update(ws)
+                        .where(ws.c.collection == workspace.collection, ws.c.id == workspace.id)
+                        .values(owner=heir.id, name=_free_name(conn, workspace, heir.id))
+                    )
+                else:
+                    conn.execute(delete(schema.turns).where(schema.turns.c.workspace == workspace.id))
+                    conn.execute(delete(ws).where(ws.c.collection == workspace.collection, ws.c.id == workspace.id))
+            conn.execute(update(docs).where(docs.c.owner == account.id).values(owner=heir.id if heir else None))
+            conn.execute(delete(schema.turns).where(schema.turns.c.sid == f"account:{account.id}"))
+            conn.execute(delete(schema.memberships).where(schema.memberships.c.account_id == account.id))
+            self.limiter.forget_subject(conn, account.id)
+            conn.execute(delete(schema.accounts).where(schema.accounts.c.id == account.id))
         return account
 
     def set_password(self, name: str, password: str) -> Account:
-        """Give an account a new password; its failed logins are forgotten."""
+        """Give an account a new password: its failed sign-ins are forgotten and its live sessions end at
+        their next page run (its session epoch moves on)."""
         check_password(password)
         account = self.require(name)
         digest = self._hasher.hash(password)
-        with self._lock:
-            self._db.execute("UPDATE accounts SET hash=? WHERE name=?", (digest, account.name))
-            self._db.execute("DELETE FROM failures WHERE key=?", (_name_key(account.name),))
-        return account
+        with self.db.write("accounts") as conn:
+            conn.execute(
+                update(schema.accounts)
+                .where(schema.accounts.c.id == account.id)
+                .values(hash=digest, session_epoch=schema.accounts.c.session_epoch + 1)
+            )
+            conn.execute(delete(schema.signin_failures).where(schema.signin_failures.c.key == name_key(account.name)))
+            fresh = _by_name(conn, account.name)
+        assert fresh is not None
+        return fresh
 
     def set_admin(self, name: str, admin: bool) -> Account:
         """Make an account an admin or not; the last admin stays one while other accounts exist."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                account = self._get_locked(name)
-                if not admin:
-                    self._keep_an_admin(account, "demote")
-                self._db.execute("UPDATE accounts SET admin=? WHERE name=?", (int(admin), account.name))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.db.write("accounts") as conn:
+            account = _by_name(conn, name)
+            if account is None:
+                raise _not_found(name)
+            if not admin:
+                _keep_an_admin(conn, account, "demote")
+            conn.execute(update(schema.accounts).where(schema.accounts.c.id == account.id).values(admin=admin))
         return account.model_copy(update={"admin": admin})
 
-    def _get_locked(self, name: str) -> Account:
-        row = self._db.execute("SELECT name, admin, created_at FROM accounts WHERE name=?", (name,)).fetchone()
-        if row is None:
-            raise _not_found(name)
-        return Account(name=row[0], admin=bool(row[1]), created_at=row[2])
-
-    def _keep_an_admin(self, account: Account, verb: str) -> None:
-        if not account.admin:
-            return
-        admins, total = self._db.execute("SELECT SUM(admin), COUNT(*) FROM accounts").fetchone()
-        if admins == 1 and total > 1:
-            raise AccountError(
-                f"cannot {verb} the last admin {account.name!r}",
-                user_message=f"“{account.name}” is the last admin: make another account an admin first "
-                "(python -m rag users add NAME --admin), so someone can still manage accounts.",
-            )
-
-    # -- logging in (the login page) ----------------------------------------------------------------------
+    # -- signing in (the sign-in page) --------------------------------------------------------------------
 
     def login(self, name: str, password: str, client: str | None) -> Account:
         """The account these credentials open; LoginError (or LoginThrottledError) carries the message to show.
@@ -254,91 +295,57 @@ class Accounts:
         return account
 
     def verify(self, name: str, password: str, client: str | None) -> Account | None:
-        """The account if the password is right, else None; LoginThrottledError while a backoff runs.
+        """The account if the password is right, else None; LoginThrottledError while a wait runs.
 
-        During a backoff the password is not checked at all. An unknown name costs the same hash check as
+        During a wait the password is not checked at all. An unknown name costs the same hash check as
         a known one and is throttled the same way.
         """
         dummy = self._dummy_hash()  # made before any lookup, so the first unknown name costs no extra hash
-        keys = (_name_key(name), _client_key(client))
-        self._reserve(keys)
-        with self._lock:
+        with self.db.read() as conn:
             row = (
-                self._db.execute("SELECT name, hash, admin, created_at FROM accounts WHERE name=?", (name,)).fetchone()
+                conn.execute(select(schema.accounts).where(schema.accounts.c.name_key == name.lower())).first()
                 if _NAME.fullmatch(name)
                 else None
             )
+        keys = self.limiter.keys(name, client, row.id if row else None)
+        self.limiter.reserve(keys)
         try:
-            self._hasher.verify(row[1] if row else dummy, password)
+            self._hasher.verify(row.hash if row else dummy, password)
             ok = row is not None
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
-            self._fail(keys)
+            self.limiter.failed(keys)
             return None
-        fresh = self._hasher.hash(password) if self._hasher.check_needs_rehash(row[1]) else None
-        with self._lock:
-            self._db.execute("DELETE FROM failures WHERE key IN (?,?)", keys)
-            if fresh is not None:  # made with older parameters: store it again with today's
-                self._db.execute("UPDATE accounts SET hash=? WHERE name=? AND hash=?", (fresh, row[0], row[1]))
-        return Account(name=row[0], admin=bool(row[2]), created_at=row[3])
+        self.limiter.succeeded(name, row.id, client)
+        if self._hasher.check_needs_rehash(row.hash):  # made with older parameters: store it again with today's
+            fresh = self._hasher.hash(password)
+            with self.db.write() as conn:
+                conn.execute(
+                    update(schema.accounts)
+                    .where(schema.accounts.c.id == row.id, schema.accounts.c.hash == row.hash)
+                    .values(hash=fresh)
+                )
+        return _account(row)
+
+    def enter_app_password(self, given: str, secret: SecretStr, client: str | None) -> None:
+        """Check APP_PASSWORD under the same limiter as accounts (it counts as one name); LoginError (or
+        LoginThrottledError) carries the message to show."""
+        keys = self.limiter.keys(APP, client, APP)
+        self.limiter.reserve(keys)
+        if not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
+            self.limiter.failed(keys)
+            raise LoginError("wrong app password", user_message="Wrong password.")
+        self.limiter.succeeded(APP, APP, client)
 
     def wait_seconds(self, name: str, client: str | None) -> float:
-        """How long a login for this name from this client must still wait (0 when it may try now)."""
-        now = self._clock()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT until FROM failures WHERE key IN (?,?)", (_name_key(name), _client_key(client))
-            ).fetchall()
-        return max([0.0, *(r[0] - now for r in rows)])
+        """How long a sign-in for this name from this client must still wait (0 when it may try now)."""
+        account = self.get(name) if _NAME.fullmatch(name) else None
+        return self.limiter.wait_seconds(name, client, account.id if account else None)
 
     def failures(self, *, name: str | None = None, client: str | None = None) -> int:
-        """Consecutive failed logins counted for a name, or else for a client address (what the wait grows on)."""
-        key = _name_key(name) if name is not None else _client_key(client)
-        with self._lock:
-            row = self._db.execute("SELECT count, last_at FROM failures WHERE key=?", (key,)).fetchone()
-        if row is None or self._clock() - row[1] > FORGET_AFTER:
-            return 0
-        return row[0]
-
-    def _reserve(self, keys: tuple[str, str]) -> None:
-        """Refuse while either key waits; otherwise count this attempt as failed until it proves otherwise.
-
-        Done in one write transaction, so parallel attempts (threads or processes) cannot all slip through
-        the same open window.
-        """
-        now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                # Forgotten failures go, so names made up by a guesser do not pile up in the file.
-                self._db.execute("DELETE FROM failures WHERE last_at < ?", (now - FORGET_AFTER,))
-                rows = self._db.execute(
-                    "SELECT key, count, last_at, until FROM failures WHERE key IN (?,?)", keys
-                ).fetchall()
-                wait = max([0.0, *(r[3] - now for r in rows)])
-                if wait > 0:
-                    self._db.execute("COMMIT")
-                    raise LoginThrottledError(wait)
-                counts = {r[0]: (r[1] if now - r[2] <= FORGET_AFTER else 0) for r in rows}
-                for key in keys:
-                    count = counts.get(key, 0) + 1
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO failures (key, count, last_at, until) VALUES (?,?,?,?)",
-                        (key, count, now, now + backoff(count)),
-                    )
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _fail(self, keys: tuple[str, str]) -> None:
-        """The reserved failure stands; its wait runs from the end of the check, not from its start."""
-        now = self._clock()
-        with self._lock:
-            rows = self._db.execute("SELECT key, count FROM failures WHERE key IN (?,?)", keys).fetchall()
-            for key, count in rows:
-                self._db.execute("UPDATE failures SET last_at=?, until=? WHERE key=?", (now, now + backoff(count), key))
+        """Consecutive failed sign-ins counted for a name, or else for a client address (what the wait grows on)."""
+        return self.limiter.failures(name_key(name) if name is not None else client_key(client))
 
     def _dummy_hash(self) -> str:
         if self._dummy is None:
@@ -346,12 +353,46 @@ class Accounts:
         return self._dummy
 
 
-def _name_key(name: str) -> str:
-    return "name:" + name.casefold()[: MAX_NAME + 1]
+def _account(row) -> Account:  # noqa: ANN001 - a Row of accounts
+    return Account(
+        id=row.id, name=row.name, admin=bool(row.admin), created_at=row.created_at, session_epoch=row.session_epoch
+    )
 
 
-def _client_key(client: str | None) -> str:
-    return "client:" + (client or "unknown")[:256]
+def _by_name(conn: Connection, name: str) -> Account | None:
+    row = conn.execute(select(schema.accounts).where(schema.accounts.c.name_key == name.lower())).first()
+    return _account(row) if row else None
+
+
+def _keep_an_admin(conn: Connection, account: Account, verb: str) -> None:
+    if not account.admin:
+        return
+    admins = conn.execute(select(func.count()).where(schema.accounts.c.admin.is_(True))).scalar_one()
+    total = conn.execute(select(func.count()).select_from(schema.accounts)).scalar_one()
+    if admins == 1 and total > 1:
+        raise AccountError(
+            f"cannot {verb} the last admin {account.name!r}",
+            user_message=f"“{account.name}” is the last admin: make another account an admin first "
+            "(python -m rag users add NAME --admin), so someone can still manage accounts.",
+        )
+
+
+def _free_name(conn: Connection, workspace, owner: str) -> str:  # noqa: ANN001 - a Row of workspaces
+    """The workspace's name, or the first of "NAME (2)", "NAME (3)", ... that `owner` has no private one by."""
+    ws = schema.workspaces
+    taken = set(
+        conn.execute(
+            select(ws.c.name).where(
+                ws.c.collection == workspace.collection, ws.c.owner == owner, ws.c.shared.is_(False)
+            )
+        ).scalars()
+    )
+    candidate, number = workspace.name, 1
+    while candidate in taken:
+        number += 1
+        suffix = f" ({number})"
+        candidate = workspace.name[: 64 - len(suffix)] + suffix
+    return candidate
 
 
 def _not_found(name: str) -> AccountNotFoundError:

@@ -1,61 +1,28 @@
-"""The document catalog: which documents a collection holds, in SQLite inside the data dir.
+"""The document catalog: which documents a collection holds, in the engine's database (`rag.database`).
 
 Milvus holds the chunks; the catalog holds one row per document (name, type, pages, chunks, size,
-when added) and its state. A row stays `indexing` until every chunk is stored, so after a crash the
-engine finds half-indexed documents and removes their chunks instead of listing them; a row being
-removed is `deleting`. Only an `indexed` row's current generation answers questions (`committed`).
+when added, who uploaded it) and its state. A row stays `indexing` until every chunk is stored, so after
+a crash the engine finds half-indexed documents and removes their chunks instead of listing them; a row
+being removed is `deleting`. Only an `indexed` row's current generation answers questions (`committed`).
 
 `claims` serialises writers across processes: a writer of a document (or of a file name) holds a row
-here, taken only when free, expired or left by a dead process, and renewed while it writes.
+there, taken only when free, expired or left by a dead process, and renewed while it writes.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydantic import BaseModel
+from sqlalchemy import delete, func, insert, select, update
 
-from rag.database import open_database
+from rag import schema
+from rag.database import Database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    collection TEXT NOT NULL,
-    doc_id     TEXT NOT NULL,
-    file_name  TEXT NOT NULL,
-    file_type  TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    pages      INTEGER,
-    chunks     INTEGER NOT NULL DEFAULT 0,
-    status     TEXT NOT NULL,
-    stored_path TEXT NOT NULL,
-    added_at   REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0,
-    pending    INTEGER,
-    lease_until REAL,
-    workspace  TEXT NOT NULL DEFAULT 'default',
-    PRIMARY KEY (collection, doc_id)
-);
-CREATE INDEX IF NOT EXISTS documents_by_name ON documents (collection, file_name);
-CREATE TABLE IF NOT EXISTS claims (
-    collection  TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    owner       TEXT NOT NULL,
-    lease_until REAL NOT NULL,
-    PRIMARY KEY (collection, key)
-);
-"""
-# Columns added after the first release: (name, declaration), added to older catalog files at open.
-_ADDED_COLUMNS = (
-    ("generation", "INTEGER NOT NULL DEFAULT 0"),
-    ("pending", "INTEGER"),
-    ("lease_until", "REAL"),
-    ("workspace", "TEXT NOT NULL DEFAULT 'default'"),
-)
+_docs = schema.documents
+_claims = schema.claims
 
 
 class DocumentRecord(BaseModel, frozen=True):
@@ -74,6 +41,8 @@ class DocumentRecord(BaseModel, frozen=True):
     pending: int | None = None
     lease_until: float | None = None
     workspace: str = "default"
+    owner: str | None = None
+    """The uploader's account id (None: the operator, or the app without accounts)."""
 
     @property
     def added(self) -> str:
@@ -82,66 +51,58 @@ class DocumentRecord(BaseModel, frozen=True):
 
 
 class Catalog:
-    """Thread-safe access to the catalog file of one collection."""
+    """Access to the catalog rows of one collection, safe to share between threads and processes."""
 
-    def __init__(self, path: Path, collection: str) -> None:
+    def __init__(self, db: Database, collection: str) -> None:
+        self.db = db
         self.collection = collection
-        self._lock = threading.Lock()
-        self._db = open_database(path, _SCHEMA, {"documents": _ADDED_COLUMNS})
-        self._db.row_factory = sqlite3.Row
 
-    def _rows(self, sql: str, *args: object) -> list[DocumentRecord]:
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [DocumentRecord(**{k: row[k] for k in DocumentRecord.model_fields}) for row in rows]
+    def _rows(self, *where: object, order: bool = False) -> list[DocumentRecord]:
+        query = select(_docs).where(_docs.c.collection == self.collection, *where)
+        if order:
+            query = query.order_by(_docs.c.added_at.desc())
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return [DocumentRecord(**{k: getattr(row, k) for k in DocumentRecord.model_fields}) for row in rows]
 
     def get(self, doc_id: str) -> DocumentRecord | None:
         """The record for a document id, in any state."""
-        rows = self._rows("SELECT * FROM documents WHERE collection=? AND doc_id=?", self.collection, doc_id)
+        rows = self._rows(_docs.c.doc_id == doc_id)
         return rows[0] if rows else None
 
-    def by_name(self, file_name: str, workspace: str) -> list[DocumentRecord]:
-        """Indexed documents of a workspace with this file name (older versions of an upload)."""
+    def by_name(self, file_name: str, workspace: str, owner: str | None = None) -> list[DocumentRecord]:
+        """Indexed documents of a workspace with this file name uploaded by `owner` (older versions of an
+        upload: a same-name file of someone else is another document, never replaced)."""
         return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND file_name=? AND workspace=? AND status='indexed'",
-            self.collection,
-            file_name,
-            workspace,
+            _docs.c.file_name == file_name,
+            _docs.c.workspace == workspace,
+            _docs.c.status == "indexed",
+            _docs.c.owner.is_(None) if owner is None else _docs.c.owner == owner,
         )
 
     def list(self, status: str | None = "indexed", workspace: str | None = None) -> list[DocumentRecord]:
         """Documents in this collection (of one workspace, or all), newest first; `status=None`: any state."""
-        sql, args = "SELECT * FROM documents WHERE collection=?", [self.collection]
+        where = []
         if status is not None:
-            sql, args = sql + " AND status=?", [*args, status]
+            where.append(_docs.c.status == status)
         if workspace is not None:
-            sql, args = sql + " AND workspace=?", [*args, workspace]
-        return self._rows(sql + " ORDER BY added_at DESC", *args)
+            where.append(_docs.c.workspace == workspace)
+        return self._rows(*where, order=True)
 
     def begin(self, record: DocumentRecord, lease_until: float) -> None:
         """Record a document whose chunks are being written, leased to its writer until `lease_until`."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO documents (collection, doc_id, file_name, file_type, size, pages, chunks, "
-                "status, stored_path, added_at, generation, pending, lease_until, workspace) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    self.collection,
-                    record.doc_id,
-                    record.file_name,
-                    record.file_type,
-                    record.size,
-                    record.pages,
-                    record.chunks,
-                    "indexing",
-                    record.stored_path,
-                    record.added_at or time.time(),
-                    record.generation,
-                    None,
-                    lease_until,
-                    record.workspace,
-                ),
-            )
+        values = record.model_dump()
+        values.update(
+            collection=self.collection,
+            status="indexing",
+            added_at=record.added_at or time.time(),
+            pending=None,
+            lease_until=lease_until,
+        )
+        key = (_docs.c.collection == self.collection) & (_docs.c.doc_id == record.doc_id)
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(key))
+            conn.execute(insert(_docs).values(**values))
 
     def begin_generation(self, doc_id: str, generation: int, lease_until: float) -> None:
         """Record that a re-index is writing `generation` of an indexed document beside the current one."""
@@ -164,62 +125,67 @@ class Catalog:
     def expired(self, now: float) -> list[DocumentRecord]:
         """Rows whose writer's lease ran out: half-indexed documents, or re-indexes, nobody is writing now."""
         return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND (status='indexing' OR pending IS NOT NULL) "
-            "AND (lease_until IS NULL OR lease_until < ?)",
-            self.collection,
-            now,
+            (_docs.c.status == "indexing") | _docs.c.pending.is_not(None),
+            _docs.c.lease_until.is_(None) | (_docs.c.lease_until < now),
         )
 
     def claim(self, key: str, owner: str, lease_until: float, now: float, steal_from: str | None = None) -> bool:
         """Take the claim `key` for `owner` if nobody holds it, its lease ran out before `now`, or its holder is
         `steal_from` (a writer known dead). One conditional statement, so two claimants never both win."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO claims (collection, key, owner, lease_until) VALUES (?,?,?,?) "
-                "ON CONFLICT (collection, key) DO UPDATE SET owner=excluded.owner, lease_until=excluded.lease_until "
-                "WHERE claims.lease_until < ? OR claims.owner = ?",
-                (self.collection, key, owner, lease_until, now, steal_from or owner),
-            )
-            return cursor.rowcount == 1
+        if self.db.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        stmt = upsert(_claims).values(collection=self.collection, key=key, owner=owner, lease_until=lease_until)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_claims.c.collection, _claims.c.key],
+            set_={"owner": stmt.excluded.owner, "lease_until": stmt.excluded.lease_until},
+            where=(_claims.c.lease_until < now) | (_claims.c.owner == (steal_from or owner)),
+        )
+        with self.db.write() as conn:  # a row comes back when it was inserted or taken over (psycopg gives no rowcount)
+            return conn.execute(stmt.returning(_claims.c.key)).first() is not None
 
     def renew_claim(self, key: str, owner: str, lease_until: float) -> bool:
         """Extend a claim `owner` still holds; False when it was lost (taken over after its lease ran out)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE claims SET lease_until=? WHERE collection=? AND key=? AND owner=?",
-                (lease_until, self.collection, key, owner),
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(_claims)
+                .where(_claims.c.collection == self.collection, _claims.c.key == key, _claims.c.owner == owner)
+                .values(lease_until=lease_until)
             )
-            return cursor.rowcount == 1
+            return done.rowcount == 1
 
     def release_claim(self, key: str, owner: str) -> None:
         """Give a claim back (only the holder's own)."""
-        with self._lock:
-            self._db.execute(
-                "DELETE FROM claims WHERE collection=? AND key=? AND owner=?", (self.collection, key, owner)
+        with self.db.write() as conn:
+            conn.execute(
+                delete(_claims).where(
+                    _claims.c.collection == self.collection, _claims.c.key == key, _claims.c.owner == owner
+                )
             )
 
     def claims(self, prefix: str = "") -> dict[str, tuple[str, float]]:
         """Claims held now (keys starting with `prefix`): key -> (owner, lease_until)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, owner, lease_until FROM claims WHERE collection=? AND substr(key, 1, ?)=?",
-                (self.collection, len(prefix), prefix),
-            ).fetchall()
-        return {row[0]: (row[1], row[2]) for row in rows}
+        query = select(_claims.c.key, _claims.c.owner, _claims.c.lease_until).where(
+            _claims.c.collection == self.collection, _claims.c.key.startswith(prefix, autoescape=True)
+        )
+        with self.db.read() as conn:
+            return {row.key: (row.owner, row.lease_until) for row in conn.execute(query)}
 
     def committed(self, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """The current generation and chunk count of those documents that are committed (`indexed`)."""
-        found: dict[str, tuple[int, int]] = {}
         ids = list(dict.fromkeys(doc_ids))
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT doc_id, generation, chunks FROM documents WHERE collection=? AND status='indexed' "
-                    f"AND doc_id IN ({','.join('?' * len(part))})",
-                    (self.collection, *part),
-                ).fetchall()
-            found.update({row[0]: (row[1], row[2]) for row in rows})
+        found: dict[str, tuple[int, int]] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(_docs.c.doc_id, _docs.c.generation, _docs.c.chunks).where(
+                        _docs.c.collection == self.collection,
+                        _docs.c.status == "indexed",
+                        _docs.c.doc_id.in_(ids[start : start + 500]),
+                    )
+                )
+                found.update({row.doc_id: (row.generation, row.chunks) for row in rows})
         return found
 
     def commit(
@@ -235,17 +201,25 @@ class Catalog:
         `retire` (older versions it replaces) become `deleting`. With `cleanup_owed` (a re-index) the row keeps
         `pending` until `end_generation`, so a crash before the other generations are removed is finished by
         recovery instead of leaving two generations."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE documents SET status='indexed', chunks=?, pages=?, generation=?, pending=? "
-                "WHERE collection=? AND doc_id=?",
-                (chunks, pages, generation, generation if cleanup_owed else None, self.collection, doc_id),
+        mine = (_docs.c.collection == self.collection) & (_docs.c.doc_id == doc_id)
+        with self.db.write() as conn:
+            conn.execute(
+                update(_docs)
+                .where(mine)
+                .values(
+                    status="indexed",
+                    chunks=chunks,
+                    pages=pages,
+                    generation=generation,
+                    pending=generation if cleanup_owed else None,
+                )
             )
-            self._db.executemany(
-                "UPDATE documents SET status='deleting' WHERE collection=? AND doc_id=?",
-                [(self.collection, old) for old in retire],
-            )
+            if retire:
+                conn.execute(
+                    update(_docs)
+                    .where(_docs.c.collection == self.collection, _docs.c.doc_id.in_(list(retire)))
+                    .values(status="deleting")
+                )
 
     def retire(self, doc_id: str) -> None:
         """Mark a document `deleting`: it stops answering at once, and recovery finishes a removal that a crash
@@ -255,35 +229,29 @@ class Catalog:
     def unfinished(self) -> list[DocumentRecord]:
         """Rows some writer has not finished: `indexing`, `deleting`, or a generation pending (a re-index, or the
         removal of the generation it replaced)."""
-        return self._rows(
-            "SELECT * FROM documents WHERE collection=? AND (status!='indexed' OR pending IS NOT NULL)",
-            self.collection,
-        )
+        return self._rows((_docs.c.status != "indexed") | _docs.c.pending.is_not(None))
 
     def references(self, stored_path: str) -> int:
-        """How many rows (of any collection of this data dir) keep these stored bytes."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM documents WHERE stored_path=?", (stored_path,)).fetchone()[0]
+        """How many rows (of any collection of this database) keep these stored bytes."""
+        with self.db.read() as conn:
+            return conn.execute(select(func.count()).where(_docs.c.stored_path == stored_path)).scalar_one()
 
     def _update(self, doc_id: str, **values: object) -> None:
-        columns = ", ".join(f"{name}=?" for name in values)
-        with self._lock:
-            self._db.execute(
-                f"UPDATE documents SET {columns} WHERE collection=? AND doc_id=?",
-                (*values.values(), self.collection, doc_id),
+        with self.db.write() as conn:
+            conn.execute(
+                update(_docs).where(_docs.c.collection == self.collection, _docs.c.doc_id == doc_id).values(**values)
             )
 
     def remove(self, doc_id: str) -> None:
         """Forget a document."""
-        with self._lock:
-            self._db.execute("DELETE FROM documents WHERE collection=? AND doc_id=?", (self.collection, doc_id))
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(_docs.c.collection == self.collection, _docs.c.doc_id == doc_id))
 
     def clear(self) -> None:
         """Forget every document of this collection."""
-        with self._lock:
-            self._db.execute("DELETE FROM documents WHERE collection=?", (self.collection,))
+        with self.db.write() as conn:
+            conn.execute(delete(_docs).where(_docs.c.collection == self.collection))
 
     def close(self) -> None:
-        """Close the database file."""
-        with self._lock:
-            self._db.close()
+        """Give back the database handle."""
+        self.db.close()

@@ -481,17 +481,102 @@ def _workspace_json(workspace: Any, documents: int | None = None) -> dict[str, A
 @click.pass_context
 @_edge
 def workspaces_list(ctx: click.Context, as_json: bool) -> None:
-    """List workspaces with their number of documents.
+    """List every workspace with its number of documents (private ones with their owner's name).
 
     Example: python -m rag workspaces list --json
     """
     with _service(_settings(ctx)) as service:
         rows = [(w, len(service.documents(w.id))) for w in service.list_workspaces()]
+        names = service.accounts.names({w.owner for w, _n in rows if w.owner})
     if as_json:
-        click.echo(json.dumps([_workspace_json(w, n) for w, n in rows]))
+        click.echo(json.dumps([{**_workspace_json(w, n), "owner": names.get(w.owner or "")} for w, n in rows]))
         return
     for w, n in rows:
-        click.echo(f"{w.name:30.30} {n:6} documents  {'shared' if w.shared else 'private to ' + str(w.owner)}")
+        who = "shared" if w.shared else f"private to {names.get(w.owner or '', 'a removed account')}"
+        click.echo(f"{w.name:30.30} {n:6} documents  {who}  (id {w.id})")
+
+
+@workspaces.command("members")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print {workspace, default_role, members: [{name, role}]}.")
+@click.pass_context
+@_edge
+def workspaces_members(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show who may do what in a shared workspace: everyone's default role, and each member's role.
+
+    Example: python -m rag workspaces members "HR policies"
+    """
+    with _service(_settings(ctx)) as service:
+        workspace, members = service.members(name)
+    if as_json:
+        payload = {
+            "workspace": workspace.name,
+            "default_role": workspace.default_role if workspace.shared else None,
+            "members": [{"name": m.name, "role": m.role} for m in members],
+        }
+        click.echo(json.dumps(payload))
+        return
+    if not workspace.shared:
+        click.echo(f"{workspace.name} is private: its owner alone may use it.")
+        return
+    click.echo(f"everyone signed in: {workspace.default_role or 'nothing (members only)'}")
+    for m in members:
+        click.echo(f"{m.name:30.30} {m.role}")
+
+
+@workspaces.command("grant")
+@click.argument("name")
+@click.argument("user")
+@click.argument("role", type=click.Choice(["viewer", "editor", "owner", "none"]))
+@click.pass_context
+@_edge
+def workspaces_grant(ctx: click.Context, name: str, user: str, role: str) -> None:
+    """Give an account a role in a shared workspace (none: take it away; the default role still applies).
+
+    \b
+    viewer: ask and read sources; editor: also upload, re-index and delete their own documents;
+    owner: also re-index and delete anyone's documents there, and rename it.
+    Example: python -m rag workspaces grant "HR policies" bob viewer
+    """
+    with _service(_settings(ctx)) as service:
+        if role == "none":
+            service.revoke(name, user)
+            click.echo(f"{user} has no role of their own in {name} now")
+            return
+        member = service.grant(name, user, role)  # type: ignore[arg-type]
+    click.echo(f"{member.name} is {member.role} in {name}")
+
+
+@workspaces.command("revoke")
+@click.argument("name")
+@click.argument("user")
+@click.pass_context
+@_edge
+def workspaces_revoke(ctx: click.Context, name: str, user: str) -> None:
+    """Take an account's role in a shared workspace away (the workspace's default role still applies).
+
+    Example: python -m rag workspaces revoke "HR policies" bob
+    """
+    with _service(_settings(ctx)) as service:
+        had = service.revoke(name, user)
+    click.echo(
+        f"{user} has no role of their own in {name} now" if had else f"{user} had no role of their own in {name}"
+    )
+
+
+@workspaces.command("default-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "editor", "owner", "none"]))
+@click.pass_context
+@_edge
+def workspaces_default_role(ctx: click.Context, name: str, role: str) -> None:
+    """What every signed-in account that is not a member may do in a shared workspace (none: members only).
+
+    Example: python -m rag workspaces default-role "HR policies" viewer
+    """
+    with _service(_settings(ctx)) as service:
+        workspace = service.set_default_role(name, None if role == "none" else role)  # type: ignore[arg-type]
+    click.echo(f"everyone signed in: {workspace.default_role or 'nothing (members only)'} in {workspace.name}")
 
 
 @workspaces.command("create")
@@ -742,20 +827,45 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 
 @users.command("remove")
 @click.argument("name")
+@click.option(
+    "--documents",
+    type=click.Choice(["delete", "hand-over"]),
+    help="What becomes of the account's private documents: delete them (needs Milvus), or hand them to an admin.",
+)
+@click.option("--to", "heir", help="The admin who receives them with --documents hand-over (default: the first).")
 @click.pass_context
 @_edge
-def users_remove(ctx: click.Context, name: str) -> None:
-    """Delete an account (the last admin stays while other accounts exist).
+def users_remove(ctx: click.Context, name: str, documents: str | None, heir: str | None) -> None:
+    """Delete an account (the last admin stays while other accounts exist). A later account with the same name
+    gets nothing of it. Its private documents must be deleted or handed to an admin.
 
-    Example: python -m rag users remove alice
+    Example: python -m rag users remove alice --documents hand-over --to carol
     """
-    accounts = _accounts(ctx)
-    try:
-        account = accounts.remove(name)
-        left = accounts.any()
-    finally:
-        accounts.close()
-    click.echo(f"Removed {account.name}")
+    settings = _settings(ctx)
+    if documents == "delete":
+        with _service(settings) as service:
+            account = service.remove_account(name, documents="delete")
+            left = service.accounts.any()
+    else:
+        accounts = _accounts(ctx)
+        try:
+            if documents == "hand-over" and heir is None:
+                admins = [a.name for a in accounts.list() if a.admin and a.name.lower() != name.lower()]
+                heir = admins[0] if admins else None
+                if heir is None:
+                    raise click.ClickException("No other admin to hand the documents to: use --documents delete.")
+            try:
+                account = accounts.remove(name, hand_to=heir if documents == "hand-over" else None)
+            except RagError as exc:
+                if "private workspaces" in exc.user_message:
+                    raise click.ClickException(
+                        exc.user_message + " Pass --documents delete, or --documents hand-over [--to ADMIN]."
+                    ) from exc
+                raise
+            left = accounts.any()
+        finally:
+            accounts.close()
+    click.echo(f"Removed {account.name}" + (f"; their private documents went to {heir}" if heir else ""))
     if not left:
         click.echo("No accounts left: the app runs without logins again.", err=True)
 
@@ -766,7 +876,7 @@ def users_remove(ctx: click.Context, name: str) -> None:
 @click.pass_context
 @_edge
 def users_passwd(ctx: click.Context, name: str, from_stdin: bool) -> None:
-    """Set an account's password (its failed logins are forgotten).
+    """Set an account's password (its failed sign-ins are forgotten, its live sessions end at their next page run).
 
     Example: printf '%s\\n' "$PASSWORD" | python -m rag users passwd alice --password-stdin
     """

@@ -33,6 +33,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAG_DATA_DIR", "data_dir"),
         description="Where uploads, the catalog, conversations and the embedded Milvus keep their files.",
     )
+    database_url: str = Field(
+        "",
+        validation_alias=AliasChoices("RAG_DATABASE_URL", "database_url"),
+        description=(
+            "Where accounts, workspaces, the catalogue and conversations live. Empty: an SQLite file in "
+            "RAG_DATA_DIR (nothing to install). postgresql+psycopg://user:password@host:5432/db: a PostgreSQL "
+            "database shared by every app process, CLI and worker."
+        ),
+    )
     milvus_uri: str = Field(
         "",
         validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"),
@@ -179,10 +188,28 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("openai_base_url", "milvus_uri")
+    @field_validator("openai_base_url", "milvus_uri", "database_url")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        """Empty, sqlite:///FILE or PostgreSQL; a bare postgresql:// URL gets the psycopg 3 driver."""
+        if not value:
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            raise ValueError("expected empty, sqlite:///path/to/file or postgresql+psycopg://user:password@host/db")
+        if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+            return f"postgresql+psycopg://{rest}"
+        if scheme == "sqlite" and rest.startswith("/") and rest.strip("/"):
+            return value
+        raise ValueError(
+            f"unsupported database {scheme!r}: use empty (SQLite in RAG_DATA_DIR), sqlite:///path/to/file "
+            "or postgresql+psycopg://user:password@host/db"
+        )
 
     @property
     def model_cache_dir(self) -> Path:
@@ -224,6 +251,7 @@ def _readable(exc: ValidationError) -> str:
         if isinstance(field.validation_alias, AliasChoices)
     }
     secret = {name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)}
+    secret.add("database_url")  # may hold a password
     parts = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
@@ -239,7 +267,7 @@ def _readable(exc: ValidationError) -> str:
     return "Invalid configuration: " + "; ".join(parts)
 
 
-_URL_FIELDS = ("milvus_uri", "openai_base_url")
+_URL_FIELDS = ("milvus_uri", "openai_base_url", "database_url")
 _SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential", re.IGNORECASE)
 
 

@@ -1,10 +1,11 @@
-"""Conversations kept server-side, in SQLite inside the data dir, keyed by a browser session id.
+"""Conversations kept server-side, in the engine's database, keyed by whose they are: a browser session id,
+or `account:<account id>` when signed in (`Caller.conversation_key`).
 
 The web UI stores every question and answer (with its sources) here, so a conversation survives a
-browser refresh; one session id never reads another's turns. Thread-safe: one connection behind a
-lock, used from Streamlit's script threads.
+browser refresh; one key never reads another's turns, and a removed account's turns go with it (a later
+account of the same name has another id). Safe to share between threads and processes.
 
-    store = ConversationStore(settings.data_dir / "conversations.sqlite3")
+    store = ConversationStore.from_settings(settings)
     store.append("sid", StoredTurn(role="user", content="What is a zoo?"))
     store.history("sid")       # [StoredTurn(...)]
     store.to_markdown("sid")   # the conversation as a Markdown document
@@ -13,31 +14,20 @@ lock, used from Streamlit's script threads.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+from sqlalchemy import delete, insert, select, update
 
-from rag.database import open_database
+from rag import schema
+from rag.config import Settings
+from rag.database import Database
 from rag.markdown import escape_markdown, escape_math, neutralize_markdown
 from rag.query import ChatTurn, Source
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS turns (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    sid        TEXT NOT NULL,
-    role       TEXT NOT NULL,
-    content    TEXT NOT NULL,
-    mode       TEXT,
-    sources    TEXT NOT NULL DEFAULT '[]',
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS turns_by_sid ON turns (sid, id);
-"""
+_turns = schema.turns
 
 
 class StoredTurn(BaseModel, frozen=True):
@@ -66,76 +56,87 @@ class StoredTurn(BaseModel, frozen=True):
 
 
 class ConversationStore:
-    """Per-session conversations in one SQLite file."""
+    """Conversations in the engine's database."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db = open_database(
-            self.path, _SCHEMA, {"turns": (("workspace", "TEXT NOT NULL DEFAULT 'default'"), ("feedback", "INTEGER"))}
-        )
-        self._db.row_factory = sqlite3.Row
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConversationStore:
+        """The conversations of the settings' database."""
+        return cls(Database.open(settings))
 
     def append(self, sid: str, turn: StoredTurn | ChatTurn, workspace: str = "default") -> None:
         """Add a turn at the end of a session's conversation in a workspace."""
         if isinstance(turn, ChatTurn):
             turn = StoredTurn(role=turn.role, content=turn.content)
         sources = json.dumps([s.model_dump() for s in turn.sources])
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO turns (sid, role, content, mode, sources, created_at, workspace) VALUES (?,?,?,?,?,?,?)",
-                (sid, turn.role, turn.content, turn.mode, sources, turn.created_at, workspace),
+        with self.db.write() as conn:
+            conn.execute(
+                insert(_turns).values(
+                    sid=sid,
+                    role=turn.role,
+                    content=turn.content,
+                    mode=turn.mode,
+                    sources=sources,
+                    created_at=turn.created_at,
+                    workspace=workspace,
+                )
             )
 
     def history(self, sid: str, workspace: str = "default") -> list[StoredTurn]:
         """A session's turns in a workspace, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM turns WHERE sid=? AND workspace=? ORDER BY id", (sid, workspace)
-            ).fetchall()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(_turns).where(_turns.c.sid == sid, _turns.c.workspace == workspace).order_by(_turns.c.id)
+            ).all()
         return [
             StoredTurn(
-                role=row["role"],
-                content=row["content"],
-                mode=row["mode"],
-                sources=[Source(**s) for s in json.loads(row["sources"] or "[]")],
-                created_at=row["created_at"],
-                id=row["id"],
-                feedback=row["feedback"],
+                role=row.role,
+                content=row.content,
+                mode=row.mode,
+                sources=[Source(**s) for s in json.loads(row.sources or "[]")],
+                created_at=row.created_at,
+                id=row.id,
+                feedback=row.feedback,
             )
             for row in rows
         ]
 
     def set_feedback(self, sid: str, turn_id: int, value: Literal[-1, 1] | None) -> bool:
         """Thumbs up (1), down (-1) or neither (None) on one of a session's answers; False if it is not theirs."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE turns SET feedback=? WHERE id=? AND sid=? AND role='assistant'", (value, turn_id, sid)
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(_turns)
+                .where(_turns.c.id == turn_id, _turns.c.sid == sid, _turns.c.role == "assistant")
+                .values(feedback=value)
             )
-        return cursor.rowcount == 1
+        return result.rowcount == 1
 
     def pop_answer(self, sid: str, workspace: str = "default") -> StoredTurn | None:
         """Remove a session's last question and its answer (to ask it again: regenerate); returns the question."""
         turns = self.history(sid, workspace)
         if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
             return None
-        with self._lock:
-            self._db.execute("DELETE FROM turns WHERE id IN (?, ?) AND sid=?", (turns[-2].id, turns[-1].id, sid))
+        with self.db.write() as conn:
+            conn.execute(delete(_turns).where(_turns.c.id.in_([turns[-2].id, turns[-1].id]), _turns.c.sid == sid))
         return turns[-2]
 
     def feedback_pairs(self, workspace: str = "default", sid: str | None = None) -> list[dict[str, str]]:
         """Answers marked helpful, as labelled pairs for `python -m rag eval`: the question, the file of the
         answer's first source and a verbatim quote from it (its first 30 words)."""
-        sql = "SELECT * FROM turns WHERE workspace=?" + (" AND sid=?" if sid else "") + " ORDER BY sid, id"
-        with self._lock:
-            rows = self._db.execute(sql, (workspace, sid) if sid else (workspace,)).fetchall()
+        query = select(_turns).where(_turns.c.workspace == workspace)
+        if sid:
+            query = query.where(_turns.c.sid == sid)
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(_turns.c.sid, _turns.c.id)).all()
         pairs, question = [], None
         for row in rows:
-            if row["role"] == "user":
-                question = row["content"]
+            if row.role == "user":
+                question = row.content
                 continue
-            sources = json.loads(row["sources"] or "[]")
-            if row["feedback"] == 1 and question and sources:
+            sources = json.loads(row.sources or "[]")
+            if row.feedback == 1 and question and sources:
                 evidence = " ".join(sources[0]["text"].split()[:30])
                 pairs.append({"question": question, "file": sources[0]["file_name"], "evidence": evidence})
             question = None
@@ -147,13 +148,13 @@ class ConversationStore:
 
     def clear(self, sid: str, workspace: str = "default") -> int:
         """Forget a session's conversation in a workspace; returns how many turns were removed."""
-        with self._lock:
-            return self._db.execute("DELETE FROM turns WHERE sid=? AND workspace=?", (sid, workspace)).rowcount
+        with self.db.write() as conn:
+            return conn.execute(delete(_turns).where(_turns.c.sid == sid, _turns.c.workspace == workspace)).rowcount
 
     def delete_workspace(self, workspace: str) -> int:
         """Forget every conversation held in a workspace (it is being deleted)."""
-        with self._lock:
-            return self._db.execute("DELETE FROM turns WHERE workspace=?", (workspace,)).rowcount
+        with self.db.write() as conn:
+            return conn.execute(delete(_turns).where(_turns.c.workspace == workspace)).rowcount
 
     def to_markdown(self, sid: str, title: str = "Conversation", workspace: str = "default") -> str:
         """The conversation as a Markdown document; document passages are quoted as escaped text."""
@@ -179,6 +180,5 @@ class ConversationStore:
         return "\n".join(lines).rstrip() + "\n"
 
     def close(self) -> None:
-        """Close the database file."""
-        with self._lock:
-            self._db.close()
+        """Give back the database handle."""
+        self.db.close()

@@ -38,8 +38,10 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
+from rag.access import OPERATOR
 from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
+from rag.database import Database
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
 from rag.store import DocumentStore, Visibility, chunk_stem, committed_chunk, resolve_connection
 from rag.workspaces import DEFAULT_ID, Workspaces
@@ -56,13 +58,15 @@ RECOVERY_SECONDS = 60.0
 class SourceFile:
     """A file to ingest: where its bytes are, what the user calls it, which workspace it goes into, and
     whether its bytes are staged already (`content_hash`, their SHA-256, is then set). `reindex` asks for a
-    new generation of an indexed document's chunks."""
+    new generation of an indexed document's chunks; `owner` is the uploader's account id (None: the operator,
+    or no accounts)."""
 
     path: Path
     name: str
     content_hash: str | None = None
     reindex: bool = False
     workspace: str = DEFAULT_ID
+    owner: str | None = None
 
     @property
     def doc_id(self) -> str | None:
@@ -78,21 +82,12 @@ def document_id(workspace: str, content_hash: str) -> str:
     return hashlib.sha256(f"{workspace}:{content_hash}".encode()).hexdigest()
 
 
-def catalog_path(settings: Settings) -> Path:
-    """Where the catalogue of a data dir lives."""
-    return Path(settings.data_dir) / "catalog.sqlite3"
-
-
 def list_documents(settings: Settings) -> list[DocumentRecord]:
     """Indexed documents of the settings' workspace, newest first, read from the catalogue alone (no Milvus,
-    no model: `docs list`)."""
-    workspaces = Workspaces(catalog_path(settings), settings.collection)
-    catalog = Catalog(catalog_path(settings), settings.collection)
-    try:
-        return catalog.list("indexed", workspaces.get(settings.workspace).id)
-    finally:
-        catalog.close()
-        workspaces.close()
+    no model: `docs list`, run by the operator)."""
+    with Database.open(settings) as db:
+        workspace = Workspaces(db, settings.collection).get(settings.workspace, OPERATOR)
+        return Catalog(db, settings.collection).list("indexed", workspace.id)
 
 
 class DocumentLibrary:
@@ -101,7 +96,7 @@ class DocumentLibrary:
     def __init__(self, settings: Settings, store: DocumentStore) -> None:
         self.settings = settings
         self.store = store
-        self.catalog = Catalog(catalog_path(settings), settings.collection)
+        self.catalog = Catalog(Database.open(settings), settings.collection)
         self.uploads = Path(settings.data_dir) / "uploads"
         self._holds: Counter[str] = Counter()  # stored path -> jobs still using the bytes
         self._holds_lock = threading.Lock()
@@ -281,18 +276,19 @@ class DocumentLibrary:
 
     async def acommit(self, record: DocumentRecord, chunks: int, held: Claim) -> list[DocumentRecord]:
         """A new document is complete: in one catalogue transaction it starts answering and the older documents
-        with its name (in its workspace) stop, then their chunks, rows and bytes go. Commits of one name are
+        with its name in its workspace, uploaded by the same owner, stop (a same-name file of someone else is
+        another document), then their chunks, rows and bytes go. Commits of one name are
         serialised across processes (`name_key`), and each replaced document's own writer (a re-index of it,
         say) is waited for, so nothing written for it later can outlive it."""
         await self.aconfirm(held)
         async with self.claim(name_key(record.workspace, record.file_name)), contextlib.AsyncExitStack() as stack:
-            olds = await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace)
+            olds = await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace, record.owner)
             claimed = sorted(o.doc_id for o in olds if o.doc_id != record.doc_id)
             for doc_id in claimed:
                 await stack.enter_async_context(self.writer(doc_id))
             replaced = [  # read again under their claims: one may have gone meanwhile
                 o
-                for o in await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace)
+                for o in await asyncio.to_thread(self.catalog.by_name, record.file_name, record.workspace, record.owner)
                 if o.doc_id in claimed
             ]
             await self.aconfirm(held)
@@ -398,7 +394,12 @@ class DocumentLibrary:
             )
         self.hold(stored)
         return SourceFile(
-            stored, record.file_name, content_hash=stored.name[:64], reindex=True, workspace=record.workspace
+            stored,
+            record.file_name,
+            content_hash=stored.name[:64],
+            reindex=True,
+            workspace=record.workspace,
+            owner=record.owner,
         )
 
     async def adelete_workspace(self, workspace: str) -> list[DocumentRecord]:
@@ -658,14 +659,17 @@ def owner_dead(owner: str) -> bool:
 def visibility(catalog: Catalog) -> Visibility:
     """What searches may see, from the catalogue: the committed generation and chunk count of documents.
 
-    The lookup runs on the loop, not in a worker thread: it reads a few dozen rows by primary key from SQLite in
-    WAL mode (readers never wait for writers), about 0.1 ms, less than a thread hop costs, and a hop on a busy
-    machine waits for a scheduler slice (measured: BENCHMARKS.md, "Only committed documents answer"). The
-    catalogue object must be the engine's own, used by nothing else, so its lock is never contended.
+    On the embedded SQLite database the lookup runs on the loop, not in a worker thread: it reads a few dozen rows
+    by primary key in WAL mode (readers never wait for writers), less than a thread hop costs, and a hop on a busy
+    machine waits for a scheduler slice (BENCHMARKS.md, "Only committed documents answer"). PostgreSQL is a
+    network round trip: it runs in a thread.
     """
+    on_loop = catalog.db.sqlite
 
     async def committed(doc_ids: Sequence[str]) -> Mapping[str, tuple[int, int]]:
-        return catalog.committed(doc_ids) if doc_ids else {}
+        if not doc_ids:
+            return {}
+        return catalog.committed(doc_ids) if on_loop else await asyncio.to_thread(catalog.committed, doc_ids)
 
     return committed
 

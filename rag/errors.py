@@ -14,7 +14,8 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── AccountError             an account name or password that cannot be used, or a change refused
 │   └── AccountNotFoundError    no account has that name (managing accounts; a login never says so)
 ├── LoginError               wrong name or password: one message for both
-│   └── LoginThrottledError     too many failed logins; .retry_after says how many seconds to wait
+│   └── LoginThrottledError     too many failed sign-ins; .retry_after says how many seconds to wait
+├── AccessDeniedError        the caller's role does not allow this (the message names what is allowed)
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
 """
 
@@ -129,6 +130,12 @@ class AccountNotFoundError(AccountError):
     """Raised when an account to change or remove does not exist (never by a login, which must not tell)."""
 
 
+class AccessDeniedError(RagError):
+    """Raised when the caller's role in a workspace (or their lack of admin rights) does not allow an action."""
+
+    default_message = "You are not allowed to do that."
+
+
 class LoginError(RagError):
     """Raised when a login fails; the message is the same whether the name or the password was wrong."""
 
@@ -140,10 +147,14 @@ class LoginThrottledError(LoginError):
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
-        unit = "second" if seconds == 1 else "seconds"
+        if seconds < 60:
+            wait = f"{seconds} second" + ("" if seconds == 1 else "s")
+        else:
+            minutes, rest = divmod(seconds, 60)
+            wait = f"{minutes} min {rest} s" if rest else f"{minutes} min"
         super().__init__(
             f"login throttled for {retry_after:.1f} s",
-            user_message=f"Too many failed logins: try again in {seconds} {unit}.",
+            user_message=f"Too many failed sign-ins: try again in {wait}.",
         )
         self.retry_after = retry_after
 

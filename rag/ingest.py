@@ -8,6 +8,7 @@ concurrency. A document's id is the SHA-256 of its bytes; a file that fails leav
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -341,7 +342,8 @@ class Ingestor:
             raise IngestError(name, f"cannot be opened ({exc.strerror})") from exc
         self._check_size(name, size)
         try:
-            return await asyncio.to_thread(self.library.stage_path, src.path, name, src.workspace)
+            staged = await asyncio.to_thread(self.library.stage_path, src.path, name, src.workspace)
+            return dataclasses.replace(staged, owner=src.owner)
         except OSError as exc:
             raise IngestError(name, f"cannot be read ({exc.strerror})") from exc
 
@@ -414,6 +416,7 @@ class Ingestor:
             added_at=existing.added_at if src.reindex and existing else time.time(),
             generation=generation,
             workspace=src.workspace,
+            owner=existing.owner if src.reindex and existing else src.owner,
         )
         prog.chunks_total = len(nodes)
         publish(index, prog.model_copy())

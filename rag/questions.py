@@ -13,10 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from rag.access import OPERATOR, Caller
 from rag.catalog import Catalog
 from rag.config import Settings
-from rag.documents import catalog_path, visibility
+from rag.database import Database
+from rag.documents import visibility
 from rag.embeddings import Embedder, load_embedder
+from rag.errors import WorkspaceNotFoundError
 from rag.llms import build_llm
 from rag.options import AskOptions
 from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
@@ -52,10 +55,10 @@ class QuestionService:
             self.store = store
             # Searches see committed chunks only: a document being written, a re-index's next generation and
             # leftovers of a deleted or replaced document never answer (checked in the catalogue per search).
-            self.catalog = Catalog(catalog_path(settings), settings.collection)
+            self.catalog = Catalog(Database.open(settings), settings.collection)
             self.store.visibility = visibility(self.catalog)
             self.engine = QueryEngine(settings, self.embedder, self.store, self.runtime.run(self._abuild_llm(), 30))
-            self.workspaces = Workspaces(catalog_path(settings), settings.collection)
+            self.workspaces = Workspaces(Database.open(settings), settings.collection)
             self._llms: dict[tuple[str, float], object | None] = {}
             self._llm_lock = threading.Lock()
         except BaseException:
@@ -84,12 +87,25 @@ class QuestionService:
         """`llm` or `retrieval-only`."""
         return self.engine.mode
 
-    def workspace(self, name: str, account: str | None = None) -> Workspace:
-        """A workspace by name (or id) that the account may see."""
-        return self.workspaces.get(name, account)
+    def workspace(self, name: str, caller: Caller = OPERATOR) -> Workspace:
+        """A workspace by id or name that the caller may see, with the caller's role in it."""
+        return self.workspaces.get(name, caller)
 
-    def retrieve(self, question: str, options: AskOptions = AskOptions()) -> list[Source]:  # noqa: B008
-        """The passages that best match a question."""
+    def visible_workspace(self, workspace_id: str, caller: Caller) -> Workspace:
+        """The workspace with this id if the caller may see it (any role); else WorkspaceNotFoundError, which
+        says no more than that it was not found."""
+        found = self.workspaces.by_id(workspace_id)
+        role = self.workspaces.role(found, caller) if found is not None else None
+        if found is None or role is None:
+            raise WorkspaceNotFoundError(
+                f"{caller.label} cannot see workspace {workspace_id!r}",
+                user_message="That workspace does not exist, or you may not see it.",
+            )
+        return found.model_copy(update={"role": role})
+
+    def retrieve(self, question: str, options: AskOptions = AskOptions(), caller: Caller = OPERATOR) -> list[Source]:  # noqa: B008
+        """The passages that best match a question (the caller needs a role in the options' workspace)."""
+        self.visible_workspace(options.workspace, caller)
         return self.runtime.run(self.engine.aretrieve(question, options), timeout=120)
 
     def ask(
@@ -97,9 +113,10 @@ class QuestionService:
         question: str,
         history: Sequence[ChatTurn] = (),
         options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+        caller: Caller = OPERATOR,
     ) -> Answer:
         """A whole answer with its sources: the stream read to its end."""
-        stream = self.stream_answer(question, history, options)
+        stream = self.stream_answer(question, history, options, caller)
         for _piece in stream:
             pass
         assert stream.answer is not None
@@ -110,8 +127,11 @@ class QuestionService:
         question: str,
         history: Sequence[ChatTurn] = (),
         options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+        caller: Caller = OPERATOR,
     ) -> AnswerStream:
-        """An answer as it is written; read `.answer` after iterating."""
+        """An answer as it is written; read `.answer` after iterating (the caller needs a role in the options'
+        workspace)."""
+        self.visible_workspace(options.workspace, caller)
         agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
 

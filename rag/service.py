@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from rag.access import OPERATOR, Caller, Role, at_least, require_manager
+from rag.accounts import Account, Accounts
 from rag.bench import BenchConfig, BenchReport, BenchRow
 from rag.catalog import DocumentRecord
 from rag.config import Settings, private_dir
 from rag.conversations import ConversationStore
+from rag.database import Database
 from rag.documents import CheckReport, DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
+from rag.errors import AccessDeniedError, WorkspaceError
 from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
@@ -29,7 +33,7 @@ from rag.questions import QuestionService
 from rag.runtime import Runtime
 from rag.sources import RenderedPage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
-from rag.workspaces import DEFAULT_ID, Workspace
+from rag.workspaces import DEFAULT_ID, Member, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,12 @@ class ServiceStatus:
 
 class RagService(QuestionService):
     """Everything the UI and CLI need, as plain sync calls: questions (from QuestionService, over the full
-    store) and documents, workspaces, jobs, evaluation and benchmarks."""
+    store) and documents, workspaces, roles, accounts, jobs, evaluation and benchmarks.
+
+    Every method that reads or changes a workspace takes a `caller` (`rag.access.Caller`) and enforces its
+    role there, so the pages, the CLI and any API or MCP server obey the same rules. The default caller is
+    the operator (the local command line, all rights): a server answering other people must pass theirs.
+    """
 
     def __init__(self, settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None) -> None:
         self.settings = settings
@@ -65,7 +74,8 @@ class RagService(QuestionService):
             super().__init__(settings, self.runtime, self.embedder, self.store)
             self._own_runtime = runtime is None  # the runtime handed to the questions part is still ours to close
             self.library = DocumentLibrary(settings, self.store)
-            self.conversations = ConversationStore(Path(settings.data_dir) / "conversations.sqlite3")
+            self.conversations = ConversationStore(Database.open(settings))
+            self.accounts = Accounts(Database.open(settings))
             self.ingestor = Ingestor(settings, self.embedder, self.library)
             self.jobs = JobManager(
                 self.ingestor,
@@ -81,20 +91,67 @@ class RagService(QuestionService):
                 self.runtime.close()
             raise
 
+    # -- access -------------------------------------------------------------------------------
+    def _workspace_for(self, workspace_id: str, caller: Caller, need: Role) -> Workspace:
+        """The workspace if the caller's role there includes `need`; else a message saying what they may do."""
+        workspace = self.visible_workspace(workspace_id, caller)
+        if not at_least(workspace.role, need):
+            what = {"editor": "add or change documents", "owner": "manage it"}.get(need, "use it")
+            raise AccessDeniedError(
+                f"{caller.label} is {workspace.role} in {workspace.id}, needs {need}",
+                user_message=f"You are a {workspace.role} in “{workspace.name}”: only its {need}s and admins "
+                f"can {what}.",
+            )
+        return workspace
+
+    def _may_change(self, record: DocumentRecord, workspace: Workspace, caller: Caller, verb: str) -> None:
+        """Owners of the workspace change any document; editors only those they uploaded."""
+        mine = caller.kind == "account" and record.owner == caller.account_id
+        if at_least(workspace.role, "owner") or (workspace.role == "editor" and mine):
+            return
+        raise AccessDeniedError(
+            f"{caller.label} may not {verb} {record.doc_id}",
+            user_message=f"{record.file_name} was uploaded by someone else: only its uploader and the owners of "
+            f"“{workspace.name}” can {verb} it.",
+        )
+
+    def _require_admin_when_accounts(self, caller: Caller, what: str) -> None:
+        """Heavy or revealing work (benchmarks, every retrieval mode at once) is for admins once accounts exist."""
+        if caller.manages or (caller.kind == "anonymous" and not self.accounts.any()):
+            return
+        raise AccessDeniedError(f"{caller.label} may not {what}", user_message=f"Only an admin can {what}.")
+
+    def _sources(
+        self,
+        paths: Sequence[Path | str],
+        names: Sequence[str] | None,
+        workspace: str,
+        caller: Caller,
+    ) -> list[SourceFile]:
+        self._workspace_for(workspace, caller, "editor")
+        return [
+            SourceFile(Path(p), names[i] if names else Path(p).name, workspace=workspace, owner=caller.account_id)
+            for i, p in enumerate(paths)
+        ]
+
     # -- ingestion --------------------------------------------------------------------------
     def ingest(
-        self, paths: Sequence[Path | str], names: Sequence[str] | None = None, workspace: str = DEFAULT_ID
+        self,
+        paths: Sequence[Path | str],
+        names: Sequence[str] | None = None,
+        workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
     ) -> IngestReport:
-        """Index files into a workspace (by id) and wait for the report."""
-        return self.runtime.run(self.ingestor.aingest(_sources(paths, names, workspace)))
+        """Index files into a workspace (by id) and wait for the report (the caller needs the editor role)."""
+        return self.runtime.run(self.ingestor.aingest(self._sources(paths, names, workspace, caller)))
 
     def iter_ingest(
-        self, paths: Sequence[Path | str], workspace: str = DEFAULT_ID
+        self, paths: Sequence[Path | str], workspace: str = DEFAULT_ID, caller: Caller = OPERATOR
     ) -> Iterator[FileProgress | IngestReport]:
         """Index files, yielding progress updates as they happen, then the report (for terminals)."""
         import asyncio
 
-        files = _sources(paths, None, workspace)
+        files = self._sources(paths, None, workspace, caller)
 
         async def _gen():  # noqa: ANN202
             queue: asyncio.Queue[FileProgress | IngestReport] = asyncio.Queue()
@@ -128,18 +185,25 @@ class RagService(QuestionService):
         names: Sequence[str] | None = None,
         owner: str = "cli",
         workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
     ) -> JobSnapshot:
         """Start indexing files on disk in the background and return the job's first snapshot."""
-        return self.jobs.start(_sources(paths, names, workspace), owner)
+        return self.jobs.start(self._sources(paths, names, workspace, caller), owner)
 
     def start_upload_job(
-        self, uploads: Sequence[tuple[str, BinaryIO]], owner: str = "cli", workspace: str = DEFAULT_ID
+        self,
+        uploads: Sequence[tuple[str, BinaryIO]],
+        owner: str = "cli",
+        workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
     ) -> JobSnapshot:
-        """Stage uploaded bytes (written once, under their hash) and index them into a workspace in the background.
+        """Stage uploaded bytes (written once, under their hash) and index them into a workspace in the background
+        (the caller needs the editor role there).
 
         Bytes a job does not keep (a failed, cancelled or duplicate file) are removed when it ends.
         """
-        staged = stage_all(self.library, uploads, workspace)
+        self._workspace_for(workspace, caller, "editor")
+        staged = [replace(s, owner=caller.account_id) for s in stage_all(self.library, uploads, workspace)]
         try:
             return self.jobs.start(staged, owner)
         except BaseException:
@@ -174,36 +238,49 @@ class RagService(QuestionService):
         return snapshot
 
     # -- documents --------------------------------------------------------------------------
-    def documents(self, workspace: str = DEFAULT_ID) -> list[DocumentRecord]:
-        """Indexed documents of a workspace (by id), newest first."""
+    def documents(self, workspace: str = DEFAULT_ID, caller: Caller = OPERATOR) -> list[DocumentRecord]:
+        """Indexed documents of a workspace (by id), newest first (any role may list them)."""
+        self.visible_workspace(workspace, caller)
         return self.library.list(workspace)
 
-    def delete_document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
-        """Remove a document of a workspace: every chunk, its keyword entries, its row and its stored bytes."""
+    def delete_document(self, doc_id: str, workspace: str = DEFAULT_ID, caller: Caller = OPERATOR) -> DocumentRecord:
+        """Remove a document of a workspace: every chunk, its keyword entries, its row and its stored bytes
+        (its uploader, if an editor there, or an owner of the workspace)."""
+        space = self.visible_workspace(workspace, caller)
+        self._may_change(self.library.resolve(doc_id, workspace), space, caller, "delete")
         return self.runtime.run(self.library.adelete(doc_id, workspace), timeout=120)
 
-    def document(self, doc_id: str, workspace: str = DEFAULT_ID) -> DocumentRecord:
+    def document(self, doc_id: str, workspace: str = DEFAULT_ID, caller: Caller = OPERATOR) -> DocumentRecord:
         """One document of a workspace, by id or unique id prefix."""
+        self.visible_workspace(workspace, caller)
         return self.library.resolve(doc_id, workspace)
 
-    def source_page(self, doc_id: str, workspace: str, page: int, passage: str = "", zoom: float = 1.0) -> RenderedPage:
+    def source_page(
+        self, doc_id: str, workspace: str, page: int, passage: str = "", zoom: float = 1.0, caller: Caller = OPERATOR
+    ) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
-        record = self.document(doc_id, workspace)
+        record = self.document(doc_id, workspace, caller)
         return render_page(Path(record.stored_path), page, passage, zoom)
 
-    def source_context(self, doc_id: str, workspace: str, passage: str) -> tuple[str, str, str]:
+    def source_context(
+        self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR
+    ) -> tuple[str, str, str]:
         """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
-        record = self.document(doc_id, workspace)
+        record = self.document(doc_id, workspace, caller)
         return source_context(Path(record.stored_path), record.file_name, passage)
 
-    def original(self, doc_id: str, workspace: str) -> tuple[str, bytes]:
+    def original(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> tuple[str, bytes]:
         """A document's name and original bytes, for download."""
-        record = self.document(doc_id, workspace)
+        record = self.document(doc_id, workspace, caller)
         return record.file_name, Path(record.stored_path).read_bytes()
 
-    def reindex_document(self, doc_id: str, owner: str = "cli", workspace: str = DEFAULT_ID) -> JobSnapshot:
+    def reindex_document(
+        self, doc_id: str, owner: str = "cli", workspace: str = DEFAULT_ID, caller: Caller = OPERATOR
+    ) -> JobSnapshot:
         """Rebuild a document's chunks from its stored upload (e.g. after a splitter change); the current chunks
-        keep answering until the new ones are stored."""
+        keep answering until the new ones are stored (its uploader, if an editor there, or an owner)."""
+        space = self.visible_workspace(workspace, caller)
+        self._may_change(self.library.resolve(doc_id, workspace), space, caller, "re-index")
         source = self.library.reindex_source(doc_id, workspace)
         try:
             return self.jobs.start([source], owner)
@@ -211,48 +288,65 @@ class RagService(QuestionService):
             self.library.release(source.path)
             raise
 
-    # -- workspaces -------------------------------------------------------------------------
-    def list_workspaces(self, account: str | None = None) -> list[Workspace]:
-        """The workspaces an account may see (all of them without accounts), `default` first."""
-        return self.workspaces.list(account)
+    # -- workspaces and roles ---------------------------------------------------------------
+    def list_workspaces(self, caller: Caller = OPERATOR) -> list[Workspace]:
+        """The workspaces the caller may see, each with the caller's role, `default` first."""
+        return self.workspaces.list(caller)
 
-    def create_workspace(self, name: str, owner: str | None = None, shared: bool = True) -> Workspace:
-        """A new, empty workspace."""
-        return self.workspaces.create(name, owner, shared)
+    def create_workspace(self, name: str, caller: Caller = OPERATOR, shared: bool = True) -> Workspace:
+        """A new, empty workspace: shared (admins, the operator, or anyone without accounts) or private to the
+        calling account."""
+        if shared:
+            if not (caller.manages or (caller.kind == "anonymous" and not self.accounts.any())):
+                raise AccessDeniedError(
+                    f"{caller.label} may not create shared workspaces",
+                    user_message="Only an admin can create a shared workspace; yours can be private.",
+                )
+            return self.workspaces.create(name, shared=True).model_copy(update={"role": "owner"})
+        if caller.kind != "account":
+            raise WorkspaceError("no account", user_message="A private workspace belongs to an account: sign in first.")
+        created = self.workspaces.create(name, owner=caller.account_id, shared=False)
+        return created.model_copy(update={"role": "owner"})
 
-    def private_workspace(self, account: str) -> Workspace:
-        """An account's own workspace, created on first use."""
-        mine = [w for w in self.workspaces.list(account) if not w.shared and w.owner == account]
-        return mine[0] if mine else self.workspaces.create(f"{account}", owner=account, shared=False)
+    def private_workspace(self, caller: Caller) -> Workspace:
+        """An account's own workspace, created on first use under its name (nobody else can take it)."""
+        return self.workspaces.personal(caller)
 
-    def rename_workspace(self, name: str, new_name: str, account: str | None = None, admin: bool = False) -> Workspace:
-        """Rename a workspace (its owner, or an admin for a shared one); its documents and chats stay."""
-        workspace = self._managed(name, account, admin)
-        return self.workspaces.rename(workspace, new_name)
-
-    def _managed(self, name: str, account: str | None, admin: bool) -> Workspace:
-        from rag.errors import WorkspaceError
-
-        workspace = self.workspaces.get(name, account)
-        if not workspace.managed_by(account, admin):
-            raise WorkspaceError(
-                f"{account} may not manage {workspace.name}",
-                user_message=f"Only an admin can rename or delete the shared workspace “{workspace.name}”.",
+    def _managed(self, name: str, caller: Caller, verb: str) -> Workspace:
+        """A workspace the caller may rename (`rename`: its owners) or delete and give roles in (`manage`:
+        admins for a shared one, its owner for a private one)."""
+        workspace = self.workspaces.get(name, caller)
+        if verb == "rename" or not workspace.shared:
+            allowed = at_least(workspace.role, "owner")  # a private one's owner; anyone while no account exists
+        else:
+            allowed = caller.manages or (caller.kind == "anonymous" and workspace.role == "owner")
+        if not allowed:
+            raise AccessDeniedError(
+                f"{caller.label} may not {verb} {workspace.id}",
+                user_message=f"Only an admin can {verb} the shared workspace “{workspace.name}”."
+                if verb != "rename"
+                else f"Only the owners of “{workspace.name}” and admins can rename it.",
             )
         return workspace
 
-    def delete_workspace(self, name: str, account: str | None = None, admin: bool = False) -> list[DocumentRecord]:
-        """Delete a workspace with its documents (chunks, keyword entries, stored bytes) and chats.
+    def rename_workspace(self, name: str, new_name: str, caller: Caller = OPERATOR) -> Workspace:
+        """Rename a workspace (its owners, admins); its documents and chats stay."""
+        return self.workspaces.rename(self._managed(name, caller, "rename"), new_name)
+
+    def delete_workspace(self, name: str, caller: Caller = OPERATOR) -> list[DocumentRecord]:
+        """Delete a workspace with its documents (chunks, keyword entries, stored bytes) and chats (admins for a
+        shared one, its owner for a private one).
 
         Jobs writing into it are cancelled first and awaited, so nothing half-written is left behind.
         """
-        from rag.errors import WorkspaceError
-
-        workspace = self._managed(name, account, admin)
+        workspace = self._managed(name, caller, "delete")
         if workspace.id == DEFAULT_ID:
             raise WorkspaceError(
                 "the default workspace", user_message="The default workspace cannot be deleted; empty it instead."
             )
+        return self._delete_workspace(workspace)
+
+    def _delete_workspace(self, workspace: Workspace) -> list[DocumentRecord]:
         for job_id in self.jobs.cancel_workspace(workspace.id):
             self.wait_job(job_id, timeout=120)
         removed = self.runtime.run(self.library.adelete_workspace(workspace.id), timeout=600)
@@ -260,14 +354,59 @@ class RagService(QuestionService):
         self.workspaces.remove(workspace)
         return removed
 
+    def members(self, name: str, caller: Caller = OPERATOR) -> tuple[Workspace, list[Member]]:
+        """A workspace (as the caller sees it) and the accounts given a role in it: who may do what."""
+        workspace = self.workspaces.get(name, caller)
+        return workspace, self.workspaces.members(workspace) if workspace.shared else []
+
+    def grant(self, name: str, account: str, role: Role, caller: Caller = OPERATOR) -> Member:
+        """Give an account (by name) a role in a shared workspace (admins and the operator)."""
+        require_manager(caller, "give roles in shared workspaces")
+        workspace = self._managed(name, caller, "manage")
+        target = self.accounts.require(account)
+        self.workspaces.grant(workspace, target.id, role)
+        return Member(account_id=target.id, name=target.name, role=role)
+
+    def revoke(self, name: str, account: str, caller: Caller = OPERATOR) -> bool:
+        """Take an account's role in a shared workspace away (it keeps the workspace's default role)."""
+        require_manager(caller, "take roles away in shared workspaces")
+        workspace = self._managed(name, caller, "manage")
+        return self.workspaces.revoke(workspace, self.accounts.require(account).id)
+
+    def set_default_role(self, name: str, role: Role | None, caller: Caller = OPERATOR) -> Workspace:
+        """What signed-in accounts that are not members may do in a shared workspace (None: members only)."""
+        require_manager(caller, "change who may use a shared workspace")
+        return self.workspaces.set_default_role(self._managed(name, caller, "manage"), role)
+
+    # -- accounts ---------------------------------------------------------------------------
+    def remove_account(
+        self, name: str, documents: str = "refuse", hand_to: str | None = None, caller: Caller = OPERATOR
+    ) -> Account:
+        """Remove an account (admins and the operator). Its private documents are deleted (`documents="delete"`:
+        chunks, keyword entries, bytes and chats), handed with their workspaces to the admin `hand_to`
+        (`"hand-over"`), or, with `"refuse"`, their existence stops the removal. Its documents in shared
+        workspaces stay (handed over too, or without an uploader). A later account of the same name gets a new
+        id and none of this."""
+        require_manager(caller, "remove accounts")
+        account = self.accounts.require(name)
+        if caller.kind == "account" and caller.account_id == account.id:
+            raise AccessDeniedError("self-removal", user_message="You cannot remove your own account here.")
+        if documents == "delete":
+            owned = Caller.of(account)
+            for workspace in self.workspaces.list(owned):
+                if not workspace.shared and workspace.owner == account.id:
+                    self._delete_workspace(workspace)
+        return self.accounts.remove(name, hand_to=hand_to if documents == "hand-over" else None)
+
     def collection_state(self) -> str:
         """Whether Milvus has the collection loaded (`loaded`), is loading it after a restart, or not."""
         return self.runtime.run(self.store.aload_state(), timeout=30)
 
-    def check_documents(self, repair: bool = False) -> CheckReport:
-        """The reconcile pass (`docs check`): Milvus, the keyword index and the catalogue compared chunk by chunk;
-        with `repair`, what belongs to no committed document removed. Reads every chunk id: seconds per 100,000
-        chunks."""
+    def check_documents(self, repair: bool = False, caller: Caller = OPERATOR) -> CheckReport:
+        """The reconcile pass (`docs check`) over every workspace: Milvus, the keyword index and the catalogue
+        compared chunk by chunk; with `repair`, what belongs to no committed document removed. It reads every
+        chunk id (about a minute per million chunks here): for admins once accounts exist."""
+        self._require_admin_when_accounts(caller, "check every document of the collection")
         return self.runtime.run(self.library.acheck(repair))
 
     def count_chunks(self, doc_id: str | None = None) -> int:
@@ -286,20 +425,27 @@ class RagService(QuestionService):
         modes: Sequence[Retrieval],
         top_k: int | None = None,
         workspace: str = DEFAULT_ID,
+        caller: Caller = OPERATOR,
     ) -> list[EvalReport]:
-        """hit@1/3/5 and MRR of each retrieval mode on labelled pairs in a workspace; reads only."""
+        """hit@1/3/5 and MRR of each retrieval mode on labelled pairs in a workspace; reads only. Any role may
+        measure one mode; several at once are for admins once accounts exist."""
+        self.visible_workspace(workspace, caller)
+        if len(modes) > 1:
+            self._require_admin_when_accounts(caller, "compare several retrieval modes at once")
         check_files(pairs, {r.file_name for r in self.library.list(workspace)})
         k = top_k or self.settings.top_k
         timeout = 60 + 10 * len(pairs)
         return [self.runtime.run(aevaluate(self.engine, pairs, mode, k, workspace), timeout=timeout) for mode in modes]
 
     # -- benchmarks -------------------------------------------------------------------------
-    def bench(self, config: BenchConfig) -> Iterator[BenchRow | BenchReport]:
-        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands.
+    def bench(self, config: BenchConfig, caller: Caller = OPERATOR) -> Iterator[BenchRow | BenchReport]:
+        """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands (admins
+        only once accounts exist).
 
         One benchmark runs at a time per data dir (web sessions and the CLI alike): a second one raises
         BenchmarkBusyError when iteration starts. Close the iterator to stop a run early.
         """
+        self._require_admin_when_accounts(caller, "run benchmarks")
         from filelock import FileLock, Timeout
 
         from rag.bench import aiter_bench
@@ -349,15 +495,9 @@ class RagService(QuestionService):
             self.runtime.run(self.library.astop_upkeep(), timeout=30)
         self.jobs.close()  # queued jobs are cancelled; running ones stop with the loop below
         self.conversations.close()
+        self.accounts.close()
         try:
             super().close()
         except Exception:  # noqa: BLE001 - closing is best effort
             log.debug("closing the store failed", exc_info=True)
         self.library.close()  # after the loop: a cancelled writer still releases its claim in the catalogue
-
-
-def _sources(
-    paths: Sequence[Path | str], names: Sequence[str] | None = None, workspace: str = DEFAULT_ID
-) -> list[SourceFile]:
-    """Files on disk to ingest, each under the name the user knows it by (default: its file name)."""
-    return [SourceFile(Path(p), names[i] if names else Path(p).name, workspace=workspace) for i, p in enumerate(paths)]

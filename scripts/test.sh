@@ -11,6 +11,14 @@ if ! command -v chromium >/dev/null 2>&1; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
+# PostgreSQL's server binaries: the tests start their own throwaway cluster (tests/postgres.py).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
 export HF_HUB_OFFLINE=1
 export RAG_TEST_MILVUS_DIR=${RAG_TEST_MILVUS_DIR:-$PWD/.pytest-milvus}
 stop_milvus() { .venv/bin/python -m rag --data-dir "$RAG_TEST_MILVUS_DIR" milvus stop >/dev/null 2>&1 || true; }

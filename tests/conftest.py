@@ -16,10 +16,16 @@ from pathlib import Path
 import pytest
 
 from rag.config import Settings, load_settings
+from rag.database import Database
 from rag.embeddings import Embedder, load_embedder
 from rag.milvus_server import EmbeddedMilvus, ServerState
 from rag.service import RagService
 from tests.fakes.openai_server import FakeOpenAI
+from tests.postgres import PostgresCluster
+
+ENGINES = ("sqlite", "postgresql")
+TEST_DATABASE = os.environ.get("RAG_TEST_DATABASE", "sqlite")
+"""The engine of every test that does not choose one (RAG_TEST_DATABASE=postgresql runs them all on PostgreSQL)."""
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAG_CORPUS_DIR", REPO.parent / "shared" / "corpus"))
@@ -27,6 +33,7 @@ CORPUS = Path(os.environ.get("RAG_CORPUS_DIR", REPO.parent / "shared" / "corpus"
 MODEL_CACHE = Path(os.environ.get("RAG_TEST_MODEL_CACHE", REPO / ".pytest-models"))
 _ENV_NAMES = (
     "RAG_DATA_DIR",
+    "RAG_DATABASE_URL",
     "MILVUS_URI",
     "MILVUS_TOKEN",
     "RAG_COLLECTION",
@@ -65,6 +72,50 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One PostgreSQL cluster for the session (started on first use; each test gets its own database)."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def _database(request: pytest.FixtureRequest, engine: str) -> Iterator[str]:
+    if engine == "sqlite":
+        yield ""  # the data dir's own file
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    with cluster.database() as url:
+        yield url
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """RAG_DATABASE_URL on each engine in turn: "" (SQLite in the data dir), then a fresh PostgreSQL database.
+    The tests of every database-backed module take it, so they run on both engines."""
+    yield from _database(request, request.param)
+
+
+@pytest.fixture
+def db_settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings on a temp data dir and, in turn, each engine (no Milvus: for the database's own tests)."""
+    return load_settings(data_dir=tmp_path / "data", database_url=database_url)
+
+
+@pytest.fixture
+def db(db_settings: Settings) -> Iterator[Database]:
+    """The migrated database of `db_settings` (each engine in turn)."""
+    database = Database.open(db_settings)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def default_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """RAG_DATABASE_URL for tests that do not choose an engine: RAG_TEST_DATABASE's (default: SQLite)."""
+    yield from _database(request, TEST_DATABASE)
+
+
+@pytest.fixture(scope="session")
 def corpus() -> Path:
     """The shared corpus of real documents."""
     assert CORPUS.is_dir(), f"corpus not found at {CORPUS}"
@@ -100,12 +151,15 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, milvus_server: EmbeddedMilvus, milvus_state: ServerState):  # noqa: ANN201
-    """Settings on a temp data dir and a fresh collection of the shared server."""
+def make_settings(  # noqa: ANN201
+    tmp_path: Path, milvus_server: EmbeddedMilvus, milvus_state: ServerState, default_database_url: str
+):
+    """Settings on a temp data dir and a fresh collection of the shared server (and database, on PostgreSQL)."""
 
     def _make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "data_dir": tmp_path / "data",
+            "database_url": default_database_url,
             "milvus_uri": milvus_state.uri,
             "milvus_token": milvus_server.token,
             "collection": f"t_{uuid.uuid4().hex[:12]}",

@@ -13,6 +13,7 @@ from typing import Protocol
 import streamlit as st
 
 from rag import JobSnapshot, RagService
+from ui.auth import current_caller
 from ui.format import human_duration, md
 
 _STAGE_ICONS = {
@@ -50,7 +51,8 @@ def start_upload_job(service: RagService, files: Sequence[Upload], owner: str, w
     The engine writes each upload's bytes once, under their hash, and removes those no document keeps
     (failed, cancelled or duplicate files) when the job ends.
     """
-    return service.start_upload_job([(f.name, f) for f in files], owner=owner, workspace=workspace)
+    uploads = [(f.name, f) for f in files]
+    return service.start_upload_job(uploads, owner=owner, workspace=workspace, caller=current_caller())
 
 
 # -- watching jobs ---------------------------------------------------------------------------------

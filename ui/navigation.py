@@ -25,7 +25,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.auth import is_admin, require_login, signed_in
+from ui.auth import current_caller, is_admin, require_login, signed_in
 from ui.state import keep_widget_values, session_id
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -44,6 +44,9 @@ class PageSpec:
     icon: str
     default: bool = False
     admin_only: bool = False
+    """Shown only to a signed-in admin."""
+    heavy: bool = False
+    """Heavy or revealing: shown to admins once accounts exist (without accounts, to everyone)."""
 
     @property
     def url_path(self) -> str:
@@ -57,9 +60,9 @@ PAGES = (
     PageSpec("pages/documents.py", "Documents", ":material/folder_open:"),
     PageSpec("pages/chat.py", "Chat", ":material/forum:"),
     PageSpec("pages/workspaces.py", "Workspaces", ":material/workspaces:"),
-    PageSpec("pages/benchmarks.py", "Benchmarks", ":material/speed:"),
+    PageSpec("pages/benchmarks.py", "Benchmarks", ":material/speed:", heavy=True),
     PageSpec("pages/evaluate.py", "Evaluate", ":material/fact_check:"),
-    PageSpec("pages/settings.py", "Settings", ":material/settings:"),
+    PageSpec("pages/settings.py", "Settings", ":material/settings:", heavy=True),
     PageSpec("pages/accounts.py", "Accounts", ":material/manage_accounts:", admin_only=True),
 )
 """The sidebar's pages, in order; a page whose file is absent (a slim image without benchmarks) is left out."""
@@ -69,13 +72,13 @@ def run_app() -> None:
     """The whole app: page config, sign-in (or password), session id, then the page the URL names."""
     st.set_page_config(page_title="Ask your documents", page_icon=":material/forum:", layout="wide")
     if not signed_in():  # the form first, with no page list beside it (st.navigation still ends the folder mode)
-        st.navigation(_pages(admin=False), position="hidden")
+        st.navigation(_pages(admin=False, open_app=True), position="hidden")  # the form blocks them all
         require_login()  # the form; a successful sign-in reruns
         st.stop()
     require_login()
     session_id()
     keep_widget_values()
-    page = st.navigation(_pages(admin=is_admin()))
+    page = st.navigation(_pages(admin=is_admin(), open_app=current_caller().kind != "account"))
     token = _ROUTED.set(True)
     try:
         page.run()
@@ -83,12 +86,19 @@ def run_app() -> None:
         _ROUTED.reset(token)
 
 
-def _pages(admin: bool) -> list[st.Page]:
+def _pages(admin: bool, open_app: bool) -> list[st.Page]:
     return [
         st.Page(spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=spec.default)
         for spec in PAGES
-        if (APP_DIR / spec.file).exists() and (admin or not spec.admin_only)
+        if (APP_DIR / spec.file).exists() and (admin or not spec.admin_only) and (admin or open_app or not spec.heavy)
     ]
+
+
+def require_admin_when_accounts() -> None:
+    """Stop a heavy or revealing page for a signed-in account that is not an admin (a deep link to it)."""
+    if current_caller().kind == "account" and not is_admin():
+        st.error("Only admins can open this page.", icon=":material/lock:")
+        st.stop()
 
 
 def ensure_routed() -> None:

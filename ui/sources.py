@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from rag import RagError, RagService, Source
+from ui.auth import current_caller
 from ui.errors import show_error
 from ui.format import md
 
@@ -27,9 +28,9 @@ def source_viewer(service: RagService, source: Source, workspace: str, key: str)
         if source.page:
             _pdf_page(service, source, workspace, key)
         else:
-            before, passage, after = service.source_context(source.doc_id, workspace, source.text)
+            before, passage, after = service.source_context(source.doc_id, workspace, source.text, current_caller())
             st.markdown(f"{md(before)}**:orange-background[{md(passage)}]**{md(after)}")
-        name, data = service.original(source.doc_id, workspace)
+        name, data = service.original(source.doc_id, workspace, current_caller())
     except RagError as err:
         show_error(err)
         return
@@ -42,11 +43,13 @@ def _pdf_page(service: RagService, source: Source, workspace: str, key: str) -> 
     page_key, zoom_key = f"{key}.page", f"{key}.zoom"
     st.session_state.setdefault(page_key, source.page)
     left, right = st.columns([1, 2])
-    cited = service.source_page(source.doc_id or "", workspace, source.page or 1, source.text, 1.0)
+    caller = current_caller()
+    cited = service.source_page(source.doc_id or "", workspace, source.page or 1, source.text, 1.0, caller)
     page = left.number_input("Page", 1, cited.page_count, key=page_key)
     zoom = right.select_slider("Zoom", _ZOOMS, value=1.0, key=zoom_key, format_func=lambda z: f"{z:.0%}")
     on_cited = page == source.page
-    shown = service.source_page(source.doc_id or "", workspace, int(page), source.text if on_cited else "", zoom)
+    passage = source.text if on_cited else ""
+    shown = service.source_page(source.doc_id or "", workspace, int(page), passage, zoom, caller)
     if on_cited:
         if shown.found:
             st.caption(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from rag import RagError, RagService, Workspace
-from ui.auth import current_account
+from ui.auth import current_caller
 
 KEY = "workspace.id"
 """Session-state key of the chosen workspace's id."""
@@ -19,17 +19,18 @@ def choose(workspace_id: str | None) -> None:
 
 
 def current_workspace(service: RagService) -> Workspace:
-    """The workspace chosen in the sidebar among those this user may see (RAG_WORKSPACE first time)."""
-    account = current_account()
-    if account is not None:
-        service.private_workspace(account)  # every account has one of its own
-    choices = service.list_workspaces(account)
+    """The workspace chosen in the sidebar among those this user may see (RAG_WORKSPACE first time), with
+    this user's role in it."""
+    caller = current_caller()
+    if caller.kind == "account":
+        service.private_workspace(caller)  # every account has one of its own
+    choices = service.list_workspaces(caller)
     by_id = {w.id: w for w in choices}
     if _NEXT in st.session_state:
         st.session_state[KEY] = st.session_state.pop(_NEXT)
     if st.session_state.get(KEY) not in by_id:
         try:
-            st.session_state[KEY] = service.workspace(service.settings.workspace, account).id
+            st.session_state[KEY] = service.workspace(service.settings.workspace, caller).id
         except RagError:
             st.session_state[KEY] = choices[0].id
     with st.sidebar:

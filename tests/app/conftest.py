@@ -21,7 +21,11 @@ __all__ = ["APP", "REPO", "AppEnv", "app_env", "new_sid", "page_text"]  # older 
 
 @pytest.fixture
 def app_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, milvus_server: EmbeddedMilvus, milvus_state: ServerState
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    milvus_server: EmbeddedMilvus,
+    milvus_state: ServerState,
+    default_database_url: str,
 ) -> Iterator[AppEnv]:
     """Environment for the app: shared Milvus, temp data dir, fresh collection; cleaned up afterwards."""
     st.cache_resource.clear()
@@ -31,6 +35,7 @@ def app_env(
     monkeypatch.setenv("RAG_DATA_DIR", str(env.data_dir))
     monkeypatch.setenv("RAG_COLLECTION", env.collection)
     monkeypatch.setenv("RAG_CONSISTENCY", "Strong")
+    monkeypatch.setenv("RAG_DATABASE_URL", default_database_url)
     yield env
     st.cache_resource.clear()  # on_release closes the service
     from pymilvus import MilvusClient

@@ -24,6 +24,11 @@ def test_password_gate(monkeypatch: pytest.MonkeyPatch) -> None:
     at.text_input(key="auth.password").set_value("wrong")
     at.button[0].click().run()
     assert "secret content" not in _texts(at) and "Wrong password." in [e.value for e in at.error]
+    import time
+
+    from rag import signin
+
+    monkeypatch.setattr(signin, "_now", lambda: time.time() + 2)  # past the second the failure earned
     at.text_input(key="auth.password").set_value("open sesame")
     at.button[0].click().run()
     assert "secret content" in _texts(at)
@@ -42,15 +47,17 @@ def test_with_accounts_every_page_asks_for_a_sign_in(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("APP_PASSWORD", "ignored once accounts exist")
-    accounts = Accounts(
-        tmp_path / "data" / "accounts.sqlite3", hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+    from rag.config import load_settings
+
+    accounts = Accounts.from_settings(
+        load_settings(), hasher=PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
     )
     accounts.add("carol", "carol-password")
     accounts.close()
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.query_params["sid"] = new_sid()
     at.run()
-    at.switch_page("pages/settings.py").run()  # a deep link, run on its own
+    at.switch_page("pages/chat.py").run()  # a deep link, run on its own
 
     assert not at.exception and [t.value for t in at.title] == ["Ask your documents"]
     at.text_input(key="auth.name").set_value("carol")

@@ -42,7 +42,7 @@ def test_create_choose_rename_and_delete_a_workspace(app_env: AppEnv, tmp_path: 
     assert "Delete People with its 1 document(s)" in page_text(at)
     at.button(key="workspaces.confirm_delete").click().run()
     assert not at.exception
-    assert [w.name for w in service.list_workspaces()] == ["default"] and service.documents(hr.id) == []
+    assert [w.name for w in service.list_workspaces()] == ["default"] and service.library.list(hr.id) == []
 
 
 def test_a_bad_name_is_refused_with_a_message(app_env: AppEnv) -> None:

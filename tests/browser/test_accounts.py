@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from rag.access import Caller
 from rag.accounts import Accounts
 from rag.config import load_settings
 from rag.embeddings import Embedder
@@ -44,14 +45,14 @@ def accounts_app(
         embed_cache_dir=MODEL_CACHE,
     )
     accounts = Accounts.from_settings(settings)
-    accounts.add("alice", PASSWORDS["alice"], admin=True)
+    alice = accounts.add("alice", PASSWORDS["alice"], admin=True)
     accounts.add("bob", PASSWORDS["bob"])
     accounts.close()
     (work / "secret.txt").write_text(SECRET)
     (work / "cafeteria.txt").write_text(SHARED)
     service = RagService(settings, embedder=embedder)
     try:
-        private = service.private_workspace("alice")
+        private = service.private_workspace(Caller.of(alice))
         assert service.ingest([work / "secret.txt"], workspace=private.id).files[0].status == "indexed"
         assert service.ingest([work / "cafeteria.txt"]).files[0].status == "indexed"
     finally:
@@ -145,7 +146,7 @@ def test_a_private_workspace_and_its_chats_stay_with_their_owner(chromium, accou
         assert "secret.txt" not in bob.content()
         _open(bob, "Workspaces")
         bob.get_by_role("heading", name="Workspaces").wait_for()
-        bob.get_by_text("bob only").first.wait_for(state="attached")  # a cell of the workspaces table
+        bob.get_by_text("you only").first.wait_for(state="attached")  # a cell of the workspaces table
         assert "alice" not in bob.content()
         bob.goto(f"{accounts_app}/chat")  # a new browser session (a reload) must sign in again
         bob.get_by_role("button", name="Sign in").wait_for()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,8 +14,12 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from sqlalchemy import select
 
-from rag.accounts import BACKOFF_CAP, FILE_NAME, Accounts, backoff
+from rag import schema
+from rag.accounts import BACKOFF_CAP, Accounts, backoff
+from rag.config import Settings, load_settings
+from rag.database import FILE_NAME, Database
 from rag.errors import AccountError, AccountNotFoundError, LoginError, LoginThrottledError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,24 +59,23 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def accounts(tmp_path: Path, clock: Clock) -> Accounts:
-    store = Accounts(tmp_path / "data" / FILE_NAME, clock=clock, hasher=CHEAP)
+def accounts(db_settings: Settings, clock: Clock) -> Accounts:
+    store = Accounts.from_settings(db_settings, clock=clock, hasher=CHEAP)
     store.add("alice", PASSWORD, admin=True)
     store.add("bob", "bob's own password")
     yield store
     store.close()
 
 
-def _stored_hash(path: Path, name: str) -> str:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT hash FROM accounts WHERE name=?", (name,)).fetchone()[0]
+def _stored_hash(settings: Settings, name: str) -> str:
+    with Database.open(settings) as db, db.read() as conn:
+        return conn.execute(select(schema.accounts.c.hash).where(schema.accounts.c.name == name)).scalar_one()
 
 
-def test_hashes_are_argon2id_and_never_the_password(tmp_path: Path) -> None:
-    path = tmp_path / FILE_NAME
-    store = Accounts(path)  # the default parameters
+def test_hashes_are_argon2id_and_never_the_password(db_settings: Settings) -> None:
+    store = Accounts.from_settings(db_settings)  # the default parameters
     store.add("carol", PASSWORD)
-    digest = _stored_hash(path, "carol")
+    digest = _stored_hash(db_settings, "carol")
     assert digest.startswith("$argon2id$") and PASSWORD not in digest
     assert store.verify("carol", PASSWORD, "10.0.0.1").name == "carol"
     store.close()
@@ -89,9 +91,9 @@ def test_verify_accepts_the_password_and_refuses_others(accounts: Accounts, cloc
     assert accounts.any()
 
 
-def test_unknown_name_and_wrong_password_look_and_cost_the_same(tmp_path: Path, clock: Clock) -> None:
+def test_unknown_name_and_wrong_password_look_and_cost_the_same(db_settings: Settings, clock: Clock) -> None:
     hasher = CountingHasher()
-    store = Accounts(tmp_path / FILE_NAME, clock=clock, hasher=hasher)
+    store = Accounts.from_settings(db_settings, clock=clock, hasher=hasher)
     store.add("alice", PASSWORD)
     messages = []
     for name, client in (("alice", "10.0.0.1"), ("nobody", "10.0.0.2"), ("not a valid name!", "10.0.0.3")):
@@ -157,16 +159,15 @@ def test_backoff_is_capped_and_forgotten_after_an_hour(accounts: Accounts, clock
     assert accounts.wait_seconds("bob", None) == 1  # counting starts again
 
 
-def test_throttling_survives_reopening_the_file(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / FILE_NAME
-    first = Accounts(path, clock=clock, hasher=CHEAP)
+def test_throttling_survives_reopening_the_database(db_settings: Settings, clock: Clock) -> None:
+    first = Accounts.from_settings(db_settings, clock=clock, hasher=CHEAP)
     first.add("alice", PASSWORD)
     assert first.verify("alice", "guess", "10.0.0.1") is None
     clock.advance(1)
     assert first.verify("alice", "guess again", "10.0.0.2") is None
     first.close()
     clock.advance(1)
-    reopened = Accounts(path, clock=clock, hasher=CHEAP)  # as after a restart, or in another process
+    reopened = Accounts.from_settings(db_settings, clock=clock, hasher=CHEAP)  # as after a restart
     with pytest.raises(LoginThrottledError) as caught:
         reopened.login("alice", PASSWORD, "10.0.0.3")
     assert caught.value.retry_after == 1
@@ -175,9 +176,8 @@ def test_throttling_survives_reopening_the_file(tmp_path: Path, clock: Clock) ->
     reopened.close()
 
 
-def test_parallel_attempts_get_one_guess(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / FILE_NAME
-    stores = [Accounts(path, clock=clock, hasher=CHEAP) for _ in range(2)]  # two connections, as two processes
+def test_parallel_attempts_get_one_guess(db_settings: Settings, clock: Clock) -> None:
+    stores = [Accounts.from_settings(db_settings, clock=clock, hasher=CHEAP) for _ in range(2)]  # pooled connections
     stores[0].add("alice", PASSWORD)
     barrier = threading.Barrier(8)
 
@@ -196,16 +196,15 @@ def test_parallel_attempts_get_one_guess(tmp_path: Path, clock: Clock) -> None:
         store.close()
 
 
-def test_a_hash_made_with_other_parameters_is_redone_at_login(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / FILE_NAME
-    old = Accounts(path, clock=clock, hasher=CHEAP)
+def test_a_hash_made_with_other_parameters_is_redone_at_login(db_settings: Settings, clock: Clock) -> None:
+    old = Accounts.from_settings(db_settings, clock=clock, hasher=CHEAP)
     old.add("alice", PASSWORD)
     old.close()
-    assert "m=8192,t=1,p=1" in _stored_hash(path, "alice")
+    assert "m=8192,t=1,p=1" in _stored_hash(db_settings, "alice")
     stronger = PasswordHasher(time_cost=2, memory_cost=16384, parallelism=1)
-    new = Accounts(path, clock=clock, hasher=stronger)
+    new = Accounts.from_settings(db_settings, clock=clock, hasher=stronger)
     assert new.verify("alice", PASSWORD, "10.0.0.1") is not None
-    assert "m=16384,t=2,p=1" in _stored_hash(path, "alice")
+    assert "m=16384,t=2,p=1" in _stored_hash(db_settings, "alice")
     assert new.verify("alice", PASSWORD, "10.0.0.1") is not None
     new.close()
 
@@ -214,7 +213,7 @@ def test_files_are_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     data.chmod(0o755)
-    store = Accounts(data / FILE_NAME, hasher=CHEAP)
+    store = Accounts.from_settings(load_settings(data_dir=data), hasher=CHEAP)
     store.add("alice", PASSWORD)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for path in data.iterdir():  # the database and, while it is open, its WAL journal
@@ -302,7 +301,7 @@ def test_cli_add_list_passwd_remove(tmp_path: Path) -> None:
 
     changed = _rag(data, "users", "passwd", "bob", "--password-stdin", stdin="bob's new password\r\n")
     assert changed.returncode == 0, changed.stderr
-    store = Accounts(data / FILE_NAME)
+    store = Accounts.from_settings(load_settings(data_dir=data))
     assert store.verify("bob", "bob's new password", "127.0.0.1") is not None
     assert PASSWORD not in (data / FILE_NAME).read_bytes().decode("latin-1")
     store.close()

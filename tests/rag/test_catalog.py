@@ -1,15 +1,14 @@
-"""The catalogue's rows: states, leases, shared stored bytes, and catalogue files written by older versions."""
+"""The catalogue's rows: states, leases, shared stored bytes, owners; on both database engines."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 
 from rag.catalog import Catalog, DocumentRecord
+from rag.database import Database
 
 
-def _record(doc_id: str, name: str = "a.txt", stored: str = "/x/a.txt") -> DocumentRecord:
+def _record(doc_id: str, name: str = "a.txt", stored: str = "/x/a.txt", owner: str | None = None) -> DocumentRecord:
     return DocumentRecord(
         doc_id=doc_id,
         file_name=name,
@@ -20,11 +19,12 @@ def _record(doc_id: str, name: str = "a.txt", stored: str = "/x/a.txt") -> Docum
         status="indexing",
         stored_path=stored,
         added_at=time.time(),
+        owner=owner,
     )
 
 
-def test_rows_move_from_indexing_to_indexed_and_leases_expire(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "catalog.sqlite3", "c1")
+def test_rows_move_from_indexing_to_indexed_and_leases_expire(db: Database) -> None:
+    catalog = Catalog(db, "c1")
     now = time.time()
     catalog.begin(_record("d1"), lease_until=now + 60)
     catalog.begin(_record("d2", "b.txt", "/x/b.txt"), lease_until=now - 1)
@@ -42,38 +42,72 @@ def test_rows_move_from_indexing_to_indexed_and_leases_expire(tmp_path: Path) ->
     catalog.finish("d1", chunks=6, pages=2, generation=1)
     d1 = catalog.get("d1")
     assert d1 is not None and (d1.generation, d1.pending, d1.chunks) == (1, None, 6)
-    catalog.close()
 
 
-def test_stored_bytes_are_counted_across_collections(tmp_path: Path) -> None:
-    one, two = Catalog(tmp_path / "catalog.sqlite3", "c1"), Catalog(tmp_path / "catalog.sqlite3", "c2")
+def test_stored_bytes_are_counted_across_collections(db: Database) -> None:
+    one, two = Catalog(db, "c1"), Catalog(db, "c2")
     one.begin(_record("d1", stored="/x/same.txt"), lease_until=time.time())
     two.begin(_record("d1", stored="/x/same.txt"), lease_until=time.time())
     assert one.references("/x/same.txt") == 2
     one.remove("d1")
     assert two.references("/x/same.txt") == 1 and one.get("d1") is None and two.get("d1") is not None
-    one.close()
-    two.close()
 
 
-def test_a_catalogue_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "catalog.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(
-        """
-        CREATE TABLE documents (collection TEXT NOT NULL, doc_id TEXT NOT NULL, file_name TEXT NOT NULL,
-            file_type TEXT NOT NULL, size INTEGER NOT NULL, pages INTEGER, chunks INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL, stored_path TEXT NOT NULL, added_at REAL NOT NULL,
-            PRIMARY KEY (collection, doc_id));
-        INSERT INTO documents VALUES ('c1', 'old', 'old.pdf', 'pdf', 99, 4, 12, 'indexed', '/x/old.pdf', 1.0);
-        INSERT INTO documents VALUES ('c1', 'cut', 'cut.pdf', 'pdf', 99, 4, 12, 'indexing', '/x/cut.pdf', 2.0);
-        """
-    )
-    db.commit()
-    db.close()
+def test_older_versions_of_an_upload_are_the_same_uploaders_only(db: Database) -> None:
+    from sqlalchemy import insert
 
-    catalog = Catalog(path, "c1")
-    (old,) = catalog.list()
-    assert (old.doc_id, old.generation, old.pending, old.chunks) == ("old", 0, None, 12)
-    assert [r.doc_id for r in catalog.expired(time.time())] == ["cut"]  # no lease: a writer from before leases
-    catalog.close()
+    from rag import schema
+
+    with db.write() as conn:  # two accounts (the documents' owners refer to them)
+        for account in ("a1", "b2"):
+            conn.execute(
+                insert(schema.accounts).values(id=account, name=account, name_key=account, hash="x", created_at=0.0)
+            )
+    catalog = Catalog(db, "c1")
+    for doc_id, owner in (("mine", "a1"), ("theirs", "b2"), ("operator", None)):
+        catalog.begin(_record(doc_id, name="plan.txt", owner=owner), lease_until=time.time() + 60)
+        catalog.finish(doc_id, chunks=1, pages=None)
+    assert [r.doc_id for r in catalog.by_name("plan.txt", "default", "a1")] == ["mine"]
+    assert [r.doc_id for r in catalog.by_name("plan.txt", "default", None)] == ["operator"]
+    assert catalog.get("theirs").owner == "b2"
+
+
+def test_claims_are_exclusive_expire_and_can_be_taken_from_a_dead_writer(db: Database) -> None:
+    one, two = Catalog(db, "c1"), Catalog(db, "c1")
+    now = time.time()
+    assert one.claim("doc:d1", "a", now + 60, now)
+    assert not two.claim("doc:d1", "b", now + 60, now)  # held
+    assert Catalog(db, "c2").claim("doc:d1", "b", now + 60, now)  # another collection's claim is another claim
+    assert one.renew_claim("doc:d1", "a", now + 120) and not two.renew_claim("doc:d1", "b", now + 120)
+    assert not two.claim("doc:d1", "b", now + 60, now + 100)  # renewed: not expired yet
+    assert two.claim("doc:d1", "b", now + 60, now, steal_from="a")  # "a" is known dead
+    assert not one.renew_claim("doc:d1", "a", now + 120)  # "a" lost it
+    one.release_claim("doc:d1", "a")  # not its own any more: nothing happens
+    assert two.claims("doc:") == {"doc:d1": ("b", now + 60)}
+    assert two.claim("name:w:a_b%.txt", "b", now + 60, now) and set(two.claims("name:w:a_b%")) == {"name:w:a_b%.txt"}
+    assert two.claims("name:w:aXb") == {}  # LIKE's wildcards in a prefix are literal
+    two.release_claim("doc:d1", "b")
+    assert one.claim("doc:d1", "a", now + 60, now)
+
+
+def test_commit_makes_one_generation_answer_and_retires_replaced_rows_at_once(db: Database) -> None:
+    catalog = Catalog(db, "c1")
+    for doc_id in ("old", "new"):
+        catalog.begin(_record(doc_id), lease_until=time.time() + 60)
+    catalog.finish("old", chunks=4, pages=None)
+    assert catalog.committed(["old", "new", "gone"]) == {"old": (0, 4)}  # `new` is still being written
+    catalog.commit("new", chunks=7, pages=None, generation=0, retire=["old"])
+    assert catalog.committed(["old", "new"]) == {"new": (0, 7)}
+    assert [(r.doc_id, r.status) for r in catalog.unfinished()] == [("old", "deleting")]
+    catalog.remove("old")
+
+    catalog.begin_generation("new", 1, lease_until=time.time() + 60)  # a re-index: the current one still answers
+    assert catalog.committed(["new"]) == {"new": (0, 7)} and [r.doc_id for r in catalog.unfinished()] == ["new"]
+    catalog.commit("new", chunks=8, pages=None, generation=1, cleanup_owed=True)
+    row = catalog.get("new")
+    assert row is not None and (row.status, row.generation, row.pending) == ("indexed", 1, 1)
+    assert catalog.committed(["new"]) == {"new": (1, 8)} and [r.doc_id for r in catalog.unfinished()] == ["new"]
+    catalog.end_generation("new")  # the previous generation's chunks are gone
+    assert catalog.unfinished() == []
+    catalog.retire("new")
+    assert catalog.committed(["new"]) == {} and [r.status for r in catalog.unfinished()] == ["deleting"]

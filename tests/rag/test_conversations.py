@@ -1,4 +1,4 @@
-"""Conversations kept in SQLite, keyed by browser session id."""
+"""Conversations kept in the database (each engine in turn), keyed by browser session or account."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from rag.config import Settings
 from rag.conversations import ConversationStore, StoredTurn
 from rag.markdown import neutralize_markdown
 from rag.query import ChatTurn, Source
@@ -16,12 +19,22 @@ from rag.query import ChatTurn, Source
 ZOO = Source(file_name="zoo.pdf", page=3, score=0.8123, text="The zoo keeps lions.", doc_id="abc", chunk=2)
 
 
-def _store(tmp_path: Path) -> ConversationStore:
-    return ConversationStore(tmp_path / "data" / "conversations.sqlite3")
+@pytest.fixture
+def make_store(db_settings: Settings):  # noqa: ANN201
+    """Open the conversations of the test's database (each engine in turn), as a new process would."""
+    opened: list[ConversationStore] = []
+
+    def _make() -> ConversationStore:
+        opened.append(ConversationStore.from_settings(db_settings))
+        return opened[-1]
+
+    yield _make
+    for store in opened:
+        store.close()
 
 
-def test_append_and_history_keep_order_sources_and_mode(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_append_and_history_keep_order_sources_and_mode(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("s1", StoredTurn(role="user", content="What does the zoo keep?"))
     store.append("s1", StoredTurn(role="assistant", content="Lions [1]", mode="llm", sources=[ZOO]))
 
@@ -36,14 +49,14 @@ def test_append_and_history_keep_order_sources_and_mode(tmp_path: Path) -> None:
     ]
 
 
-def test_a_chat_turn_can_be_appended(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_a_chat_turn_can_be_appended(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("s1", ChatTurn(role="user", content="hello"))
     assert store.history("s1")[0].content == "hello"
 
 
-def test_sessions_never_see_each_other(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_sessions_never_see_each_other(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("alice", StoredTurn(role="user", content="alice's secret question"))
     store.append("bob", StoredTurn(role="user", content="bob's question"))
 
@@ -53,8 +66,8 @@ def test_sessions_never_see_each_other(tmp_path: Path) -> None:
     assert "alice" not in store.to_markdown("bob")
 
 
-def test_clear_removes_only_that_session(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_clear_removes_only_that_session(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("alice", StoredTurn(role="user", content="a"))
     store.append("alice", StoredTurn(role="assistant", content="b", mode="llm"))
     store.append("bob", StoredTurn(role="user", content="c"))
@@ -65,18 +78,18 @@ def test_clear_removes_only_that_session(tmp_path: Path) -> None:
     assert len(store.history("bob")) == 1
 
 
-def test_conversations_survive_a_restart(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_conversations_survive_a_restart(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("s1", StoredTurn(role="assistant", content="kept", mode="retrieval-only", sources=[ZOO]))
     store.close()
 
-    reopened = _store(tmp_path)
+    reopened = make_store()
 
     assert reopened.history("s1")[0].sources[0].label == "zoo.pdf, p. 3"
 
 
-def test_to_markdown_has_questions_answers_and_sources(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_to_markdown_has_questions_answers_and_sources(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("s1", StoredTurn(role="user", content="What does the zoo keep?"))
     store.append("s1", StoredTurn(role="assistant", content="Lions **only** [1]", mode="llm", sources=[ZOO]))
 
@@ -89,20 +102,20 @@ def test_to_markdown_has_questions_answers_and_sources(tmp_path: Path) -> None:
     assert "> The zoo keeps lions." in text
 
 
-def test_to_markdown_labels_retrieval_only_answers(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_to_markdown_labels_retrieval_only_answers(make_store) -> None:  # noqa: ANN001
+    store = make_store()
     store.append("s1", StoredTurn(role="assistant", content="_quoted_", mode="retrieval-only"))
     assert "### Answer (retrieval-only)\n\n_quoted_" in store.to_markdown("s1")
 
 
-def test_document_text_stays_text_in_markdown(tmp_path: Path) -> None:
+def test_document_text_stays_text_in_markdown(make_store) -> None:  # noqa: ANN001
     hostile = Source(
         file_name="![x](http://evil.example/a.png).txt",
         page=None,
         score=0.5,
         text='<script>alert(1)</script> ![pixel](http://evil.example/p.png) <img src="http://evil.example/i.png">',
     )
-    store = _store(tmp_path)
+    store = make_store()
     store.append("s1", StoredTurn(role="user", content="<b>hi</b> ![q](http://evil.example/q.png)"))
     store.append(
         "s1",
@@ -135,8 +148,8 @@ def test_user_turns_render_as_text() -> None:
     assert turn.safe_markdown == "\\*not bold\\* \\<i\\>x\\</i\\> \\$x\\$"
 
 
-def test_concurrent_appends_from_threads(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_concurrent_appends_from_threads(make_store) -> None:  # noqa: ANN001
+    store = make_store()
 
     def write(sid: str) -> None:
         for i in range(25):
@@ -172,10 +185,10 @@ def test_retrieval_only_answers_keep_their_markdown_but_not_math() -> None:
     assert escape_math("$a$ \\$b") == "\\$a\\$ \\$b"
 
 
-def test_feedback_regenerate_and_export_as_labelled_pairs(tmp_path: Path) -> None:
+def test_feedback_regenerate_and_export_as_labelled_pairs(make_store) -> None:  # noqa: ANN001
     from rag.evaluate import parse_pairs
 
-    store = _store(tmp_path)
+    store = make_store()
     for question, answer in (("What does the zoo keep?", "Lions [1]"), ("And where?", "In cages [1]")):
         store.append("s1", StoredTurn(role="user", content=question), "w1")
         store.append("s1", StoredTurn(role="assistant", content=answer, mode="llm", sources=[ZOO]), "w1")

@@ -26,14 +26,14 @@ def test_the_data_dir_and_its_databases_are_private(service: RagService, tmp_pat
         source.parent.mkdir()
         source.write_text("Giraffes eat acacia leaves. " * 40, encoding="utf-8")
         assert service.ingest([source]).files[0].status == "indexed"
-        store = ConversationStore(service.settings.data_dir / "conversations.sqlite3")
+        store = ConversationStore.from_settings(service.settings)
         store.append("sid", StoredTurn(role="user", content="What do giraffes eat?"))
     finally:
         os.umask(previous)
 
     data = service.settings.data_dir
     assert _mode(data) == 0o700
-    for name in ("catalog.sqlite3", "conversations.sqlite3"):
+    for name in ("rag.sqlite3", "keyword.sqlite3"):
         assert _mode(data / name) == 0o600, name
         assert _mode(data / f"{name}-wal") == 0o600, name  # SQLite's journal takes the database's mode
     store.close()
