@@ -195,7 +195,7 @@ class DocumentLibrary:
             async with lock:
                 held = Claim(key, new_owner())
                 delay = 0.05
-                while not await asyncio.to_thread(self._try_claim, held):
+                while not await self._atry_claim(held):
                     if not wait:
                         raise _busy(key)
                     await asyncio.sleep(delay)
@@ -217,6 +217,16 @@ class DocumentLibrary:
         """One writer per document, across processes: jobs with the same bytes take turns (the second finds it
         indexed); deleting, replacing and recovering a document wait for its writer too."""
         return self.claim(doc_key(doc_id), wait)
+
+    async def _atry_claim(self, held: Claim) -> bool:
+        """One attempt; a caller cancelled while it runs gives back a claim the attempt took."""
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._try_claim, held))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            if await attempt:
+                await asyncio.to_thread(self.catalog.release_claim, held.key, held.owner)
+            raise
 
     def _try_claim(self, held: Claim) -> bool:
         now = time.time()
@@ -524,6 +534,7 @@ class DocumentLibrary:
         findings = await self._aconfirm_findings(scan)
         if repair:
             findings = [await self._arepair(f, remove_empty_rows) for f in findings]
+            await asyncio.to_thread(self._forget_stale_claims)
         return CheckReport(
             documents=sum(1 for r in scan.rows.values() if r.status == "indexed"),
             milvus_chunks=scan.total["milvus"],
@@ -533,6 +544,14 @@ class DocumentLibrary:
             repaired=repair,
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    def _forget_stale_claims(self) -> None:
+        """Delete claims whose lease ran out or whose holder died (harmless, but they pile up after crashes);
+        each only if its holder is still the same, so a claim taken over meanwhile stays."""
+        now = time.time()
+        for key, (owner, until) in self.catalog.claims().items():
+            if until < now or owner_dead(owner):
+                self.catalog.release_claim(key, owner)
 
     async def _aconfirm_findings(self, scan: _Scan) -> list[Finding]:
         """The scan's findings, read again from the catalogue: a document whose writer started during the scan,

@@ -156,6 +156,7 @@ def test_a_killed_ingest_never_answers_and_docs_check_repairs_it(make_settings, 
     try:
         assert [d.doc_id for d in svc.documents()] == [kept.doc_id]
         assert _agree(svc) == {chunk_id(kept.doc_id, i) for i in range(kept.chunks)}
+        assert svc.library.catalog.claims() == {}  # the dead writer's claim was taken over, then given back
         assert sorted(p.name for p in (Path(settings.data_dir) / "uploads").iterdir()) == [
             Path(svc.documents()[0].stored_path).name
         ]
