@@ -16,13 +16,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from rag import schema
 from rag.database import Database
 
 _docs = schema.documents
 _claims = schema.claims
+# Built once: every search runs it (`committed`), and building the statement costs more than running it.
+_COMMITTED = select(_docs.c.doc_id, _docs.c.generation, _docs.c.chunks).where(
+    _docs.c.collection == bindparam("collection"),
+    _docs.c.status == "indexed",
+    _docs.c.doc_id.in_(bindparam("ids", expanding=True)),
+)
 
 
 class DocumentRecord(BaseModel, frozen=True):
@@ -178,13 +184,7 @@ class Catalog:
         found: dict[str, tuple[int, int]] = {}
         with self.db.read() as conn:
             for start in range(0, len(ids), 500):
-                rows = conn.execute(
-                    select(_docs.c.doc_id, _docs.c.generation, _docs.c.chunks).where(
-                        _docs.c.collection == self.collection,
-                        _docs.c.status == "indexed",
-                        _docs.c.doc_id.in_(ids[start : start + 500]),
-                    )
-                )
+                rows = conn.execute(_COMMITTED, {"collection": self.collection, "ids": ids[start : start + 500]})
                 found.update({row.doc_id: (row.generation, row.chunks) for row in rows})
         return found
 

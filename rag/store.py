@@ -301,6 +301,7 @@ class DocumentStore:
         # Set by the engine from the catalogue: searches then return committed chunks only. None (scratch
         # benchmark collections, which have no catalogue) returns every chunk.
         self.visibility: Visibility | None = None
+        self._recent: dict[str, tuple[int, int] | None] = {}  # the last lookups: doc id -> committed state or None
         # A fresh client reads under Session consistency as if Eventually (it has written nothing yet), and a
         # server that restarted may still be replaying recent writes: until one Strong read has returned, a
         # search could miss chunks that are indexed. `_synced` is cleared by every transient failure.
@@ -656,17 +657,17 @@ class DocumentStore:
             raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
         scope = Scope(workspace, tuple(doc_ids) if doc_ids else None)
         if retrieval == "keyword":
-            return await self._avisible(functools.partial(self._akeyword, query_text or ""), top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._akeyword, query_text or "")], top_k, scope)
+            return hits
         if retrieval == "dense":
-            return await self._avisible(functools.partial(self._adense, embedding), top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._adense, embedding)], top_k, scope)
+            return hits
         if self.keyword is not None:
-            depth = max(top_k * _FUSION_DEPTH, 50)
-            dense, keyword = await asyncio.gather(
-                self._avisible(functools.partial(self._adense, embedding), depth, scope),
-                self._avisible(functools.partial(self._akeyword, query_text or ""), depth, scope),
-            )
+            sides = [functools.partial(self._adense, embedding), functools.partial(self._akeyword, query_text or "")]
+            dense, keyword = await self._avisible(sides, max(top_k * _FUSION_DEPTH, 50), scope)
             return fuse_rrf([dense, keyword], top_k)
-        return await self._avisible(functools.partial(self._aserver_hybrid, embedding, query_text), top_k, scope)
+        (hits,) = await self._avisible([functools.partial(self._aserver_hybrid, embedding, query_text)], top_k, scope)
+        return hits
 
     async def _aserver_hybrid(
         self, embedding: list[float] | None, text: str | None, top_k: int, scope: Scope
@@ -686,29 +687,49 @@ class DocumentStore:
         ]
 
     async def _avisible(
-        self, search: Callable[[int, Scope], Awaitable[list[Hit]]], top_k: int, scope: Scope
-    ) -> list[Hit]:
-        """The best `top_k` hits of committed chunks only (see `committed_chunk`), checked in the catalogue.
+        self, searches: Sequence[Callable[[int, Scope], Awaitable[list[Hit]]]], top_k: int, scope: Scope
+    ) -> list[list[Hit]]:
+        """The best `top_k` hits of committed chunks only (see `committed_chunk`) of each search (run together),
+        checked in the catalogue with one lookup per round.
 
         Hits of uncommitted documents are left out by the next search's filter; hits of a committed document's
         other generation (a re-index writing the next one beside it) are made up for by a deeper search. Nothing
-        is being written in the common case: one search and one catalogue lookup.
+        is being written in the common case: one search per side and one catalogue lookup.
         """
         if self.visibility is None:
-            return await search(top_k, scope)
-        limit, shown = top_k, []
-        for _ in range(_VISIBILITY_ROUNDS):
-            hits = await search(limit, scope)
-            committed = await self.visibility(sorted({_hit_doc(h) for h in hits}))
-            shown = [h for h in hits if committed_chunk(h.node.node_id, _hit_doc(h), committed)]
-            if len(shown) >= top_k or len(hits) < limit:
+            return list(await asyncio.gather(*(search(top_k, scope) for search in searches)))
+        results: list[list[Hit] | None] = [None] * len(searches)
+        limits = [top_k] * len(searches)
+        for round_ in range(_VISIBILITY_ROUNDS):
+            todo = [i for i, r in enumerate(results) if r is None]
+            found = await asyncio.gather(*(searches[i](limits[i], scope) for i in todo))
+            committed = await self._acommitted({_hit_doc(h) for hits in found for h in hits})
+            strangers: set[str] = set()
+            for i, hits in zip(todo, found):
+                shown = [h for h in hits if committed_chunk(h.node.node_id, _hit_doc(h), committed)]
+                if len(shown) >= top_k or len(hits) < limits[i]:
+                    results[i] = shown[:top_k]
+                    continue
+                results[i] = shown if round_ == _VISIBILITY_ROUNDS - 1 else None  # the last round: what there is
+                strangers |= {_hit_doc(h) for h in hits} - set(committed)
+                stale = sum(1 for h in hits if _hit_doc(h) in committed) - len(shown)
+                if stale:
+                    limits[i] = min(_MAX_LIMIT, 2 * limits[i] + stale)
+            if all(r is not None for r in results):
                 break
-            strangers = {_hit_doc(h) for h in hits} - set(committed)
-            stale = sum(1 for h in hits if _hit_doc(h) in committed) - len(shown)
-            if stale:
-                limit = min(_MAX_LIMIT, 2 * limit + stale)
             scope = scope.excluding(strangers)
-        return shown[:top_k]
+        return [(r or [])[:top_k] for r in results]
+
+    async def _acommitted(self, doc_ids: set[str]) -> Mapping[str, tuple[int, int]]:
+        """The catalogue's committed state of these documents, remembered for the neighbour lookup that follows
+        a search (`aneighbours`), so a question costs one lookup."""
+        assert self.visibility is not None
+        committed = await self.visibility(sorted(doc_ids))
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        for doc_id in doc_ids:
+            self._recent[doc_id] = committed.get(doc_id)
+        return committed
 
     async def aload_state(self) -> str:
         """`loaded`, `loading` or `not loaded`: what a restart can leave the collection in for a while."""
@@ -729,7 +750,11 @@ class DocumentStore:
                     if d and position + d >= 0
                 )
         if self.visibility is not None and wanted:  # past a document's end lie only leftovers of an older chunking
-            committed = await self.visibility(sorted(set(wanted.values())))
+            docs = set(wanted.values())
+            known = {d: self._recent[d] for d in docs if d in self._recent}  # read by the search just made
+            committed = {d: state for d, state in known.items() if state is not None}
+            if len(known) < len(docs):
+                committed.update(await self._acommitted(docs - set(known)))
             wanted = {i: doc for i, doc in wanted.items() if committed_chunk(i, doc, committed)}
         if not wanted:
             return {}
