@@ -36,6 +36,8 @@ COPY ui/ ui/
 COPY .streamlit/ .streamlit/
 
 EXPOSE 8501
+# The HTTP API and MCP server (docker-compose.yml's `api` service: python -m rag serve).
+EXPOSE 8000
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health', timeout=5)"]

@@ -16,7 +16,9 @@ import streamlit as st
 from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
 from ui.auth import current_caller
 from ui.errors import service_or_stop, show_error
+from ui.format import md
 from ui.navigation import ensure_routed, require_admin_when_accounts
+from ui.workspaces import current_workspace
 
 ensure_routed()
 require_admin_when_accounts()
@@ -169,7 +171,12 @@ def _metrics(rows: list[BenchRow]) -> None:
         column.metric(label, value, delta, delta_color="off", delta_arrow="off", help=helptext or None)
 
 
+def _times(value: float | None) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.2f}×"
+
+
 def _table(frame: pd.DataFrame) -> None:
+    frame = frame.assign(speedup=frame["speedup"].map(_times))  # no speedup (the baseline): a dash, not "None"
     embed = frame[frame["experiment"] == "embed"]
     frame = frame[frame["experiment"] != "embed"]
     if not embed.empty:
@@ -186,7 +193,7 @@ def _table(frame: pd.DataFrame) -> None:
                 "seconds": st.column_config.NumberColumn("seconds (median)", format="%.2f"),
                 "chunks_per_s": st.column_config.NumberColumn("chunks per second", format="%.1f"),
                 "spread": st.column_config.TextColumn("slowest–fastest round"),
-                "speedup": st.column_config.NumberColumn("speedup vs torch fp32", format="%.2f×"),
+                "speedup": st.column_config.TextColumn("speedup vs torch fp32"),
                 "cosine_mean": st.column_config.NumberColumn("cosine mean", format="%.5f"),
                 "cosine_min": st.column_config.NumberColumn("cosine min", format="%.5f"),
                 "chosen": st.column_config.CheckboxColumn("the engine's"),
@@ -202,7 +209,7 @@ def _table(frame: pd.DataFrame) -> None:
             "n": st.column_config.NumberColumn("N"),
             "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
             "ms_per_item": st.column_config.NumberColumn("ms per item", format="%.3f"),
-            "speedup": st.column_config.NumberColumn("speedup vs sync", format="%.2f×"),
+            "speedup": st.column_config.TextColumn("speedup vs sync"),
         },
     )
 
@@ -254,6 +261,7 @@ st.caption(
     "scratch collections that are dropped afterwards; your documents are never touched."
 )
 service = service_or_stop()
+workspace = current_workspace(service)
 
 left, right = st.columns(2)
 experiments = left.multiselect(
@@ -274,6 +282,7 @@ concurrency = right.slider(
     "Requests in flight (project path)", min_value=1, max_value=64, value=8, key="bench.concurrency"
 )
 corpus_dir: Path | None = None
+uploaded: list[str] | None = None
 max_files = 0
 missing_documents = False
 embed_chunks, repeat = 256, 3
@@ -288,11 +297,18 @@ if "embed" in experiments:
     repeat = left.number_input("Timed rounds per backend", min_value=1, max_value=20, value=3, key="bench.repeat")
 if "ingest" in experiments or "embed" in experiments:
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
-    corpus_dir = default_corpus_dir() if source == CORPUS else Path(service.settings.data_dir) / "uploads"
-    missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
+    if source == UPLOADS:  # this workspace's uploads only, never another workspace's files
+        uploaded = [r.stored_path for r in service.documents(workspace.id, current_caller())]
+        missing_documents = not uploaded
+        right.caption(f"{len(uploaded)} document(s) uploaded to the workspace **{md(workspace.label)}**.")
+    else:
+        corpus_dir = default_corpus_dir()
+        missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
     if missing_documents:
         right.warning(
-            "No documents have been uploaded yet." if source == UPLOADS else "The shared corpus is not installed here.",
+            f"No documents have been uploaded to {md(workspace.label)} yet."
+            if source == UPLOADS
+            else "The shared corpus is not installed here.",
             icon=":material/warning:",
         )
     max_files = right.number_input(
@@ -328,12 +344,13 @@ if run:
             consistency_level=consistency,
             concurrency=int(concurrency),
             corpus_dir=str(corpus_dir) if corpus_dir else None,
+            files=uploaded if uploaded is not None else None,
             max_files=int(max_files) or None,
             embed_chunks=int(embed_chunks) or None,
             repeat=int(repeat),
         )
     except ValueError as err:
-        st.error(f"Invalid options: {err}")
+        st.error(f"Invalid options: {md(str(err))}")
         st.stop()
     steps = plan(config)
     rows: list[BenchRow] = []

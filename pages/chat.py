@@ -48,11 +48,12 @@ else:
             icon=":material/hourglass_top:",
         )
 
+parts = {d.doc_id: d.chunks for d in docs}  # where a passage of a format without pages is: part n of parts
 history = conversations.history(sid, workspace.id)
 for number, turn in enumerate(history):
     with st.chat_message(turn.role):
         st.markdown(turn.safe_markdown)
-        render_sources(turn.sources, service, workspace.id, key=str(turn.id))
+        render_sources(turn.sources, service, workspace.id, key=str(turn.id), parts=parts)
         if turn.role == "assistant":
             answer_actions(conversations, sid, workspace.id, turn, last=number == len(history) - 1)
 
@@ -72,7 +73,7 @@ if question:
             show_error(err)
             answer = None
         if answer is not None:
-            render_sources(answer.sources)
+            render_sources(answer.sources, parts=parts)
             conversations.append(sid, StoredTurn(role="user", content=question), workspace.id)
             conversations.append(
                 sid,

@@ -14,6 +14,11 @@ ensure_routed()
 
 _MODES = {"dense": "Meaning (vectors)", "keyword": "Keywords (BM25)", "hybrid": "Both (hybrid)"}
 
+
+def _rank(rank: int | None) -> str:
+    return str(rank) if rank else "—"
+
+
 st.title("Evaluate retrieval")
 st.caption(
     "Give questions with the file that answers each and a verbatim quote of the answer (the evidence), one JSON "
@@ -68,15 +73,24 @@ st.dataframe(
     ],
     hide_index=True,
     width="stretch",
+    column_config={
+        f"hit@{k}": st.column_config.NumberColumn(
+            format="percent", help=f"Share of questions whose evidence is in the first {k} passages"
+        )
+        for k in (1, 3, 5)
+    },
 )
 st.dataframe(
     [
-        {"question": row.question, "file": row.file} | {_MODES[r.mode]: r.rows[i].rank for r in reports}
+        {"question": row.question, "file": row.file} | {_MODES[r.mode]: _rank(r.rows[i].rank) for r in reports}
         for i, row in enumerate(reports[0].rows)
     ],
     hide_index=True,
     width="stretch",
-    column_config={_MODES[r.mode]: st.column_config.NumberColumn(help="rank of the first hit") for r in reports},
+    column_config={
+        _MODES[r.mode]: st.column_config.TextColumn(help="Rank of the first passage holding the evidence; — none")
+        for r in reports
+    },
 )
 
 for report in reports:
@@ -84,7 +98,7 @@ for report in reports:
         continue
     st.subheader(f"Misses: {_MODES[report.mode]} ({len(report.misses)})")
     for number, row in enumerate(report.misses):
-        with st.expander(f"{row.question} — expected in {row.file}"):
+        with st.expander(f"{md(row.question)} — expected in {md(row.file)}"):
             st.markdown("**Returned instead:**")
             for rank, passage in enumerate(row.returned, start=1):
                 page = f", p. {passage.page}" if passage.page else ""

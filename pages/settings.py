@@ -21,14 +21,4 @@ except RagError as err:
     show_error(err)
     st.stop()
 
-st.dataframe(
-    settings_table(settings),
-    hide_index=True,
-    width="stretch",
-    height="content",
-    column_config={
-        "Setting": st.column_config.TextColumn(width="medium"),
-        "Value": st.column_config.TextColumn(width="medium"),
-        "Description": st.column_config.TextColumn(width="large"),
-    },
-)
+st.table(settings_table(settings), hide_index=True)  # a static table: long descriptions wrap, none is cut

@@ -27,7 +27,8 @@ if workspace.role == "viewer":
 limits = service.settings
 st.caption(
     f"Supported: {', '.join(SUPPORTED_EXTENSIONS)}; up to {limits.max_files} files per job, "
-    f"{limits.max_file_mb:g} MB each, into the workspace **{md(workspace.label)}**. Indexing runs in the "
+    f"{limits.max_file_mb:g} MB each (a PDF up to {limits.max_pages} pages), into the workspace "
+    f"**{md(workspace.label)}**. Indexing runs in the "
     "background: you can leave this page meanwhile."
 )
 
@@ -45,4 +46,4 @@ elif submitted:
     except RagError as err:
         show_error(err)
 
-jobs_panel(service, owner=sid)
+jobs_panel(service, owner=sid, workspace=workspace)

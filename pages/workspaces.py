@@ -86,7 +86,7 @@ with st.form("workspaces.create", clear_on_submit=True):
             show_error(err)
         else:
             choose(created.id)
-            st.session_state["workspaces.flash"] = f"Created {created.label}."
+            st.session_state["workspaces.flash"] = f"Created {md(created.label)}."
             st.rerun()
 
 renamable = [w for w in workspaces if w.role == "owner"]
@@ -103,7 +103,7 @@ if renamable:
         except RagError as err:
             show_error(err)
         else:
-            st.session_state["workspaces.flash"] = f"Renamed to {renamed.label}."
+            st.session_state["workspaces.flash"] = f"Renamed to {md(renamed.label)}."
             st.rerun()
     if delete_col.button("Delete…", key="workspaces.delete", icon=":material/delete:", disabled=not deletable):
         st.session_state["workspaces.pending_delete"] = chosen.id
@@ -124,7 +124,7 @@ if renamable:
             else:
                 if st.session_state.get(KEY) == chosen.id:
                     choose(None)
-                st.session_state["workspaces.flash"] = f"Deleted {chosen.label} and {len(removed)} document(s)."
+                st.session_state["workspaces.flash"] = f"Deleted {md(chosen.label)} and {len(removed)} document(s)."
                 st.rerun()
         if no.button("Cancel", key="workspaces.cancel_delete"):
             st.session_state.pop("workspaces.pending_delete", None)
@@ -161,12 +161,12 @@ if accounts_on and caller.manages and shared:
         except RagError as err:
             show_error(err)
         else:
-            st.session_state["workspaces.flash"] = f"{member.name} is now {member.role} in {target.name}."
+            st.session_state["workspaces.flash"] = f"{md(member.name)} is now {member.role} in {md(target.name)}."
             st.rerun()
     members = service.members(target.id, caller)[1]
     if members:
         gone = st.selectbox("Take a role away from", [m.name for m in members], key="roles.revoke_name")
         if st.button("Revoke", key="roles.revoke", icon=":material/person_remove:"):
             service.revoke(target.id, gone, caller)
-            st.session_state["workspaces.flash"] = f"{gone} has only the default role in {target.name} now."
+            st.session_state["workspaces.flash"] = f"{md(gone)} has only the default role in {md(target.name)} now."
             st.rerun()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
     "BENCH_MODES": "rag.bench",
+    "DOCUMENT_PRIVATE": "rag.gateway",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
     "RETRIEVAL_MODES": "rag.options",
@@ -32,8 +33,11 @@ _LOCATIONS = {
     "AccountNotFoundError": "rag.errors",
     "Accounts": "rag.accounts",
     "Answer": "rag.query",
+    "AnswerReport": "rag.evaluate",
     "AnswerStream": "rag.query",
+    "ApiToken": "rag.tokens",
     "AskOptions": "rag.options",
+    "AuthenticationError": "rag.errors",
     "BenchConfig": "rag.bench",
     "BenchReport": "rag.bench",
     "BenchRow": "rag.bench",
@@ -57,9 +61,11 @@ _LOCATIONS = {
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
     "Finding": "rag.documents",
+    "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
     "JobCancelledError": "rag.errors",
+    "JobNotFoundError": "rag.errors",
     "JobSnapshot": "rag.jobs",
     "JobState": "rag.jobs",
     "LoginError": "rag.errors",
@@ -67,11 +73,15 @@ _LOCATIONS = {
     "Member": "rag.workspaces",
     "ModelError": "rag.errors",
     "OperationTimeoutError": "rag.errors",
+    "Passage": "rag.sources",
     "Preparation": "rag.embeddings",
     "QAPair": "rag.evaluate",
     "QuestionService": "rag.questions",
     "RagError": "rag.errors",
     "RagService": "rag.service",
+    "RateLimitedError": "rag.errors",
+    "RemoteAccess": "rag.remote",
+    "RemoteCaller": "rag.remote",
     "RenderedPage": "rag.sources",
     "Retrieval": "rag.options",
     "Runtime": "rag.runtime",
@@ -81,11 +91,15 @@ _LOCATIONS = {
     "Stage": "rag.ingest",
     "StoreUnavailableError": "rag.errors",
     "StoredTurn": "rag.conversations",
+    "Tokens": "rag.tokens",
+    "UploadTooLargeError": "rag.errors",
     "Workspace": "rag.workspaces",
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
     "check_documents": "rag.documents",
+    "create_app": "rag.api",
+    "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
     "describe_embedding": "rag.embeddings",
     "escape_markdown": "rag.markdown",
@@ -97,10 +111,14 @@ _LOCATIONS = {
     "plan": "rag.bench",
     "prepare_backend": "rag.embeddings",
     "redact_url": "rag.config",
+    "run_stdio": "rag.mcp_server",
+    "serve_http": "rag.api",
+    "status_of": "rag.gateway",
 }
 
 __all__ = [
     "BENCH_MODES",
+    "DOCUMENT_PRIVATE",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
     "RETRIEVAL_MODES",
@@ -113,8 +131,11 @@ __all__ = [
     "AccountNotFoundError",
     "Accounts",
     "Answer",
+    "AnswerReport",
     "AnswerStream",
+    "ApiToken",
     "AskOptions",
+    "AuthenticationError",
     "BenchConfig",
     "BenchReport",
     "BenchRow",
@@ -138,9 +159,11 @@ __all__ = [
     "FileResult",
     "FileStatus",
     "Finding",
+    "Gateway",
     "IngestError",
     "IngestReport",
     "JobCancelledError",
+    "JobNotFoundError",
     "JobSnapshot",
     "JobState",
     "LoginError",
@@ -148,11 +171,15 @@ __all__ = [
     "Member",
     "ModelError",
     "OperationTimeoutError",
+    "Passage",
     "Preparation",
     "QAPair",
     "QuestionService",
     "RagError",
     "RagService",
+    "RateLimitedError",
+    "RemoteAccess",
+    "RemoteCaller",
     "RenderedPage",
     "Retrieval",
     "Runtime",
@@ -162,11 +189,15 @@ __all__ = [
     "Stage",
     "StoreUnavailableError",
     "StoredTurn",
+    "Tokens",
+    "UploadTooLargeError",
     "Workspace",
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
     "check_documents",
+    "create_app",
+    "create_mcp",
     "default_corpus_dir",
     "describe_embedding",
     "escape_markdown",
@@ -178,6 +209,9 @@ __all__ = [
     "plan",
     "prepare_backend",
     "redact_url",
+    "run_stdio",
+    "serve_http",
+    "status_of",
 ]
 
 
@@ -198,6 +232,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.access import Caller
     from rag.accounts import Account, Accounts
+    from rag.api import create_app, serve_http
     from rag.bench import (
         BENCH_MODES,
         EXPERIMENTS,
@@ -219,6 +254,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         AccessDeniedError,
         AccountError,
         AccountNotFoundError,
+        AuthenticationError,
         BenchmarkBusyError,
         CollectionNotFoundError,
         ConfigError,
@@ -228,26 +264,33 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         EvalFileError,
         IngestError,
         JobCancelledError,
+        JobNotFoundError,
         LoginError,
         LoginThrottledError,
         ModelError,
         OperationTimeoutError,
         RagError,
+        RateLimitedError,
         StoreUnavailableError,
+        UploadTooLargeError,
         WorkspaceError,
         WorkspaceNotFoundError,
     )
-    from rag.evaluate import EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.evaluate import AnswerReport, EvalReport, EvalRow, QAPair, parse_pairs
+    from rag.gateway import DOCUMENT_PRIVATE, Gateway, status_of
     from rag.ingest import FileProgress, FileResult, FileStatus, IngestReport, Stage
     from rag.jobs import JobSnapshot, JobState
     from rag.markdown import escape_markdown, escape_math, neutralize_markdown
+    from rag.mcp_server import create_mcp, run_stdio
     from rag.milvus_server import EmbeddedMilvus
     from rag.options import RETRIEVAL_MODES, AskOptions, Retrieval
     from rag.query import RETRIEVAL_ONLY_NOTE, Answer, AnswerStream, ChatTurn, Source
     from rag.questions import QuestionService
     from rag.readers import SUPPORTED_EXTENSIONS
+    from rag.remote import RemoteAccess, RemoteCaller
     from rag.runtime import Runtime
     from rag.schema import ROLES
     from rag.service import RagService, ServiceStatus
-    from rag.sources import RenderedPage
+    from rag.sources import Passage, RenderedPage
+    from rag.tokens import ApiToken, Tokens
     from rag.workspaces import Member, Workspace

@@ -107,6 +107,9 @@ class BenchConfig(BaseModel, frozen=True):
     consistency_level: Literal["Strong", "Session", "Bounded", "Eventually"] = "Strong"
     concurrency: int = Field(8, ge=1, le=256)
     corpus_dir: str | None = None
+    files: list[str] | None = Field(
+        None, description="These files instead of the corpus folder's (a workspace's uploads); None: the folder's."
+    )
     max_files: int | None = Field(
         None, ge=1, description="Ingest only the first files of the corpus (by name); None: every file."
     )
@@ -211,6 +214,9 @@ def corpus_files(config: BenchConfig) -> list[Path]:
 
     The shared corpus's provenance table (SOURCES.md) describes the documents and is not one of them.
     """
+    if config.files is not None:
+        listed = sorted((Path(f) for f in config.files if file_type(f) in READERS), key=lambda p: p.name)
+        return listed[: config.max_files] if config.max_files else listed
     folder = Path(config.corpus_dir) if config.corpus_dir else default_corpus_dir()
     if not folder.is_dir():
         raise IngestError(str(folder), "is not a folder of documents")

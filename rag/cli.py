@@ -340,18 +340,33 @@ def ask(ctx: click.Context, question: str, top_k: int | None, retrieval: str | N
     help="Which retrieval to measure; all compares the three side by side (default: RAG_RETRIEVAL).",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help='Print {"hit_at": {"1","3","5"}, "mrr", "n", "rows"} (one per mode).'
+    "--answers",
+    is_flag=True,
+    help="Measure the answers instead: how often the answer text holds the evidence, and in its first two lines.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"hit_at": {"1","3","5"}, "mrr", "n", "rows"} (one per mode); with --answers '
+    '{"mode", "held", "held_half", "first_lines", "hit_at_k", "n", "rows"}.',
 )
 @click.pass_context
 @_edge
-def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str | None, as_json: bool) -> None:
-    """Measure retrieval on labelled questions: hit@1/3/5 and MRR. Reads only; indexes nothing.
+def eval_(
+    ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str | None, answers: bool, as_json: bool
+) -> None:
+    """Measure retrieval (hit@1/3/5 and MRR) or answers on labelled questions. Reads only; indexes nothing.
 
     QA_FILE holds one JSON object per line: {"question", "file", "evidence"}, the evidence a verbatim
     quote from that (indexed) file. A question hits at rank r when the r-th passage is from that file
-    and holds at least 80% of the evidence's word 3-grams.
+    and holds at least 80% of the evidence's word 3-grams. With --answers, each question is answered as
+    a user would see it (retrieval-only without an LLM) and the answer's text is checked by the same
+    rule: the share of answers holding the evidence (80% and 50% of its 3-grams), the share holding it
+    in their first two lines, and the passages' hit@k.
 
-    Example: python -m rag eval tests/data/qa.jsonl --retrieval all
+    Examples: python -m rag eval tests/data/qa.jsonl --retrieval all;
+    python -m rag eval tests/data/qa.jsonl --answers
     """
     from rag import parse_pairs
 
@@ -361,6 +376,23 @@ def eval_(ctx: click.Context, qa_file: Path, top_k: int | None, retrieval: str |
         raise click.ClickException(f"{qa_file}: cannot be read ({exc})") from exc
     pairs = parse_pairs(text, str(qa_file))
     settings = _settings(ctx, top_k=top_k)
+    if answers:
+        if retrieval == "all":
+            raise click.UsageError("--answers measures one retrieval mode at a time, not all")
+        with _service(settings) as service:
+            report = service.evaluate_answers(pairs, retrieval, top_k, _workspace(service))  # type: ignore[arg-type]
+        if as_json:
+            click.echo(json.dumps(report.model_dump(mode="json")))
+            return
+        click.echo(f"{report.n} questions, {report.mode} answers, {report.retrieval} retrieval, top {report.top_k}")
+        click.echo(f"evidence in the answer (80% of its 3-grams): {report.held:.1%}")
+        click.echo(f"evidence in the answer (50% of its 3-grams): {report.held_half:.1%}")
+        click.echo(f"evidence in the first two lines (80%):       {report.first_lines:.1%}")
+        click.echo(f"passage hit@{report.top_k}:                               {report.hit_at_k:.1%}")
+        click.echo(f"p50 seconds per answer:                      {report.p50_ms / 1000:.2f}")
+        for row in report.misses:
+            click.echo(f"miss ({row.share:.0%} of the evidence): {row.question}  [{row.file}]")
+        return
     modes = ["dense", "keyword", "hybrid"] if retrieval == "all" else [retrieval or settings.retrieval_mode]
     with _service(settings) as service:
         reports = service.evaluate(pairs, modes, top_k, _workspace(service))
@@ -388,7 +420,7 @@ def docs() -> None:
 @click.pass_context
 @_edge
 def docs_list(ctx: click.Context, as_json: bool) -> None:
-    """List indexed documents.
+    """List indexed documents: id, type, pages, chunks, when added, then the file's whole name.
 
     Example: python -m rag docs list --json
     """
@@ -406,7 +438,7 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
         click.echo("No documents indexed yet.")
     for r in records:
         pages = f"{r.pages} pages" if r.pages else "-"
-        click.echo(f"{r.doc_id[:12]}  {r.file_name:40.40}  {r.file_type:5} {pages:>10} {r.chunks:6} chunks  {r.added}")
+        click.echo(f"{r.doc_id[:12]}  {r.file_type:5} {pages:>10} {r.chunks:6} chunks  {r.added}  {r.file_name}")
 
 
 @docs.command("delete")
@@ -887,6 +919,172 @@ def users_passwd(ctx: click.Context, name: str, from_stdin: bool) -> None:
     finally:
         accounts.close()
     click.echo(f"Password changed for {account.name}")
+
+
+@contextlib.contextmanager
+def _access(settings: Settings) -> Iterator[Any]:
+    """Who may call the API (rag.RemoteAccess over the data dir's accounts, tokens and workspaces), closed after."""
+    from rag import RemoteAccess
+
+    access = RemoteAccess.from_settings(settings)
+    try:
+        yield access
+    finally:
+        access.close()
+
+
+@contextlib.contextmanager
+def _gateway(settings: Settings, host: str | None = None) -> Iterator[Any]:
+    """The engine as remote callers see it; refuses a non-loopback `host` before loading anything, when calls
+    without a token would be served."""
+    from rag import Gateway, RagService
+
+    with _access(settings) as access:
+        if host is not None:
+            access.check_bind(host)
+        service = RagService(settings)
+        try:
+            yield Gateway(service, access)
+        finally:
+            service.close()
+
+
+@cli.command()
+@click.option(
+    "--host", help="Address to listen on (RAG_API_HOST; default 127.0.0.1); another only once a token exists."
+)
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (RAG_API_PORT; default 8000).")
+@click.pass_context
+@_edge
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API: OpenAI-compatible chat, search, documents, jobs and evaluation, the MCP server at /mcp,
+    and the schema at /docs. Once an account or a token exists (or APP_PASSWORD is set), every call needs
+    'Authorization: Bearer TOKEN' (python -m rag tokens create NAME).
+
+    Example: python -m rag serve --port 8000
+    """
+    from rag import serve_http
+
+    settings = _settings(ctx, api_host=host, api_port=port)
+    with _gateway(settings, settings.api_host) as gateway:
+        serve_http(gateway, settings.api_host, settings.api_port)
+
+
+@cli.command("mcp")
+@click.option("--http", "http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
+@click.option("--host", help="--http: address to listen on (RAG_API_HOST; default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="--http: port (RAG_API_PORT; default 8000).")
+@click.pass_context
+@_edge
+def mcp(ctx: click.Context, http: bool, host: str | None, port: int | None) -> None:
+    """Serve the MCP server (tools search, ask, list_workspaces, list_documents, get_passage; documents as
+    resources) over stdio, for a client that starts it, or over streamable HTTP with --http.
+
+    \b
+    Over stdio it acts for the user running it, as the CLI does; with RAG_MCP_TOKEN set, as that API token's
+    caller (its account, workspace and read-only limits). Over HTTP the token rules of `serve` apply.
+    Example: python -m rag mcp
+    """
+    from rag import run_stdio, serve_http
+
+    settings = _settings(ctx, api_host=host, api_port=port)
+    if http:
+        with _gateway(settings, settings.api_host) as gateway:
+            serve_http(gateway, settings.api_host, settings.api_port, rest=False)
+        return
+    with contextlib.ExitStack() as stack:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the protocol: starting must not write to it
+            gateway = stack.enter_context(_gateway(settings))
+            token = settings.mcp_token.get_secret_value() if settings.mcp_token else None
+            caller = gateway.access.authenticate(f"Bearer {token}") if token else gateway.access.local()
+        run_stdio(gateway, caller)
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens for `serve` and `mcp`: stored hashed, shown once, revocable."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--workspace", "workspace", help="Only this workspace (a name the account sees); default: all of them.")
+@click.option("--read-only", is_flag=True, help="May search, ask and read documents, but not upload or delete.")
+@click.option("--json", "as_json", is_flag=True, help="Print the token's fields and its secret as `token`.")
+@click.pass_context
+@_edge
+def tokens_create(ctx: click.Context, name: str, workspace: str | None, read_only: bool, as_json: bool) -> None:
+    """Make an API token for the account NAME (with no accounts, NAME is a label and the token acts for everyone
+    until accounts exist). The token is printed once: store it now.
+
+    Example: python -m rag tokens create alice --workspace "HR policies" --read-only
+    """
+    with _access(_settings(ctx)) as access:
+        token, secret = access.issue(name, workspace, read_only)
+    if as_json:
+        click.echo(json.dumps({**_token_json(token), "token": secret}))
+        return
+    click.echo(secret)
+    limits = ", ".join(
+        x for x in ("read-only" if read_only else "", f"workspace {workspace}" if workspace else "") if x
+    )
+    click.echo(f"Token {token.id} for {name}{f' ({limits})' if limits else ''}: shown once, keep it secret.", err=True)
+
+
+def _token_json(token: Any) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "account_id": token.account_id,
+        "workspace": token.workspace,
+        "read_only": token.read_only,
+        "created": token.created,
+        "last_used": token.last_used,
+        "revoked": token.revoked_at is not None,
+    }
+
+
+@tokens.command("list")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print [{id, name, account_id, workspace, read_only, created, last_used, revoked}].",
+)
+@click.pass_context
+@_edge
+def tokens_list(ctx: click.Context, as_json: bool) -> None:
+    """List API tokens (never their secrets).
+
+    Example: python -m rag tokens list
+    """
+    with _access(_settings(ctx)) as access:
+        rows = access.tokens.list()
+    if as_json:
+        click.echo(json.dumps([_token_json(t) for t in rows]))
+        return
+    if not rows:
+        click.echo("No API tokens.")
+    for t in rows:
+        state = "revoked" if t.revoked_at else "read-only" if t.read_only else "read-write"
+        click.echo(
+            f"{t.id}  {t.name:24.24} {state:10} {t.workspace or 'all workspaces':16} {t.last_used or 'never used'}"
+        )
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+@_edge
+def tokens_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke an API token by its id (tokens list): every later call with it is refused, in every process.
+
+    Example: python -m rag tokens revoke 3f2a9c1b7d4e
+    """
+    with _access(_settings(ctx)) as access:
+        token = access.tokens.revoke(token_id)
+    if token is None:
+        raise click.ClickException(f"No API token has the id {token_id}.")
+    click.echo(f"Revoked token {token.id} of {token.name}")
 
 
 def main() -> None:

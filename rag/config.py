@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Annotated, Literal
+from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rag.errors import ConfigError
 from rag.options import Retrieval
@@ -148,7 +149,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
         description="Any OpenAI-compatible server (Ollama, vLLM, LM Studio), e.g. http://localhost:11434/v1.",
     )
-    llm_model: str = Field("gpt-4o-mini", validation_alias=AliasChoices("LLM_MODEL", "llm_model"))
+    llm_model: str = Field(
+        "gpt-4o-mini",
+        validation_alias=AliasChoices("LLM_MODEL", "llm_model"),
+        description="The model answers are written by, unless a question chooses another of LLM_MODELS.",
+    )
+    llm_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias=AliasChoices("LLM_MODELS", "llm_models"),
+        description=(
+            "The models people may choose for a question, comma-separated; LLM_MODEL must be one of them. "
+            "Empty: LLM_MODEL alone."
+        ),
+    )
     temperature: float = Field(0.1, ge=0.0, le=2.0, validation_alias=AliasChoices("RAG_TEMPERATURE", "temperature"))
     llm_timeout: float = Field(120.0, gt=0, validation_alias=AliasChoices("RAG_LLM_TIMEOUT", "llm_timeout"))
     max_file_mb: float = Field(
@@ -156,6 +169,27 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("RAG_MAX_FILE_MB", "max_file_mb"),
         description="Files larger than this are refused before reading.",
+    )
+    max_pages: int = Field(
+        1000,
+        ge=1,
+        validation_alias=AliasChoices("RAG_MAX_PAGES", "max_pages"),
+        description="A PDF with more pages than this is refused before any page is read.",
+    )
+    max_page_pixels: int = Field(
+        20_000_000,
+        ge=1_000_000,
+        validation_alias=AliasChoices("RAG_MAX_PAGE_PIXELS", "max_page_pixels"),
+        description=(
+            "Most pixels a page is rendered to (source viewer, OCR); larger renders are drawn at a lower scale, "
+            "and a scanned page that would need less than 72 dpi to fit is refused."
+        ),
+    )
+    ocr_page_seconds: float = Field(
+        180.0,
+        gt=0,
+        validation_alias=AliasChoices("RAG_OCR_PAGE_SECONDS", "ocr_page_seconds"),
+        description="Most seconds OCR may spend on one page; a file with a page that takes longer fails.",
     )
     max_chunks_per_file: int = Field(
         5000,
@@ -188,10 +222,56 @@ class Settings(BaseSettings):
         ),
     )
 
+    api_host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("RAG_API_HOST", "api_host"),
+        description="Address `python -m rag serve` (and `mcp --http`) listens on; beyond loopback only once a token "
+        "or an account exists.",
+    )
+    api_port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("RAG_API_PORT", "api_port"))
+    api_rate_limit: int = Field(
+        120,
+        ge=0,
+        validation_alias=AliasChoices("RAG_API_RATE_LIMIT", "api_rate_limit"),
+        description="Requests a minute each API token may send (bursts up to as many); 0: no limit.",
+    )
+
+    mcp_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("RAG_MCP_TOKEN", "mcp_token"),
+        description="`python -m rag mcp` over stdio acts as this API token's caller; unset: as the local user, "
+        "like the CLI.",
+    )
+
     @field_validator("openai_base_url", "milvus_uri", "database_url")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("llm_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        """`LLM_MODELS=a,b` (or a JSON list) as a tuple of names, blanks and repeats dropped."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
+        return value
+
+    @model_validator(mode="after")
+    def _model_offered(self) -> Settings:
+        if self.llm_models and self.llm_model not in self.llm_models:
+            raise ValueError(
+                f"LLM_MODEL {self.llm_model!r} is not one of LLM_MODELS ({', '.join(self.llm_models)}); "
+                "add it to LLM_MODELS or choose one of them"
+            )
+        return self
+
+    @property
+    def llm_choices(self) -> tuple[str, ...]:
+        """The models a question may be answered by: LLM_MODELS, or LLM_MODEL alone when that is empty."""
+        return self.llm_models or (self.llm_model,)
 
     @field_validator("database_url")
     @classmethod
@@ -239,6 +319,8 @@ class Settings(BaseSettings):
                 value = "••••••" if getattr(self, name).get_secret_value() else ""
             elif name in _URL_FIELDS and isinstance(value, str):
                 value = redact_url(value)
+            elif isinstance(value, tuple):
+                value = ", ".join(value)
             shown[name] = str(value) if isinstance(value, Path) else value
         return shown
 
@@ -263,7 +345,8 @@ def _readable(exc: ValidationError) -> str:
             and where not in {names.get(s) for s in secret}
         )
         given = f" (got {error['input']!r})" if shown else ""
-        parts.append(f"{where}: {error['msg']}{given}")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{given}" if where else message)  # a check across settings has no field
     return "Invalid configuration: " + "; ".join(parts)
 
 
@@ -275,25 +358,33 @@ def redact_url(url: str) -> str:
     """A URL fit to display: no `user:password@`, and query values that look like credentials masked.
 
         redact_url("http://bob:s3cret@llm.example:8080/v1")  # 'http://llm.example:8080/v1'
+        redact_url("http://bob:pa/ss@w:rd@llm.example/v1")    # 'http://llm.example/v1'
         redact_url("https://h/v1?api_key=sk-1&x=2")          # 'https://h/v1?api_key=***&x=2'
 
-    Anything that is not a URL with a host (a Milvus Lite path, an empty value) comes back unchanged.
+    A password may hold any character unencoded (`/`, `@`, `:`, `?`, `#`), so everything from `//` to the
+    last `@` is taken as credentials: a URL with an `@` in its path or query is shown from after that `@`
+    (it may lose a part of its path, never shows a password). Anything that is not a URL with a host
+    (a Milvus Lite path, an empty value) comes back unchanged.
     """
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:  # a malformed port or bracket: drop whatever stands before an `@`
-        return re.sub(r"^([^/]*//)?[^/]*@", r"\1", url)
-    if not parts.netloc:
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*:)?//", url)
+    if scheme:
+        head, rest = url[: scheme.end()], url[scheme.end() :]
+    elif "@" in url and not url.startswith((".", "/", "~")):  # `user:password@host:port` without a scheme
+        head, rest = "", url
+    else:
         return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = (f"[{host}]" if host and ":" in host else host or "") + (f":{port}" if port else "")
-    query = "&".join(
+    rest = rest[rest.rfind("@") + 1 :]
+    rest, hash_mark, fragment = rest.partition("#")
+    rest, question_mark, query = rest.partition("?")
+    return head + rest + question_mark + _mask_params(query) + hash_mark + _mask_params(fragment)
+
+
+def _mask_params(params: str) -> str:
+    """`a=1&api_key=x` with the values of credential-like names masked: `a=1&api_key=***`."""
+    return "&".join(
         f"{field.split('=', 1)[0]}=***" if _SECRET_PARAM.search(unquote(field.split("=", 1)[0])) else field
-        for field in parts.query.split("&")
+        for field in params.split("&")
     )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def private_dir(path: Path) -> Path:

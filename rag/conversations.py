@@ -25,7 +25,7 @@ from rag import schema
 from rag.config import Settings
 from rag.database import Database
 from rag.markdown import escape_markdown, escape_math, neutralize_markdown
-from rag.query import ChatTurn, Source
+from rag.query import ChatTurn, Source, cited_documents
 
 _turns = schema.turns
 
@@ -43,7 +43,7 @@ class StoredTurn(BaseModel, frozen=True):
 
     def as_chat_turn(self) -> ChatTurn:
         """The turn as the engine's follow-up history wants it."""
-        return ChatTurn(role=self.role, content=self.content)
+        return ChatTurn(role=self.role, content=self.content, doc_ids=cited_documents(self.content, self.sources))
 
     @property
     def safe_markdown(self) -> str:

@@ -422,26 +422,26 @@ class DocumentLibrary:
         await self.store.adelete_workspace(workspace)
         return records
 
-    async def arecover(self) -> list[str]:
+    async def arecover(self) -> list[DocumentRecord]:
         """Clean up after writers that died (`arecover_writes`) and bring the keyword index in step with the
-        catalogue. Returns the names of removed half-indexed documents."""
+        catalogue. Returns the removed half-indexed documents."""
         cleaned = await self.arecover_writes()
         indexed = await asyncio.to_thread(self.catalog.list, "indexed", None)
         await self.store.areconcile_keywords({r.doc_id: r.chunks for r in indexed})
         return cleaned
 
-    async def arecover_writes(self) -> list[str]:
+    async def arecover_writes(self) -> list[DocumentRecord]:
         """Finish or undo every write whose writer is gone (its claim expired, or its process on this machine
         died): a half-indexed document is removed, a re-index's unfinished generation removed, the previous
         generation of a committed re-index removed, an interrupted delete or replace completed. Writes with a
-        live writer are left alone. Cheap (one catalogue query) when nothing is unfinished. Returns the names of
-        removed half-indexed documents."""
+        live writer are left alone. Cheap (one catalogue query) when nothing is unfinished. Returns the removed
+        half-indexed documents."""
         cleaned = []
         for record in await asyncio.to_thread(self.catalog.unfinished):
             try:
                 async with self.writer(record.doc_id, wait=False):
                     if await self._arecover_one(record.doc_id):
-                        cleaned.append(record.file_name)
+                        cleaned.append(record)
             except DocumentBusyError:
                 continue  # its writer is alive
         return cleaned
@@ -490,7 +490,8 @@ class DocumentLibrary:
                 log.warning("recovery failed (retried in %.0f s): %s", RECOVERY_SECONDS, exc)
                 continue
             if cleaned:
-                log.info("removed half-indexed documents whose writer is gone: %s", ", ".join(cleaned))
+                names = ", ".join(r.file_name for r in cleaned)
+                log.info("removed half-indexed documents whose writer is gone: %s", names)
 
     async def acounts_agree(self) -> bool:
         """The start-up check, a few cheap reads: with no write in progress, Milvus and the keyword index hold

@@ -16,6 +16,10 @@ RagError                     base: .user_message is for people; str(err) keeps t
 ├── LoginError               wrong name or password: one message for both
 │   └── LoginThrottledError     too many failed sign-ins; .retry_after says how many seconds to wait
 ├── AccessDeniedError        the caller's role does not allow this (the message names what is allowed)
+├── AuthenticationError      an API or MCP call without a valid token (missing, unknown, revoked)
+├── RateLimitedError         a token sent more requests than RAG_API_RATE_LIMIT allows; .retry_after
+├── JobNotFoundError         no job of this caller has that id
+├── UploadTooLargeError      an upload past RAG_MAX_FILE_MB or RAG_MAX_FILES (the UI's limits)
 └── OperationTimeoutError    a Runtime.run call exceeded its timeout
 """
 
@@ -131,7 +135,8 @@ class AccountNotFoundError(AccountError):
 
 
 class AccessDeniedError(RagError):
-    """Raised when the caller's role in a workspace (or their lack of admin rights) does not allow an action."""
+    """Raised when the caller's role in a workspace (or their lack of admin rights), or an API token's limits
+    (read-only, one workspace), do not allow an action."""
 
     default_message = "You are not allowed to do that."
 
@@ -157,6 +162,33 @@ class LoginThrottledError(LoginError):
             user_message=f"Too many failed sign-ins: try again in {wait}.",
         )
         self.retry_after = retry_after
+
+
+class AuthenticationError(RagError):
+    """Raised when an API or MCP call carries no valid token: none where one is needed, unknown, or revoked."""
+
+    default_message = "This call needs a valid API token (Authorization: Bearer …)."
+
+
+class RateLimitedError(RagError):
+    """Raised when a token sends requests faster than RAG_API_RATE_LIMIT allows; .retry_after in seconds."""
+
+    def __init__(self, retry_after: float, limit: int) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            f"rate limited for {retry_after:.2f} s",
+            user_message=f"Too many requests: this token may send {limit} a minute (RAG_API_RATE_LIMIT); "
+            f"try again in {seconds} s.",
+        )
+        self.retry_after = retry_after
+
+
+class JobNotFoundError(RagError):
+    """Raised when no job of this caller has the given id (another caller's job does not exist for it)."""
+
+
+class UploadTooLargeError(RagError):
+    """Raised for an upload past the limits the web UI applies too (RAG_MAX_FILE_MB per file, RAG_MAX_FILES)."""
 
 
 class OperationTimeoutError(RagError):

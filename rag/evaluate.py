@@ -1,10 +1,14 @@
-"""Retrieval quality on labelled question/evidence pairs: hit@1/3/5 and MRR, per retrieval mode.
+"""Quality on labelled question/evidence pairs: retrieval (hit@1/3/5 and MRR, per retrieval mode) and
+answers (does the answer a user reads quote the evidence, and near its top).
 
 A pair is `{"question", "file", "evidence"}`, the evidence a verbatim quote from that file. A returned
 passage is a hit when it comes from that file and holds at least 80% of the evidence's word 3-grams
 (words compared lower-cased, after the same Unicode clean-up the readers apply), so a quote cut across
 two chunks still counts when most of it is in one, and layout differences (line breaks, hyphens at
 line ends) do not matter. The rank of the first hit gives hit@k and the reciprocal rank.
+
+An answer holds the evidence by the same rule, applied to the answer's text (reported at 80% and at 50% of
+the 3-grams), and holds it early when its first two non-empty lines do: what a reader sees before scrolling.
 
 Evaluation only reads: it asks the engine the questions and indexes nothing.
 """
@@ -24,8 +28,11 @@ from rag.errors import EvalFileError
 from rag.options import AskOptions, Retrieval
 
 HIT_THRESHOLD = 0.8
+HALF_THRESHOLD = 0.5
+FIRST_LINES = 2
 CUTOFFS = (1, 3, 5)
 _WORD = re.compile(r"\w+")
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()<>#+!|~$-])")
 _INVISIBLE = re.compile(r"[\u00ad\ufffe\u200b]")
 
 
@@ -161,3 +168,93 @@ async def aevaluate(
         rank = first_hit(pair, returned)
         rows.append(EvalRow(question=pair.question, file=pair.file, rank=rank, seconds=seconds, returned=returned))
     return summarise(mode, top_k, rows)
+
+
+class AnswerRow(BaseModel, frozen=True):
+    """How one question's answer fared: evidence share in the whole answer and in its first lines."""
+
+    question: str
+    file: str
+    rank: int | None
+    share: float
+    share_first_lines: float
+    seconds: float
+    answer: str
+
+
+class AnswerReport(BaseModel, frozen=True):
+    """Shares of questions whose answer holds the evidence; the schema of `eval --answers --json`."""
+
+    mode: str
+    retrieval: Retrieval
+    top_k: int
+    n: int
+    held: float
+    held_half: float
+    first_lines: float
+    hit_at_k: float
+    p50_ms: float
+    rows: list[AnswerRow]
+
+    @property
+    def misses(self) -> list[AnswerRow]:
+        """Questions whose answer does not hold the evidence."""
+        return [row for row in self.rows if row.share < HIT_THRESHOLD]
+
+
+def displayed(markdown: str) -> str:
+    """Markdown as a reader sees it: backslash escapes removed (`\\_\\_spam` reads `__spam`)."""
+    return _ESCAPED.sub(r"\1", markdown)
+
+
+def first_lines(text: str, n: int = FIRST_LINES) -> str:
+    """The first n non-empty lines of a text."""
+    return "\n".join([line for line in text.splitlines() if line.strip()][:n])
+
+
+def summarise_answers(mode: str, retrieval: Retrieval, top_k: int, rows: Sequence[AnswerRow]) -> AnswerReport:
+    """The shares of questions whose answer holds the evidence (80%, 50%, early) and the passages' hit@k."""
+    n = len(rows)
+
+    def share(ok: int) -> float:
+        return round(ok / n, 4)
+
+    return AnswerReport(
+        mode=mode,
+        retrieval=retrieval,
+        top_k=top_k,
+        n=n,
+        held=share(sum(r.share >= HIT_THRESHOLD for r in rows)),
+        held_half=share(sum(r.share >= HALF_THRESHOLD for r in rows)),
+        first_lines=share(sum(r.share_first_lines >= HIT_THRESHOLD for r in rows)),
+        hit_at_k=share(sum(r.rank is not None for r in rows)),
+        p50_ms=round(statistics.median(r.seconds for r in rows) * 1000, 1),
+        rows=list(rows),
+    )
+
+
+async def aevaluate_answers(
+    engine: object, pairs: Sequence[QAPair], retrieval: Retrieval, top_k: int, workspace: str = "default"
+) -> AnswerReport:
+    """Ask every question as a user would (the whole answer, one at a time) and score the answer's text."""
+    rows = []
+    mode = "retrieval-only"
+    for pair in pairs:
+        options = AskOptions(top_k=top_k, retrieval=retrieval, workspace=workspace)
+        started = time.perf_counter()
+        answer = await engine.aanswer(pair.question, (), options)  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - started
+        mode = answer.mode
+        returned = [Returned(file_name=s.file_name, page=s.page, text=s.text, doc_id=s.doc_id) for s in answer.sources]
+        rows.append(
+            AnswerRow(
+                question=pair.question,
+                file=pair.file,
+                rank=first_hit(pair, returned),
+                share=round(evidence_share(pair.evidence, displayed(answer.answer)), 4),
+                share_first_lines=round(evidence_share(pair.evidence, first_lines(displayed(answer.answer))), 4),
+                seconds=seconds,
+                answer=answer.answer,
+            )
+        )
+    return summarise_answers(mode, retrieval, top_k, rows)

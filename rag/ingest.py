@@ -30,7 +30,7 @@ from rag.documents import LEASE_SECONDS, Claim, DocumentLibrary, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.ocr import write_sidecar
-from rag.readers import file_type, read_document
+from rag.readers import ReadLimits, file_type, read_document
 from rag.runtime import background_executor
 from rag.store import MODEL_KEY, WORKSPACE_FIELD, chunk_id
 from rag.workspaces import DEFAULT_ID
@@ -134,15 +134,25 @@ ProgressCallback = Callable[[int, FileProgress], None]
 """Told `(index of the file in the job, a copy of its progress)` at every step; the copy is never changed."""
 
 
-def clean_name(name: str, limit: int = 200) -> str:
-    """A display name safe anywhere: no directories, no control characters, bounded length."""
+MAX_NAME_BYTES = 255
+"""The longest file name a file system holds (ext4, XFS, APFS: 255 bytes of UTF-8)."""
+
+
+def clean_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """The file's own name, safe anywhere: no directories, no control characters, no leading dots.
+
+    Kept whole up to `limit` bytes of UTF-8, so the catalogue and `docs list` name exactly the file that was
+    indexed; only a longer name (which no file system holds) is cut, keeping its extension. Pages shorten
+    names for display themselves.
+    """
     base = re.split(r"[\\/]", name)[-1]
     base = "".join(ch for ch in unicodedata.normalize("NFC", base) if unicodedata.category(ch)[0] != "C").strip()
     base = base.lstrip(".") or "unnamed"
-    if len(base) > limit:
+    if len(base.encode()) > limit:
         stem, ext = os.path.splitext(base)
-        ext = ext[:16]
-        base = stem[: limit - len(ext) - 1] + "…" + ext
+        ext = ext if len(ext.encode()) <= 16 else ""
+        room = limit - len(ext.encode()) - len("…".encode())
+        base = stem.encode()[:room].decode("utf-8", "ignore") + "…" + ext
     return base
 
 
@@ -381,7 +391,9 @@ class Ingestor:
             return _Prepared(index, prog, result=result)
         hook = _PageHook(index, prog, publish)
         try:
-            read = await self._in_background(read_document, stored, name, self.settings.ocr, hook)
+            read = await self._in_background(
+                read_document, stored, name, self.settings.ocr, hook, ReadLimits.from_settings(self.settings)
+            )
         except asyncio.CancelledError:
             hook.cancelled = True
             raise

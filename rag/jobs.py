@@ -62,6 +62,7 @@ class JobSnapshot(BaseModel, frozen=True):
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    workspace: str | None = None  # the workspace (by id) its files go into
 
     @property
     def active(self) -> bool:
@@ -117,6 +118,7 @@ class _Job:
                 error=self.error,
                 started_at=self.started_at,
                 finished_at=self.finished_at,
+                workspace=self.sources[0].workspace if self.sources else None,
             )
 
 

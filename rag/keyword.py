@@ -55,6 +55,7 @@ _STOPWORD_TEXT = """a about above after again against all am an and any are as a
     theirs them themselves then there these they this those through to too under until up very was we were what
     when where which while who whom why will with would you your yours yourself yourselves"""
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+STOPWORDS = _STOPWORDS  # also what the retrieval-only answer leaves out of a question (rag/extract.py)
 _TERM = re.compile(r"\w+")
 _MAX_TERMS = 64
 

@@ -12,6 +12,13 @@ The recognition model is trained mostly on Chinese and often drops the spaces of
 ("TheQuillfeather"), which would ruin keyword search and embeddings. The spaces are put back from the
 image itself: the runs of blank columns in a text line fall into narrow gaps between letters and wide
 gaps between words, and the characters (whose positions the recogniser reports) are split at the wide ones.
+A blank run narrower than a share of the line's character pitch is never a word gap, however the line's
+runs group: digits ("1911", "4217") and letters with wide side bearings stand apart by such runs, and
+splitting there would cost keyword search the number or the word (BENCHMARKS.md, "OCR").
+
+What one page may cost is capped: it is rendered at most at `max_pixels` (the scale is lowered to fit, and a
+page that would need less than 72 dpi to fit is refused with `PageLimitError`), and its recognition stops
+with `PageLimitError` once it has run `seconds`.
 
 Boxes are in PDF page coordinates as pypdfium2 reports them (points, origin bottom-left, `left, bottom,
 right, top`), like `PdfTextPage.get_charbox`, so the viewer highlights OCR'd and text-layer pages alike.
@@ -21,8 +28,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,8 +46,15 @@ Box = tuple[float, float, float, float]  # left, bottom, right, top in PDF point
 # Render scale (1 = 72 dpi). 2 (144 dpi) reads body text as well as 3 at ~60% of the time on 2 cores
 # (BENCHMARKS.md, "OCR"); detection cost grows with the pixel count, recognition does not.
 OCR_SCALE = 2.0
+OCR_MIN_SCALE = 1.0  # 72 dpi: below this, body text is a few pixels high and nothing can be read
 _MIN_SCORE = 0.5  # lines the recogniser is less sure of are dropped (RapidOCR's default)
 _GAP_RATIO = 0.3  # blank run / ink height that parts two words, when a line has no clear two groups of gaps
+# A blank run narrower than this share of the line's character pitch is inside a word; inside a number
+# (digits, and the `.`, `,`, `/`, `:` between them), one narrower than half the pitch or a third of the
+# line's ink height. Measured on corpus pages rendered to images (BENCHMARKS.md, "OCR").
+_JOIN_WORD = 0.35
+_JOIN_NUMBER = 0.5
+_JOIN_NUMBER_INK = 0.34
 _SIDECAR_VERSION = 1
 
 _engine_lock = threading.Lock()
@@ -47,6 +63,10 @@ _engine: Any = None
 # pdfium is not thread-safe, not even across documents: every pdfium call in this process (the PDF reader,
 # OCR rendering, the source viewer) is made holding this lock; OCR's inference runs outside it.
 PDFIUM_LOCK = threading.RLock()
+
+
+class PageLimitError(Exception):
+    """A page costs more than its limit allows (pixels, OCR time); the message names the limit."""
 
 
 @dataclass(frozen=True)
@@ -109,21 +129,80 @@ def engine() -> Any:
             if _engine is None:
                 from rapidocr_onnxruntime import RapidOCR
 
-                _engine = RapidOCR(print_verbose=False)
+                built = RapidOCR(print_verbose=False)
+                for stage in (built.text_det.infer, built.text_rec.session):
+                    stage.session = _Timed(stage.session)
+                _engine = built
     return _engine
 
 
-def ocr_pdf_page(page: pdfium.PdfPage, number: int, scale: float = OCR_SCALE) -> OcrPage:
-    """Render one PDF page and recognise its text; `number` is the 1-based page number."""
+class _OcrTimeout(Exception):
+    """The page's OCR time ran out before an inference step."""
+
+
+_deadline: float | None = None  # monotonic time the current page's OCR must end by (set under _run_lock)
+
+
+class _Timed:
+    """An ONNX Runtime session that refuses to start a step (detection, a batch of lines) once the page's
+    OCR time is up, so a page that would recognise for minutes stops within one step of its limit."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if _deadline is not None and time.monotonic() > _deadline:
+            raise _OcrTimeout
+        return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def fit_scale(width: float, height: float, scale: float, max_pixels: int) -> float:
+    """`scale`, lowered so a `width` × `height` points page renders to at most `max_pixels` pixels (each side
+    rounded up to whole pixels, as the renderer does)."""
+    width, height = max(width, 1.0), max(height, 1.0)
+    fitted = scale
+    while math.ceil(width * fitted) * math.ceil(height * fitted) > max_pixels:
+        fitted = min(fitted * 0.999, math.sqrt(max_pixels / (width * height)))
+    return fitted
+
+
+def ocr_pdf_page(
+    page: pdfium.PdfPage,
+    number: int,
+    scale: float = OCR_SCALE,
+    max_pixels: int = 20_000_000,
+    seconds: float | None = None,
+) -> OcrPage:
+    """Render one PDF page and recognise its text; `number` is the 1-based page number.
+
+    The render holds at most `max_pixels` (the scale is lowered to fit; PageLimitError when that would be
+    under 72 dpi), and recognition stops with PageLimitError after `seconds` of it (None: no limit).
+    """
     with PDFIUM_LOCK:
         width, height = page.get_size()
-        bitmap = page.render(scale=scale)
+    fitted = fit_scale(width, height, scale, max_pixels)
+    if fitted < min(OCR_MIN_SCALE, scale):
+        needed = width * height * OCR_MIN_SCALE**2 / 1e6
+        raise PageLimitError(
+            f"page {number} is {width:.0f} × {height:.0f} points, too large to read by OCR: at 72 dpi it would "
+            f"be {needed:,.0f} megapixels, over the limit of {max_pixels / 1e6:g} (RAG_MAX_PAGE_PIXELS)"
+        )
+    with PDFIUM_LOCK:
+        bitmap = page.render(scale=fitted)
         try:
             image = bitmap.to_numpy().copy()
         finally:
             bitmap.close()
     rows, cols = image.shape[:2]
-    found = ocr_image(image)
+    try:
+        found = ocr_image(image, seconds)
+    except _OcrTimeout:
+        raise PageLimitError(
+            f"page {number} took longer than {seconds:g} s to read by OCR, the limit (RAG_OCR_PAGE_SECONDS)"
+        ) from None
 
     def to_page(x0: float, y0: float, x1: float, y1: float) -> Box:
         corners = [_device_to_page(page, cols, rows, x, y) for x, y in ((x0, y0), (x1, y1))]
@@ -140,28 +219,51 @@ def ocr_pdf_page(page: pdfium.PdfPage, number: int, scale: float = OCR_SCALE) ->
             )
             for text, score, line_box, words in found
         ]
-    return OcrPage(page=number, width=round(width, 2), height=round(height, 2), scale=scale, lines=tuple(lines))
+    return OcrPage(page=number, width=round(width, 2), height=round(height, 2), scale=fitted, lines=tuple(lines))
 
 
 PixelBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels, origin top-left
 
 
-def ocr_image(image: np.ndarray) -> list[tuple[str, float, PixelBox, list[tuple[str, PixelBox]]]]:
-    """Recognise an RGB/BGR or grey image: (line text, score, line box, [(word, word box)]) per line."""
+def ocr_image(
+    image: np.ndarray, seconds: float | None = None
+) -> list[tuple[str, float, PixelBox, list[tuple[str, PixelBox]]]]:
+    """Recognise an RGB/BGR or grey image: (line text, score, line box, [(word, word box)]) per line.
+
+    With `seconds`, recognition raises _OcrTimeout at the first step it would start that many seconds after
+    it began (time spent waiting for another page's recognition does not count)."""
+    global _deadline
     import numpy as np
 
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     elif image.shape[2] == 4:
         image = image[:, :, :3]
+    ocr = engine()
     with _run_lock:
-        result, _ = engine()(image, use_cls=False, return_word_box=True, text_score=_MIN_SCORE)
-    grey = image.mean(axis=2)
+        _deadline = deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            result, _ = ocr(image, use_cls=False, return_word_box=True, text_score=_MIN_SCORE)
+        except Exception:
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OcrTimeout from None  # ONNX Runtime's wrapper re-raises our refusal as its own error
+            raise
+        finally:
+            _deadline = None
+    return recognised_lines(image, result)
+
+
+def recognised_lines(
+    image: np.ndarray, result: list[Any] | None
+) -> list[tuple[str, float, PixelBox, list[tuple[str, PixelBox]]]]:
+    """RapidOCR's raw result for `image` (lines with character boxes) as lines of words with boxes."""
+    import numpy as np
+
     lines = []
     for det_box, _text, score, char_boxes, chars, *_ in result or []:
         points = np.asarray(det_box, dtype=float)
         line_box = (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max())
-        words = _words(grey, line_box, list(chars), [np.asarray(b, dtype=float) for b in char_boxes])
+        words = _words(image, line_box, list(chars), [np.asarray(b, dtype=float) for b in char_boxes])
         if not words:
             continue
         lines.append((" ".join(w for w, _ in words), float(score), line_box, words))
@@ -169,17 +271,20 @@ def ocr_image(image: np.ndarray) -> list[tuple[str, float, PixelBox, list[tuple[
 
 
 def _words(
-    grey: np.ndarray, line_box: PixelBox, chars: list[str], char_boxes: list[np.ndarray]
+    image: np.ndarray, line_box: PixelBox, chars: list[str], char_boxes: list[np.ndarray]
 ) -> list[tuple[str, PixelBox]]:
     """Split a line's characters into words at the blank gaps of its image (the recogniser's own spaces
-    count too); each word's box spans its characters' boxes."""
+    count too), except where a gap is narrower than a character (`_JOIN_WORD`, `_JOIN_NUMBER`,
+    `_JOIN_NUMBER_INK`); each word's box spans its characters' boxes."""
     import numpy as np
 
     if len(chars) != len(char_boxes) or not chars:
         return []
     x0, y0, x1, y1 = (int(round(v)) for v in line_box)
-    crop = grey[max(y0, 0) : max(y1, 0) + 1, max(x0, 0) : max(x1, 0) + 1]
+    crop = image[max(y0, 0) : max(y1, 0) + 1, max(x0, 0) : max(x1, 0) + 1]
+    crop = crop.mean(axis=2) if crop.ndim == 3 else crop  # grey, for this line only
     gaps: list[tuple[float, float]] = []
+    ink_height = 0.0
     if crop.size:
         ink = crop < min(160.0, (float(crop.min()) + float(crop.max())) / 2)
         rows = np.flatnonzero(ink.any(axis=1))
@@ -188,13 +293,22 @@ def _words(
         threshold = _gap_threshold([b - a for a, b in runs], ink_height)
         gaps = [(x0 + a, x0 + b) for a, b in runs if b - a >= threshold]
     centres = [float(b[:, 0].mean()) for b in char_boxes]
+    pitch = _pitch([c for ch, c in zip(chars, centres) if ch.strip()])
     words: list[tuple[list[str], list[np.ndarray]]] = []
     previous: float | None = None
-    for char, box, centre in zip(chars, char_boxes, centres):
+    for index, (char, box, centre) in enumerate(zip(chars, char_boxes, centres)):
         if not char.strip():
             previous = None  # the recogniser's own space
             continue
-        split = previous is None or any(previous < (a + b) / 2 < centre for a, b in gaps)
+        split = previous is None
+        if not split and words:
+            widths = [b - a for a, b in gaps if previous < (a + b) / 2 < centre]
+            if not widths:
+                split = False
+            elif _in_number(words[-1][0], chars[index : index + 2]):
+                split = max(widths) >= max(_JOIN_NUMBER * pitch, _JOIN_NUMBER_INK * ink_height)
+            else:
+                split = max(widths) >= _JOIN_WORD * pitch
         if split or not words:
             words.append(([], []))
         words[-1][0].append(char)
@@ -207,6 +321,21 @@ def _words(
             ("".join(text_chars), (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()))
         )
     return result
+
+
+def _pitch(centres: list[float]) -> float:
+    """The line's character pitch: the median distance between neighbouring characters' centres."""
+    steps = sorted(b - a for a, b in zip(centres, centres[1:]) if b > a)
+    return steps[len(steps) // 2] if steps else 0.0
+
+
+def _in_number(left: list[str], right: Sequence[str]) -> bool:
+    """Whether a gap stands inside a number: digits on both sides, or a `.`, `,`, `/` or `:` between them
+    (a comma before the gap is left out: "June 29, 2018" has a real space there)."""
+    before, after = "".join(left[-2:]), "".join(right)
+    if before[-1:].isdigit():
+        return after[:1].isdigit() or (after[:1] in ".,/:" and after[1:2].isdigit())
+    return before[-1:] in "./:" and before[-2:-1].isdigit() and after[:1].isdigit()
 
 
 def _blank_runs(blank: np.ndarray) -> list[tuple[int, int]]:

@@ -6,7 +6,6 @@ Every answer carries its sources: file name, page, score and chunk text.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -16,10 +15,11 @@ from pydantic import BaseModel
 
 from rag.config import Settings
 from rag.embeddings import Embedder
+from rag.extract import abest_windows
 from rag.llms import map_provider_errors
 from rag.markdown import escape_markdown
 from rag.options import AskOptions
-from rag.store import DocumentStore, neighbour_id
+from rag.store import RRF_K, DocumentStore, neighbour_id
 
 Mode = Literal["llm", "retrieval-only"]
 
@@ -51,6 +51,8 @@ class Source(BaseModel, frozen=True):
     text: str
     doc_id: str | None = None
     chunk: int | None = None
+    hit_start: int | None = None  # where the chunk that was hit lies in `text` (the rest is its context)
+    hit_end: int | None = None
 
     @property
     def label(self) -> str:
@@ -59,10 +61,35 @@ class Source(BaseModel, frozen=True):
 
 
 class ChatTurn(BaseModel, frozen=True):
-    """One message of a conversation."""
+    """One message of a conversation; an answer also names the documents it cited (for follow-ups)."""
 
     role: Literal["user", "assistant"]
     content: str
+    doc_ids: tuple[str, ...] = ()
+
+
+FOLLOW_UP_WORDS = 8  # without an LLM, a question this short after another is read as a follow-up to it
+_CITATION = re.compile(r"\\?\[(\d{1,3})\\?\]")
+
+
+def cited_documents(answer: str, sources: Sequence[Source]) -> tuple[str, ...]:
+    """The documents an answer cites by [n] (its first source's when it cites none), in order, once each."""
+    numbers = [int(n) for n in _CITATION.findall(answer)] or [1]
+    found = [sources[n - 1].doc_id for n in numbers if 0 < n <= len(sources)]
+    return tuple(dict.fromkeys(d for d in found if d))
+
+
+def _fuse(rankings: Sequence[Sequence[Source]], top_k: int) -> list[Source]:
+    """Reciprocal rank fusion of source lists (the passages' k), one entry per chunk."""
+    scores: dict[tuple[str | None, int | None, str], float] = {}
+    first: dict[tuple[str | None, int | None, str], Source] = {}
+    for ranking in rankings:
+        for rank, src in enumerate(ranking, start=1):
+            key = (src.doc_id, src.chunk, src.text[:80])
+            scores[key] = scores.get(key, 0.0) + 1 / (RRF_K + rank)
+            first.setdefault(key, src)
+    best = sorted(scores, key=lambda key: -scores[key])[:top_k]
+    return [first[key].model_copy(update={"score": round(scores[key], 4)}) for key in best]
 
 
 class Answer(BaseModel, frozen=True):
@@ -91,17 +118,6 @@ class AnswerStream:
                 yield item
 
 
-def _sentences(text: str) -> list[str]:
-    parts = re.split(r"(?<=[.!?])\s+|\n{2,}|\n(?=[A-Z•\-*])", text)
-    return [" ".join(p.split()) for p in parts if len(p.split()) >= 4]
-
-
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
-
-
 def _with_context(
     text: str, hit_id: str, position: int, page: int | None, width: int, around: dict[str, tuple[str, int | None]]
 ) -> str:
@@ -125,6 +141,12 @@ def _merge(first: str, second: str, longest: int = 2000) -> str:
         if first.endswith(second[:size]):
             return first + second[size:]
     return f"{first}\n{second}"
+
+
+def _carried_documents(history: Sequence[ChatTurn]) -> tuple[str, ...]:
+    """The documents the last answer cited."""
+    last = next((t for t in reversed(history) if t.role == "assistant"), None)
+    return last.doc_ids if last else ()
 
 
 def _history_text(history: Sequence[ChatTurn], turns: int = 6) -> str:
@@ -158,10 +180,11 @@ class QueryEngine:
             meta = hit.node.metadata
             page = meta.get("page")
             page = int(page) if page not in (None, "") else None
-            text = hit.node.get_content()
+            text = hit_text = hit.node.get_content()
             doc_id, position = meta.get("doc_id"), meta.get("chunk")
             if around and doc_id and position is not None:
                 text = _with_context(text, hit.node.node_id, int(position), page, width, around)
+            hit_start = text.find(hit_text)
             sources.append(
                 Source(
                     file_name=str(meta.get("file_name", "?")),
@@ -170,6 +193,8 @@ class QueryEngine:
                     text=text,
                     doc_id=doc_id,
                     chunk=position,
+                    hit_start=hit_start if hit_start >= 0 else None,
+                    hit_end=hit_start + len(hit_text) if hit_start >= 0 else None,
                 )
             )
         return sources
@@ -181,7 +206,7 @@ class QueryEngine:
             return question
         if llm is None:
             previous = next((t.content for t in reversed(history) if t.role == "user"), "")
-            return f"{previous} {question}" if previous and len(question.split()) < 8 else question
+            return f"{previous} {question}" if previous and len(question.split()) < FOLLOW_UP_WORDS else question
         prompt = CONDENSE_PROMPT.format(history=_history_text(history), question=question)
         with map_provider_errors():
             response = await llm.acomplete(prompt)
@@ -199,10 +224,16 @@ class QueryEngine:
         standalone = await self.acondense(question, history, llm)
         started = time.perf_counter()
         sources = await self.aretrieve(standalone, options)
+        carried = _carried_documents(history) if llm is None and standalone != question else ()
+        if carried and not options.doc_ids:
+            # No LLM to resolve "it": the previous answer's documents are searched too, and both lists fused.
+            within = await self.aretrieve(standalone, options.model_copy(update={"doc_ids": carried}))
+            sources = _fuse([within, sources], options.top_k or self.settings.top_k)
         retrieval_seconds = time.perf_counter() - started
         pieces: list[str] = []
         if llm is None:
-            text = await self._extractive(standalone, sources)
+            # A follow-up's own words pick the sentences; the previous question only helped find the passages.
+            text = await self._extractive(question, sources)
             pieces.append(text)
             yield text
         elif not sources:
@@ -232,26 +263,30 @@ class QueryEngine:
             retrieval_seconds=round(retrieval_seconds, 4),
         )
 
+    async def aanswer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+        llm: Any | None = None,
+    ) -> Answer:
+        """The whole answer with its sources (the stream read to its end): for callers that do not stream."""
+        answer = None
+        async for item in self.astream_answer(question, history, options, llm):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None  # astream_answer always ends with the Answer
+        return answer
+
     async def _extractive(self, question: str, sources: Sequence[Source]) -> str:
-        """Retrieval-only answer: the sentences of the top passages closest to the question.
+        """Retrieval-only answer: the one or two short runs of sentences that best answer the question, quoted
+        with their [n] citations (rag/extract.py says how they are chosen).
 
         It does not repeat RETRIEVAL_ONLY_NOTE: the chat shows that once per conversation, the CLI once per
         answer, and `mode` says it in JSON."""
         if not sources:
             return "No indexed document matches this question."
-        # A sentence shared by overlapping passages is embedded once and cited from the first passage holding it.
-        firsts: dict[str, int] = {}
-        for i, src in enumerate(sources, start=1):
-            for sentence in _sentences(src.text):
-                firsts.setdefault(sentence, i)
-        candidates = [(i, s) for s, i in firsts.items()][:200]
-        lines = []
-        if candidates:
-            q = await self.embedder.aembed_query(question)
-            vectors = await self.embedder.aembed([s for _, s in candidates], interactive=True)
-            ranked = sorted(zip(candidates, vectors), key=lambda cv: _cosine(q, cv[1]), reverse=True)
-            for (i, sentence), _vec in ranked[:3]:
-                lines.append(f"- “{escape_markdown(sentence)}” \\[{i}\\]")
-        if not lines:
-            lines = [f"- “{escape_markdown(sources[0].text[:300])}” \\[1\\]"]
-        return "**Best-matching sentences:**\n" + "\n".join(lines)
+        windows = await abest_windows(question, sources, self.embedder)
+        if not windows:
+            return f"“{escape_markdown(' '.join(sources[0].text.split())[:300])}” \\[1\\]"
+        return "\n\n".join(f"“{escape_markdown(w.text)}” \\[{w.source}\\]" for w in windows)

@@ -11,7 +11,7 @@ checks the `ask` process's modules).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from rag.access import OPERATOR, Caller
 from rag.catalog import Catalog
@@ -19,7 +19,7 @@ from rag.config import Settings
 from rag.database import Database
 from rag.documents import visibility
 from rag.embeddings import Embedder, load_embedder
-from rag.errors import WorkspaceNotFoundError
+from rag.errors import ModelError, WorkspaceNotFoundError
 from rag.llms import build_llm
 from rag.options import AskOptions
 from rag.query import Answer, AnswerStream, ChatTurn, QueryEngine, Source
@@ -71,8 +71,14 @@ class QuestionService:
 
     def _llm_for(self, options: AskOptions) -> object | None:
         """The LLM for a question's own model or temperature (None: the engine's own), built once per
-        (model, temperature) on the runtime loop."""
+        (model, temperature) on the runtime loop; a model outside LLM_MODELS is refused (ModelError)."""
         model, temperature = options.llm_model, options.temperature
+        if model is not None and model not in self.settings.llm_choices:
+            raise ModelError(
+                f"model {model!r} not in LLM_MODELS",
+                user_message=f"The model {model!r} is not offered here; choose one of "
+                f"{', '.join(self.settings.llm_choices)} (LLM_MODELS).",
+            )
         if not self.settings.llm_enabled or (model in (None, self.settings.llm_model) and temperature is None):
             return None
         key = (model or self.settings.llm_model, self.settings.temperature if temperature is None else temperature)
@@ -134,6 +140,20 @@ class QuestionService:
         self.visible_workspace(options.workspace, caller)
         agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
         return AnswerStream(self.runtime.iterate(agen, timeout=self.settings.llm_timeout + 60))
+
+    def astream_answer(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        options: AskOptions = AskOptions(),  # noqa: B008 - frozen, so one shared default is safe
+        caller: Caller = OPERATOR,
+    ) -> AsyncIterator[str | Answer]:
+        """`stream_answer` for a coroutine on another event loop (an ASGI server): the answer's pieces, then the
+        finished Answer, each step run on the runtime loop and awaited there, no thread between. The rights are
+        checked now, in the calling thread (the caller needs a role in the options' workspace)."""
+        self.visible_workspace(options.workspace, caller)
+        agen = self.engine.astream_answer(question, history, options, self._llm_for(options))
+        return self.runtime.aiterate(agen, timeout=self.settings.llm_timeout + 60)
 
     def close(self) -> None:
         """Close the clients and stop the loop."""

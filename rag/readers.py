@@ -28,6 +28,7 @@ from rag.ocr import PDFIUM_LOCK
 if TYPE_CHECKING:
     import pypdfium2 as pdfium
 
+    from rag.config import Settings
     from rag.ocr import OcrPage
 
 log = logging.getLogger(__name__)
@@ -131,17 +132,40 @@ def clean_texts(texts: Sequence[str]) -> list[str]:
 PageCallback = Callable[[int, int], None]  # on_page(done, total): OCR progress, called from the reading thread
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What reading one file may cost; a file past a limit fails alone, with a message naming it.
+
+    `max_pages` (RAG_MAX_PAGES) is checked before any page is read; `max_page_pixels` (RAG_MAX_PAGE_PIXELS)
+    bounds a page's render for OCR (the scale is lowered to fit, and a page needing less than 72 dpi to fit
+    is refused); `ocr_page_seconds` (RAG_OCR_PAGE_SECONDS) bounds OCR's time on one page.
+    """
+
+    max_pages: int = 1000
+    max_page_pixels: int = 20_000_000
+    ocr_page_seconds: float = 180.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadLimits:
+        """The limits configured in `settings`."""
+        return cls(settings.max_pages, settings.max_page_pixels, settings.ocr_page_seconds)
+
+
 class PdfReader(BaseReader):
     """PDF text per page with pypdfium2; `page` metadata is 1-based like a PDF viewer's.
 
     A page without a text layer is read by OCR when `ocr` is "auto" (its Document says `ocr: True`, and
     its lines and boxes are kept in `ocr_pages` for the source viewer). A page pdfium cannot load is skipped
-    with a note naming it, so one damaged page does not cost the rest of the file.
+    with a note naming it, so one damaged page does not cost the rest of the file; a file past its
+    `ReadLimits` (too many pages, a scanned page too large or too slow to read) fails, naming the limit.
     """
 
-    def __init__(self, ocr: str = "auto", on_page: PageCallback | None = None) -> None:
+    def __init__(
+        self, ocr: str = "auto", on_page: PageCallback | None = None, limits: ReadLimits | None = None
+    ) -> None:
         self.ocr = ocr
         self.on_page = on_page
+        self.limits = limits or ReadLimits()
         self.notes: list[str] = []
         self.ocr_pages: list[OcrPage] = []
 
@@ -163,6 +187,8 @@ class PdfReader(BaseReader):
         unreadable = 0
         try:
             pages = len(pdf)
+            if pages > self.limits.max_pages:
+                raise IngestError(name, f"has {pages} pages; the limit is {self.limits.max_pages} (RAG_MAX_PAGES)")
             for index in range(pages):
                 try:
                     text, drawn = _page_text(pdf, index)
@@ -199,7 +225,7 @@ class PdfReader(BaseReader):
 
     def _ocr(self, pdf: pdfium.PdfDocument, indices: list[int], texts: list[str], name: str) -> set[int]:
         """OCR the given pages into `texts`; return the indices that gave text."""
-        from rag.ocr import ocr_pdf_page
+        from rag.ocr import PageLimitError, ocr_pdf_page
 
         done: set[int] = set()
         notify = self.on_page or (lambda _done, _total: None)
@@ -209,10 +235,14 @@ class PdfReader(BaseReader):
                 with PDFIUM_LOCK:
                     page = pdf[index]
                 try:
-                    result = ocr_pdf_page(page, index + 1)
+                    result = ocr_pdf_page(
+                        page, index + 1, max_pixels=self.limits.max_page_pixels, seconds=self.limits.ocr_page_seconds
+                    )
                 finally:
                     with PDFIUM_LOCK:
                         page.close()
+            except PageLimitError as exc:  # past a limit the file fails, so nobody takes it for read whole
+                raise IngestError(name, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - one page failing OCR must not cost the others
                 log.warning("OCR failed on page %d of %s", index + 1, name, exc_info=True)
                 self.notes.append(f"page {index + 1} could not be read by OCR: {type(exc).__name__}")
@@ -374,11 +404,18 @@ class ReadResult:
     ocr_pages: list[OcrPage] = field(default_factory=list)
 
 
-def read_document(path: Path, name: str, ocr: str = "auto", on_page: PageCallback | None = None) -> ReadResult:
+def read_document(
+    path: Path,
+    name: str,
+    ocr: str = "auto",
+    on_page: PageCallback | None = None,
+    limits: ReadLimits | None = None,
+) -> ReadResult:
     """Read one stored file; `name` is what the user calls it (for messages and metadata).
 
     `ocr` is RAG_OCR ("auto" reads text-less PDF pages by OCR, "off" does not); `on_page(done, total)` is
-    called from this thread as OCR'd pages finish, and may raise to stop reading.
+    called from this thread as OCR'd pages finish, and may raise to stop reading; `limits` caps what a PDF
+    may cost (IngestError naming the limit past them).
     """
     kind = file_type(name)
     if kind not in READERS:
@@ -386,7 +423,7 @@ def read_document(path: Path, name: str, ocr: str = "auto", on_page: PageCallbac
             name,
             f"has an unsupported type {kind or '(none)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}",
         )
-    reader = PdfReader(ocr=ocr, on_page=on_page) if kind == ".pdf" else READERS[kind]()
+    reader = PdfReader(ocr=ocr, on_page=on_page, limits=limits) if kind == ".pdf" else READERS[kind]()
     docs = reader.load_data(path, extra_info={"file_name": name})
     for doc, text in zip(docs, clean_texts([doc.text for doc in docs])):
         doc.set_content(text)

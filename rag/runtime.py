@@ -44,6 +44,20 @@ def background_executor(nice: int, workers: int, name: str) -> concurrent.future
     )
 
 
+async def _step(agen: AsyncIterator[T]) -> object:
+    """The generator's next item, or _DONE at its end."""
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return _DONE
+
+
+async def _quietly(closing: Awaitable[object]) -> None:
+    """Close a generator whose last step may still be finishing (then that step's cancellation closes it)."""
+    with contextlib.suppress(Exception):
+        await closing
+
+
 class Runtime:
     """A daemon thread running one asyncio loop for the life of the process."""
 
@@ -91,16 +105,9 @@ class Runtime:
 
     def iterate(self, agen: AsyncIterator[T], timeout: float | None = None) -> Iterator[T]:
         """Yield an async generator's items as a sync iterator (for st.write_stream and terminals)."""
-
-        async def _next() -> object:
-            try:
-                return await agen.__anext__()
-            except StopAsyncIteration:
-                return _DONE
-
         try:
             while True:
-                item = self.run(_next(), timeout)
+                item = self.run(_step(agen), timeout)
                 if item is _DONE:
                     return
                 yield item  # type: ignore[misc]
@@ -108,6 +115,28 @@ class Runtime:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None and not self.closed:
                 self.run(aclose(), timeout=10)
+
+    async def aiterate(self, agen: AsyncIterator[T], timeout: float | None = None) -> AsyncIterator[T]:
+        """Yield an async generator's items to a coroutine on another event loop (an ASGI server's): each step
+        runs here, on this loop, and its result is awaited there, with no thread waiting in between. A caller
+        that stops early (a client gone) has the generator closed on this loop."""
+        step: concurrent.futures.Future[object] | None = None
+        try:
+            while True:
+                step = self.submit(_step(agen))
+                try:
+                    item = await asyncio.wait_for(asyncio.wrap_future(step), timeout)
+                except TimeoutError as exc:
+                    raise OperationTimeoutError(f"operation exceeded {timeout} s") from exc
+                if item is _DONE:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            if step is not None and not step.done():
+                step.cancel()  # the step's task is cancelled on this loop, which ends the generator there
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None and not self.closed:
+                self.submit(_quietly(aclose()))  # not awaited: the caller may itself be cancelled
 
     def close(self) -> None:
         """Cancel pending work, stop the loop and join the thread."""

@@ -176,3 +176,23 @@ turns = Table(
     Index("ix_turns_by_sid", "sid", "workspace", "id"),
     sqlite_autoincrement=True,
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True, comment="the token's public part, as `tokens list` shows it"),
+    Column("name", String(64), nullable=False, comment="the account's name when made, or a label without accounts"),
+    Column(
+        "account_id",
+        String(32),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=True,
+        comment="whom it acts for (removing the account removes its tokens); NULL: made while no account existed",
+    ),
+    Column("workspace", String(32), nullable=True, comment="id of the only workspace it may use; NULL: all"),
+    Column("read_only", Boolean, nullable=False, server_default=text("false")),
+    Column("digest", String(64), nullable=False, unique=True, comment="SHA-256 of the secret, which is never kept"),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)

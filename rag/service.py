@@ -24,14 +24,14 @@ from rag.database import Database
 from rag.documents import CheckReport, DocumentLibrary, SourceFile, stage_all
 from rag.embeddings import Embedder, load_embedder
 from rag.errors import AccessDeniedError, WorkspaceError
-from rag.evaluate import EvalReport, QAPair, aevaluate, check_files
+from rag.evaluate import AnswerReport, EvalReport, QAPair, aevaluate, aevaluate_answers, check_files
 from rag.ingest import FileProgress, Ingestor, IngestReport
 from rag.jobs import JobManager, JobSnapshot
 from rag.llms import describe_llm
 from rag.options import Retrieval
 from rag.questions import QuestionService
 from rag.runtime import Runtime
-from rag.sources import RenderedPage, render_page, source_context
+from rag.sources import Passage, RenderedPage, adocument_text, apassage, render_page, source_context
 from rag.store import DocumentStore, Features, StoreInfo, resolve_connection
 from rag.workspaces import DEFAULT_ID, Member, Workspace
 
@@ -83,7 +83,8 @@ class RagService(QuestionService):
                 max_running=settings.max_running_jobs,
                 release=lambda source: self.library.release(source.path),
             )
-            self.recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self._recovered = tuple(self.runtime.run(self.library.arecover(), timeout=120))
+            self.recovered = tuple(r.file_name for r in self._recovered)
             # Upkeep while the app runs: the start-up consistency check, then recovery every minute.
             self.runtime.run(self.library.astart_upkeep(), timeout=10)
         except BaseException:
@@ -260,14 +261,25 @@ class RagService(QuestionService):
     ) -> RenderedPage:
         """A page of a stored PDF drawn with `passage` highlighted (cached; runs in the caller's thread)."""
         record = self.document(doc_id, workspace, caller)
-        return render_page(Path(record.stored_path), page, passage, zoom)
+        return render_page(Path(record.stored_path), page, passage, zoom, self.settings.max_page_pixels)
 
     def source_context(
-        self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR
+        self, doc_id: str, workspace: str, passage: str, caller: Caller = OPERATOR, window: int = 600
     ) -> tuple[str, str, str]:
-        """The passage in its surrounding text, for formats without pages: (before, passage, after)."""
+        """The passage in its surrounding text (`window` characters each side), for formats without pages:
+        (before, passage, after)."""
         record = self.document(doc_id, workspace, caller)
-        return source_context(Path(record.stored_path), record.file_name, passage)
+        return source_context(Path(record.stored_path), record.file_name, passage, window)
+
+    def passage(self, doc_id: str, workspace: str, chunk: int, around: int = 1, caller: Caller = OPERATOR) -> Passage:
+        """Chunk `chunk` of a document of a workspace with `around` chunks each side, and its page."""
+        record = self.document(doc_id, workspace, caller)
+        return self.runtime.run(apassage(self.store, record, chunk, around), timeout=60)
+
+    def document_text(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> str:
+        """A document's indexed text in order (its chunks, overlaps merged, page marks)."""
+        record = self.document(doc_id, workspace, caller)
+        return self.runtime.run(adocument_text(self.store, record), timeout=120)
 
     def original(self, doc_id: str, workspace: str, caller: Caller = OPERATOR) -> tuple[str, bytes]:
         """A document's name and original bytes, for download."""
@@ -437,6 +449,20 @@ class RagService(QuestionService):
         timeout = 60 + 10 * len(pairs)
         return [self.runtime.run(aevaluate(self.engine, pairs, mode, k, workspace), timeout=timeout) for mode in modes]
 
+    def evaluate_answers(
+        self,
+        pairs: Sequence[QAPair],
+        retrieval: Retrieval | None = None,
+        top_k: int | None = None,
+        workspace: str = DEFAULT_ID,
+    ) -> AnswerReport:
+        """How often the answer a user reads holds the evidence (and in its first lines); reads only."""
+        check_files(pairs, {r.file_name for r in self.library.list(workspace)})
+        k = top_k or self.settings.top_k
+        mode = retrieval or self.settings.retrieval_mode
+        timeout = 60 + 30 * len(pairs)
+        return self.runtime.run(aevaluate_answers(self.engine, pairs, mode, k, workspace), timeout=timeout)
+
     # -- benchmarks -------------------------------------------------------------------------
     def bench(self, config: BenchConfig, caller: Caller = OPERATOR) -> Iterator[BenchRow | BenchReport]:
         """Run the sync-versus-async benchmarks in scratch collections, yielding each row as it lands (admins
@@ -467,8 +493,14 @@ class RagService(QuestionService):
             lock.release()
 
     # -- status -----------------------------------------------------------------------------
-    def status(self) -> ServiceStatus:
-        """What is connected and how much is indexed."""
+    def recovered_in(self, workspace: str) -> tuple[str, ...]:
+        """Names of a workspace's documents that the start-up removed, left half-indexed by an interrupted run."""
+        return tuple(r.file_name for r in self._recovered if r.workspace == workspace)
+
+    def status(self, workspace: str | None = None) -> ServiceStatus:
+        """What is connected and how much is indexed: in one workspace (by id; its documents and their chunks,
+        counted from the catalogue, so no scan of the collection), or in all (`chunks` counted by Milvus)."""
+        records = self.library.list(workspace)
 
         async def _info() -> StoreInfo:
             return StoreInfo(
@@ -476,7 +508,7 @@ class RagService(QuestionService):
                 kind=self.connection.kind,
                 version=await self.store.aversion(),
                 collection=self.store.name,
-                chunks=await self.store.acount(),
+                chunks=await self.store.acount() if workspace is None else sum(r.chunks for r in records),
             )
 
         return ServiceStatus(
@@ -485,8 +517,8 @@ class RagService(QuestionService):
             embed_dim=self.embedder.dim,
             llm=describe_llm(self.settings),
             mode=self.mode,
-            documents=len(self.library.list()),
-            recovered=self.recovered,
+            documents=len(records),
+            recovered=self.recovered if workspace is None else self.recovered_in(workspace),
         )
 
     def close(self) -> None:

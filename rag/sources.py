@@ -21,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rag.errors import RagError
-from rag.ocr import PDFIUM_LOCK, OcrPage, read_sidecar
+from pydantic import BaseModel
+
+from rag.errors import DocumentNotFoundError, RagError
+from rag.ocr import PDFIUM_LOCK, OcrPage, fit_scale, read_sidecar
 
 if TYPE_CHECKING:
     import pypdfium2 as pdfium
+
+    from rag.catalog import DocumentRecord
+    from rag.store import DocumentStore
 
 RENDER_SCALE = 1.5  # zoom 1.0 renders at 108 dpi: a letter page 918 px wide, readable in a browser column
 MAX_ZOOM = 4.0
@@ -51,10 +56,13 @@ class RenderedPage:
     ocr: bool  # the page was read by OCR; the highlight comes from the recognised word boxes
 
 
-def render_page(pdf_path: Path, page_number: int, passage_text: str = "", zoom: float = 1.0) -> RenderedPage:
+def render_page(
+    pdf_path: Path, page_number: int, passage_text: str = "", zoom: float = 1.0, max_pixels: int = 20_000_000
+) -> RenderedPage:
     """Render page `page_number` (1-based) of a PDF with `passage_text` highlighted; cached per file version.
 
-    CPU work for pdfium and PIL: call it from a worker thread, not from an event loop.
+    The image holds at most `max_pixels` (RAG_MAX_PAGE_PIXELS): a page too large for the zoom asked is
+    drawn at a lower scale. CPU work for pdfium and PIL: call it from a worker thread, not from an event loop.
     """
     path = Path(pdf_path)
     try:
@@ -62,11 +70,14 @@ def render_page(pdf_path: Path, page_number: int, passage_text: str = "", zoom: 
     except OSError as exc:
         raise RagError(f"{path}: {exc}", user_message="The original file is no longer stored.") from exc
     zoom = round(min(max(zoom, 0.25), MAX_ZOOM), 2)
-    return _render_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, page_number, zoom, passage_text)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, page_number, zoom, passage_text, max_pixels)
+    return _render_cached(*key)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _render_cached(path: str, _mtime_ns: int, _size: int, page_number: int, zoom: float, passage: str) -> RenderedPage:
+def _render_cached(
+    path: str, _mtime_ns: int, _size: int, page_number: int, zoom: float, passage: str, max_pixels: int
+) -> RenderedPage:
     """`render_page` behind a bounded cache keyed by the file's path, mtime and size, page, zoom and passage."""
     import pypdfium2 as pdfium
     from PIL import Image, ImageDraw
@@ -83,7 +94,7 @@ def _render_cached(path: str, _mtime_ns: int, _size: int, page_number: int, zoom
                 raise RagError(f"page {page_number} of {count}", user_message=f"The PDF has no page {page_number}.")
             page = pdf[page_number - 1]
             try:
-                bitmap = page.render(scale=RENDER_SCALE * zoom)
+                bitmap = page.render(scale=fit_scale(*page.get_size(), RENDER_SCALE * zoom, max_pixels))
                 image = bitmap.to_pil().convert("RGBA")
                 bitmap.close()
                 ocr_page = ocr_pages.get(page_number)
@@ -231,3 +242,83 @@ def _document_text(path: str, _mtime_ns: int, name: str) -> str:
     from rag.readers import read_file
 
     return "\n\n".join(d.text for d in read_file(Path(path), name, ocr="off"))
+
+
+class Passage(BaseModel, frozen=True):
+    """A chunk of a document with the text around it: what a reader (or an MCP client) following a citation
+    reads next. `context` is the chunk with up to `around` neighbours each side, overlaps merged; `first_chunk`
+    and `last_chunk` are the positions it spans."""
+
+    doc_id: str
+    file_name: str
+    chunk: int
+    page: int | None
+    text: str
+    context: str
+    first_chunk: int
+    last_chunk: int
+    chunks: int
+
+
+async def apassage(store: DocumentStore, record: DocumentRecord, chunk: int, around: int = 1) -> Passage:
+    """Chunk `chunk` (0-based, as sources give it) of a document with `around` chunks each side."""
+    from rag.query import _merge as merge_chunks  # how answers join a hit with its neighbours
+    from rag.store import chunk_id
+
+    if not 0 <= chunk < record.chunks:
+        raise DocumentNotFoundError(
+            f"{record.doc_id} has no chunk {chunk}",
+            user_message=f"{record.file_name} has chunks 0 to {record.chunks - 1}, not {chunk}.",
+        )
+    first, last = max(0, chunk - around), min(record.chunks - 1, chunk + around)
+    ids = [chunk_id(record.doc_id, p, record.generation) for p in range(first, last + 1)]
+    found = await store.atexts(ids)
+    if ids[chunk - first] not in found:
+        raise DocumentNotFoundError(
+            f"chunk {ids[chunk - first]} is not stored", user_message=f"Chunk {chunk} of {record.file_name} is missing."
+        )
+    text, page = found[ids[chunk - first]]
+    context = text
+    for i in range(chunk - first - 1, -1, -1):  # earlier chunks, nearest first
+        if ids[i] in found:
+            context = merge_chunks(found[ids[i]][0], context)
+    for i in range(chunk - first + 1, len(ids)):
+        if ids[i] in found:
+            context = merge_chunks(context, found[ids[i]][0])
+    return Passage(
+        doc_id=record.doc_id,
+        file_name=record.file_name,
+        chunk=chunk,
+        page=page,
+        text=text,
+        context=context,
+        first_chunk=first,
+        last_chunk=last,
+        chunks=record.chunks,
+    )
+
+
+async def adocument_text(store: DocumentStore, record: DocumentRecord, batch: int = 500) -> str:
+    """A document's indexed text, its chunks joined in order with their overlaps merged (OCR'd pages included),
+    and a `[page N]` line where a new page starts."""
+    from rag.query import _merge as merge_chunks
+    from rag.store import chunk_id
+
+    ids = [chunk_id(record.doc_id, p, record.generation) for p in range(record.chunks)]
+    found: dict[str, tuple[str, int | None]] = {}
+    for start in range(0, len(ids), batch):
+        found.update(await store.atexts(ids[start : start + batch]))
+    parts: list[str] = []
+    page: int | None = None
+    for i in ids:
+        if i not in found:
+            continue
+        text, chunk_page = found[i]
+        if chunk_page is not None and chunk_page != page:
+            page = chunk_page
+            parts.append(f"\n\n[page {page}]\n{text}")
+        elif parts:
+            parts[-1] = merge_chunks(parts[-1], text)
+        else:
+            parts.append(text)
+    return "".join(parts).strip()

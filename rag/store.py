@@ -756,11 +756,16 @@ class DocumentStore:
             if len(known) < len(docs):
                 committed.update(await self._acommitted(docs - set(known)))
             wanted = {i: doc for i, doc in wanted.items() if committed_chunk(i, doc, committed)}
-        if not wanted:
+        return await self.atexts(sorted(wanted))
+
+    async def atexts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """Text and page of these chunks (those stored), by chunk id. Unfiltered: callers name chunks of a
+        document's current generation (`rag.sources`), or of hits already checked (`aneighbours`)."""
+        if not chunk_ids:
             return {}
         if self.keyword is not None:
-            return await asyncio.to_thread(self.keyword.texts, sorted(wanted))
-        ids = ", ".join(f'"{_quote(i)}"' for i in sorted(wanted))
+            return await asyncio.to_thread(self.keyword.texts, list(chunk_ids))
+        ids = ", ".join(f'"{_quote(i)}"' for i in chunk_ids)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("read chunks"):
                 rows = await self.aclient.query(self.name, filter=f"id in [{ids}]", output_fields=[TEXT_FIELD, "page"])

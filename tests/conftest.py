@@ -57,6 +57,10 @@ _ENV_NAMES = (
     "APP_PASSWORD",
     "RAG_MAX_RUNNING_JOBS",
     "RAG_OCR",
+    "RAG_API_HOST",
+    "RAG_API_PORT",
+    "RAG_API_RATE_LIMIT",
+    "RAG_MCP_TOKEN",
 )
 
 
@@ -182,7 +186,10 @@ def service(make_settings, embedder: Embedder) -> Iterator[RagService]:  # noqa:
 @pytest.fixture
 def llm_service(make_settings, embedder: Embedder, fake_openai: FakeOpenAI) -> Iterator[RagService]:  # noqa: ANN001
     """A RagService whose LLM is the fake OpenAI-compatible server."""
-    svc = RagService(make_settings(openai_base_url=fake_openai.base_url, llm_model="fake-model"), embedder=embedder)
+    settings = make_settings(
+        openai_base_url=fake_openai.base_url, llm_model="fake-model", llm_models=("fake-model", "other-model")
+    )
+    svc = RagService(settings, embedder=embedder)
     yield svc
     _drop(svc)
 

@@ -16,6 +16,7 @@ import secrets
 import streamlit as st
 
 from rag import Account, Accounts, Caller, RagError, Settings, load_settings
+from ui.format import md
 from ui.state import SID, session_id
 
 UNLOCKED = "auth.unlocked"
@@ -25,6 +26,8 @@ EPOCH = "auth.epoch"
 """Session-state key of the signed-in account's session epoch when it signed in."""
 ACCOUNT = "auth.account"
 """Session-state key of the signed-in account as checked in this run."""
+
+FORM_WIDTH = 420  # pixels: a sign-in form of normal width, not the whole page
 
 
 @st.cache_resource(show_spinner=False, on_release=lambda accounts: accounts.close())
@@ -93,7 +96,7 @@ def require_login() -> None:
 
 def _login_form(accounts: Accounts) -> None:
     st.title("Ask your documents")
-    with st.form("auth.login"):
+    with st.form("auth.login", width=FORM_WIDTH):
         name = st.text_input("Name", key="auth.name")
         password = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Sign in")
@@ -118,7 +121,7 @@ def sign_out() -> None:
 
 def _sign_out_button(name: str) -> None:
     with st.sidebar:
-        st.caption(f"Signed in as **{name}**")
+        st.caption(f"Signed in as **{md(name)}**")
         if st.button("Sign out", key="auth.sign_out", icon=":material/logout:"):
             sign_out()
             st.rerun()
@@ -157,7 +160,7 @@ def require_password() -> None:
     if secret is None or not secret.get_secret_value() or st.session_state.get(UNLOCKED):
         return
     st.title("Ask your documents")
-    with st.form("auth.form"):
+    with st.form("auth.form", width=FORM_WIDTH):
         given = st.text_input("Password", type="password", key="auth.password")
         submitted = st.form_submit_button("Enter")
     if submitted:

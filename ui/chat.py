@@ -8,7 +8,7 @@ already escaped by the engine and only has its `$` escaped (`escape_math`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import streamlit as st
 
@@ -42,7 +42,8 @@ def chat_sidebar(service: RagService) -> AskOptions:
     tunable = service.mode == "llm"
     # Defaults go into session state, not the widgets, so values kept across pages never clash with them.
     st.session_state.setdefault("chat.top_k", min(settings.top_k, 20))
-    st.session_state.setdefault("chat.llm_model", settings.llm_model)
+    if st.session_state.get("chat.llm_model") not in settings.llm_choices:
+        st.session_state["chat.llm_model"] = settings.llm_model
     st.session_state.setdefault("chat.temperature", float(settings.temperature))
     with st.sidebar:
         st.subheader("Answer settings")
@@ -53,11 +54,12 @@ def chat_sidebar(service: RagService) -> AskOptions:
             key="chat.top_k",
             help="How many of the most similar passages are retrieved and cited.",
         )
-        model = st.text_input(
+        model = st.selectbox(
             "LLM model",
+            settings.llm_choices,
             key="chat.llm_model",
-            disabled=not tunable,
-            help="The model name the LLM server knows (LLM_MODEL)." if tunable else "Set with LLM_MODEL.",
+            disabled=not tunable or len(settings.llm_choices) < 2,
+            help="The models offered here (LLM_MODELS)." if tunable else "Set with LLM_MODEL.",
         )
         temperature = st.slider(
             "Temperature",
@@ -73,7 +75,7 @@ def chat_sidebar(service: RagService) -> AskOptions:
         retrieval = _retrieval_choice(service)
     return AskOptions(
         top_k=int(top_k),
-        llm_model=(model.strip() or None) if tunable else None,
+        llm_model=model if tunable else None,
         temperature=float(temperature) if tunable else None,
         retrieval=retrieval,
     )
@@ -141,26 +143,65 @@ def _store_feedback(conversations: ConversationStore, sid: str, turn_id: int, ke
     conversations.set_feedback(sid, turn_id, None if value is None else (1 if value == 1 else -1))
 
 
+SCORE_HELP = (
+    "How well the passage matches the question; higher is better, and only scores of one answer compare. "
+    "Hybrid retrieval (the default) sums 1/(10 + rank) over the keyword (BM25) and vector rankings, so 0.18 "
+    "means first in both; vector retrieval gives the cosine similarity, keyword retrieval the BM25 score."
+)
+
+
+def where_in_document(source: Source, parts: int | None = None) -> str:
+    """Where a passage is: `p. 5` in a paged format, else `part 3 of 12` (its chunk among the document's)."""
+    if source.page:
+        return f"p. {source.page}"
+    if source.chunk is None:
+        return ""
+    return f"part {source.chunk + 1} of {parts}" if parts else f"part {source.chunk + 1}"
+
+
+def source_label(number: int, source: Source, parts: int | None = None, width: int | None = 40) -> str:
+    """`[n] file-name…, p. 5` as plain text: the file name is shortened to fit `width`, the place never is."""
+    head, where = f"[{number}] ", where_in_document(source, parts)
+    tail = f", {where}" if where else ""
+    name = source.file_name
+    room = max(10, width - len(head) - len(tail)) if width else len(name)
+    if len(name) > room:
+        stem, dot, ext = name.rpartition(".")
+        ext = f".{ext}" if dot and 0 < len(ext) <= 5 and stem else ""
+        name = name[: room - 1 - len(ext)].rstrip(" ._-") + "…" + ext
+    return head + name + tail
+
+
 def render_sources(
-    sources: Sequence[Source], service: RagService | None = None, workspace: str = "default", key: str = "new"
+    sources: Sequence[Source],
+    service: RagService | None = None,
+    workspace: str = "default",
+    key: str = "new",
+    parts: Mapping[str, int] | None = None,
 ) -> None:
     """The sources of an answer: a line naming them, a button per source opening where it came from (the
-    source viewer), then file, page, score and passage in an expander."""
+    source viewer), then file, place, score and passage in an expander. `parts` is each document's chunk
+    count (by doc id), for the place of a passage in a format without pages."""
     if not sources:
         return
-    names = " · ".join(f"\\[{i}\\] {md(s.label)}" for i, s in enumerate(sources, start=1))
-    st.caption(f"Sources: {names}")
+    parts = parts or {}
+    labels = [source_label(i, s, parts.get(s.doc_id or ""), None) for i, s in enumerate(sources, start=1)]
+    st.caption("Sources: " + " · ".join(md(label) for label in labels))
     if service is not None:
         columns = st.columns(min(len(sources), 6))
         for i, src in enumerate(sources, start=1):
             opened = columns[(i - 1) % len(columns)].button(
-                f"[{i}] {src.label}"[:40], key=f"chat.open.{key}.{i}", icon=":material/visibility:", type="tertiary"
+                md(source_label(i, src, parts.get(src.doc_id or ""))),
+                key=f"chat.open.{key}.{i}",
+                icon=":material/visibility:",
+                type="tertiary",
+                help=f"Open where it came from. Score {src.score:.3f}: {SCORE_HELP}",
             )
             if opened:
-                source_viewer(service, src, workspace, f"viewer.{key}.{i}")
+                source_viewer(service, src, workspace, f"viewer.{key}.{i}", labels[i - 1])
     with st.expander(f"Sources ({len(sources)})", icon=":material/description:"):
-        for i, src in enumerate(sources, start=1):
-            st.markdown(f"**\\[{i}\\] {md(src.label)}** · score {src.score:.3f}")
+        for label, src in zip(labels, sources):
+            st.markdown(f"**{md(label)}** · score {src.score:.3f}", help=SCORE_HELP)
             st.text(src.text)
 
 

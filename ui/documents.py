@@ -18,7 +18,7 @@ def documents_table(docs: Sequence[DocumentRecord]) -> list[dict[str, object]]:
         {
             "Name": d.file_name,
             "Type": d.file_type,
-            "Pages": d.pages,
+            "Pages": str(d.pages) if d.pages else "—",  # formats without pages: a dash, never "None"
             "Chunks": d.chunks,
             "Size": human_size(d.size),
             "Added": datetime.fromtimestamp(d.added_at).replace(microsecond=0),

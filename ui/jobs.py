@@ -12,7 +12,7 @@ from typing import Protocol
 
 import streamlit as st
 
-from rag import JobSnapshot, RagService
+from rag import JobSnapshot, RagService, Workspace
 from ui.auth import current_caller
 from ui.format import human_duration, md
 
@@ -31,7 +31,7 @@ _STAGE_ICONS = {
 _STATUS_LABELS = {
     "indexed": "Indexed",
     "unchanged": "Already present (unchanged)",
-    "replaced": "Replaced an older version",
+    "replaced": "Re-indexed (the older version replaced)",
     "cancelled": "Cancelled",
 }
 
@@ -56,40 +56,55 @@ def start_upload_job(service: RagService, files: Sequence[Upload], owner: str, w
 
 
 # -- watching jobs ---------------------------------------------------------------------------------
-def jobs_panel(service: RagService, owner: str) -> None:
-    """`owner`'s active jobs, oldest first, each with a Cancel button, then the last three finished ones.
+def jobs_panel(service: RagService, owner: str, workspace: Workspace | None = None) -> None:
+    """`owner`'s active jobs into a workspace (every workspace: None), oldest first, each with a Cancel button,
+    then the last three finished ones; each names its workspace.
 
     A fragment: while a job is active only the panel reruns, once a second; when one ends the whole page
     reruns, so polling stops and the summary shows.
     """
-    watching = {job.id for job in service.list_jobs(owner=owner) if job.active}
+
+    def owned() -> list[JobSnapshot]:
+        jobs = service.list_jobs(owner=owner)
+        return [j for j in jobs if workspace is None or j.workspace == workspace.id]
+
+    watching = {job.id for job in owned() if job.active}
+    if workspace is None:
+        names = {w.id: w.label for w in service.list_workspaces(current_caller())}
+    else:
+        names = {workspace.id: workspace.label}
 
     @st.fragment(run_every=1 if watching else None)
     def panel() -> None:
-        jobs = service.list_jobs(owner=owner)
+        jobs = owned()
+        if workspace is not None and jobs:
+            st.caption(f"Your uploads into **{md(workspace.label)}** (those into other workspaces show there):")
         for job in reversed([j for j in jobs if j.active]):  # oldest first: the order they run in
+            into = md(names.get(job.workspace or "", job.workspace or "?"))
             with st.container(border=True):
                 if job.state == "queued":
-                    render_queued_job(job, jobs)
+                    render_queued_job(job, jobs, into)
                 else:
-                    render_running_job(job)
+                    render_running_job(job, into)
                 if st.button("Cancel", key=f"upload.cancel.{job.id}", icon=":material/cancel:"):
                     service.cancel_job(job.id, owner=owner)
         finished = [j for j in jobs if not j.active]
         if any(job.id in watching for job in finished):
             st.rerun()
         for job in finished[:3]:
-            render_job_summary(job)
+            render_job_summary(job, md(names.get(job.workspace or "", job.workspace or "?")))
 
     panel()
 
 
-def render_running_job(job: JobSnapshot) -> None:
-    """Per-file live progress of a running job: stage, chunks, rate and time left."""
+def render_running_job(job: JobSnapshot, into: str = "") -> None:
+    """Per-file live progress of a running job: stage, chunks, rate and time left (`into`: its workspace,
+    as Markdown)."""
     finished = sum(1 for f in job.files if f.status is not None)
+    where = f" into {into}" if into else ""
     st.progress(
         job.fraction,
-        text=f"**Indexing {len(job.files)} file(s)**: {finished} finished · {job.chunks_done} chunks stored",
+        text=f"**Indexing {len(job.files)} file(s)**{where}: {finished} finished · {job.chunks_done} chunks stored",
     )
     for f in job.files:
         if f.status is not None:
@@ -114,7 +129,7 @@ def render_running_job(job: JobSnapshot) -> None:
         st.progress(value, text=" · ".join(parts))
 
 
-def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
+def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot], into: str = "") -> None:
     """A job waiting for its turn: what it holds and why it waits (the owner's other job, or a free slot)."""
     names = ", ".join(md(f.file) for f in job.files[:5])
     if len(job.files) > 5:
@@ -123,13 +138,16 @@ def render_queued_job(job: JobSnapshot, jobs: Sequence[JobSnapshot]) -> None:
         why = "starts when your upload above has finished"  # one job per person at a time
     else:
         why = "starts as soon as other people's uploads leave a free slot"
-    st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)** · {why}")
+    where = f" into {into}" if into else ""
+    st.progress(0.0, text=f"**Queued: {len(job.files)} file(s)**{where} · {why}")
     st.caption(names)
 
 
-def render_job_summary(job: JobSnapshot) -> None:
-    """How a finished job ended: indexed, already present, replaced, failed (each with its reason)."""
+def render_job_summary(job: JobSnapshot, into: str = "") -> None:
+    """How a finished job ended: indexed, already present, re-indexed, failed (each with its reason); `into`
+    names its workspace (Markdown)."""
     when = time.strftime("%H:%M:%S", time.localtime(job.created_at))
+    when = f"{when}, into {into}" if into else when
     if job.report is None:
         if job.state == "cancelled":
             st.warning(f"Job {job.id} (started {when}) was cancelled.", icon=":material/cancel:")

@@ -2,25 +2,32 @@
 
 A PDF source shows its page as an image drawn by the engine from the PDF itself (never from document
 text), the passage highlighted, with page navigation, zoom and a download of the original file. Other
-formats show the passage in its surrounding text, marked, as escaped Markdown.
+formats show the document's text around the passage as text (HTML-escaped, in a sandboxed frame), the
+passage highlighted and scrolled into view.
 """
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
+import streamlit.components.v1 as components
 
 from rag import RagError, RagService, Source
 from ui.auth import current_caller
 from ui.errors import show_error
-from ui.format import md
+from ui.format import md, short
 
 _ZOOMS = (0.75, 1.0, 1.25, 1.5, 2.0)
 
 
+_CONTEXT_CHARS = 3000  # of the document's text shown on each side of a passage (formats without pages)
+
+
 @st.dialog("Source", width="large")
-def source_viewer(service: RagService, source: Source, workspace: str, key: str) -> None:
+def source_viewer(service: RagService, source: Source, workspace: str, key: str, label: str | None = None) -> None:
     """The cited page (or text) of one source; a dialog, so paging and zoom rerun only the dialog."""
-    st.markdown(f"**{md(source.label)}** · score {source.score:.3f}")
+    st.markdown(f"**{md(label or source.label)}** · score {source.score:.3f}")
     if not source.doc_id:
         st.text(source.text)
         return
@@ -28,14 +35,22 @@ def source_viewer(service: RagService, source: Source, workspace: str, key: str)
         if source.page:
             _pdf_page(service, source, workspace, key)
         else:
-            before, passage, after = service.source_context(source.doc_id, workspace, source.text, current_caller())
-            st.markdown(f"{md(before)}**:orange-background[{md(passage)}]**{md(after)}")
+            before, passage, after = service.source_context(
+                source.doc_id, workspace, source.text, current_caller(), _CONTEXT_CHARS
+            )
+            st.caption("The passage is highlighted in the document's text.")
+            components.html(text_view(before, passage, after), height=420, scrolling=True)
         name, data = service.original(source.doc_id, workspace, current_caller())
     except RagError as err:
         show_error(err)
         return
     st.download_button(
-        f"Download {name}", data, file_name=name, key=f"{key}.download", icon=":material/download:", on_click="ignore"
+        f"Download {md(short(name))}",
+        data,
+        file_name=name,
+        key=f"{key}.download",
+        icon=":material/download:",
+        on_click="ignore",
     )
 
 
@@ -60,4 +75,14 @@ def _pdf_page(service: RagService, source: Source, workspace: str, key: str) -> 
             st.text(source.text)
     else:
         st.caption(f"Page {int(page)} of {shown.page_count}; the passage is on page {source.page}.")
-    st.image(shown.png, caption=f"{source.file_name}, page {int(page)}", width=shown.width)
+    st.image(shown.png, caption=f"{md(source.file_name)}, page {int(page)}", width=shown.width)
+
+
+def text_view(before: str, passage: str, after: str) -> str:
+    """A document's text as HTML: every character escaped, the passage in a <mark> scrolled into view."""
+    return (
+        "<div style='white-space:pre-wrap;font:15px/1.55 sans-serif;color:#31333f;margin:0 4px'>"
+        f"{html.escape(before)}<mark id='passage' style='background:#ffe08a;padding:1px 0'>"
+        f"{html.escape(passage)}</mark>{html.escape(after)}</div>"
+        "<script>document.getElementById('passage').scrollIntoView({block: 'center'});</script>"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.app.conftest import AppEnv, page_text
@@ -45,7 +47,8 @@ def test_run_fills_table_metrics_and_chart(app_env: AppEnv) -> None:
     table = at.dataframe[0].value
     assert len(table) == 12  # 2 experiments x 3 modes x 2 counts
     assert set(table["mode"]) == {"sync", "seed-async", "project-async"}
-    assert table[table["mode"] == "sync"]["speedup"].isna().all()
+    assert (table[table["mode"] == "sync"]["speedup"] == "—").all()  # the baseline: a dash, never "None"
+    assert table[table["mode"] != "sync"]["speedup"].str.endswith("×").all()
     labels = [m.label for m in at.metric]
     assert "Add nodes, N=10: project-async" in labels and "Search, N=10: seed-async" in labels
     text = page_text(at)
@@ -64,6 +67,26 @@ def test_the_ingest_options_appear_only_for_ingest(app_env: AppEnv) -> None:
     at.multiselect(key="bench.experiments").set_value(["ingest"]).run()
     assert at.radio(key="bench.source").value == "Shared corpus"
     assert at.number_input(key="bench.max_files").value == 0
+
+
+def test_my_uploaded_documents_are_the_current_workspaces(app_env: AppEnv, tmp_path: Path) -> None:
+    from tests.app.support import write_doc
+
+    service = app_env.service()
+    research, empty = service.create_workspace("Research"), service.create_workspace("Empty")
+    src = tmp_path / "src"
+    service.ingest([write_doc(src, "a.txt", "Alpha text here. " * 30)])
+    service.ingest([write_doc(src, f"b{i}.txt", f"Beta text {i}. " * 30) for i in range(2)], None, research.id)
+    at = app_env.app(PAGE)
+    at.run()
+    at.multiselect(key="bench.experiments").set_value(["ingest"]).run()
+    at.radio(key="bench.source").set_value("My uploaded documents").run()
+    assert "1 document(s) uploaded to the workspace **default**." in [c.value for c in at.caption]
+    at.selectbox(key="workspace.id").set_value(research.id).run()
+    assert "2 document(s) uploaded to the workspace **Research**." in [c.value for c in at.caption]
+    at.selectbox(key="workspace.id").set_value(empty.id).run()
+    assert any("No documents have been uploaded to Empty yet." in w.value for w in at.warning)
+    assert at.button(key="bench.run").disabled
 
 
 def test_a_second_run_is_refused_while_one_runs(app_env: AppEnv) -> None:

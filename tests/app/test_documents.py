@@ -41,6 +41,7 @@ def test_table_lists_name_type_pages_chunks_size_added(app_env: AppEnv, tmp_path
     assert list(table.columns) == ["Name", "Type", "Pages", "Chunks", "Size", "Added"]
     assert sorted(table["Name"]) == ["a.txt", "b.md"]
     assert sorted(table["Type"]) == ["md", "txt"]
+    assert list(table["Pages"]) == ["—", "—"]  # formats without pages: a dash, never "None"
     assert (table["Chunks"] > 0).all()
     assert all(size.endswith(("B", "KB")) for size in table["Size"])
 

@@ -25,7 +25,7 @@ def test_home_shows_what_is_connected(app_env: AppEnv) -> None:
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"Documents": "0", "Chunks": "0", "Answers": "Retrieval-only"}
     assert any("OPENAI_API_KEY" in i.value for i in at.info)
-    assert any("No documents yet" in i.value for i in at.info)
+    assert any("No documents in default yet" in i.value for i in at.info)
 
 
 def test_home_counts_documents_and_chunks(app_env: AppEnv, tmp_path: Path) -> None:
@@ -37,6 +37,44 @@ def test_home_counts_documents_and_chunks(app_env: AppEnv, tmp_path: Path) -> No
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Documents"] == "1"
     assert metrics["Chunks"] == str(report.chunks) != "0"
+
+
+def test_home_counts_only_the_current_workspace(app_env: AppEnv, tmp_path: Path) -> None:
+    service = app_env.service()
+    research = service.create_workspace("Research")
+    src = tmp_path / "src"
+    mine = service.ingest([write_doc(src, "notes.txt", "Giraffes eat acacia leaves. " * 40)])
+    theirs = service.ingest(
+        [write_doc(src, f"paper{i}.txt", f"Paper {i} studies zebras and their stripes. " * 90) for i in range(2)],
+        None,
+        research.id,
+    )
+    assert mine.chunks != theirs.chunks
+
+    at = app_env.app()
+    at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Documents"], metrics["Chunks"]) == ("1", str(mine.chunks))
+    assert any("In the workspace **default**" in c.value for c in at.caption)
+
+    at.selectbox(key="workspace.id").set_value(research.id).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Documents"], metrics["Chunks"]) == ("2", str(theirs.chunks))
+    assert any("In the workspace **Research**" in c.value for c in at.caption)
+
+
+def test_home_names_only_the_current_workspaces_recovered_files(app_env: AppEnv, tmp_path: Path) -> None:
+    service = app_env.service()
+    other = service.create_workspace("Other")
+    src = tmp_path / "src"
+    service.ingest([write_doc(src, "kept.txt", "Kept text. " * 30)])
+    service.ingest([write_doc(src, "elsewhere.txt", "Other text. " * 30)], None, other.id)
+    # As the start-up's recovery pass reports them: one half-indexed file in each workspace.
+    service._recovered = tuple(service.documents()) + tuple(service.documents(other.id))
+    at = app_env.app()
+    at.run()
+    warning = " ".join(w.value for w in at.warning)
+    assert "kept.txt" in warning and "elsewhere.txt" not in warning
 
 
 def test_a_session_id_is_created_and_kept_in_the_url(app_env: AppEnv) -> None:

@@ -19,7 +19,7 @@ def test_settings_are_listed_with_secrets_masked(app_env: AppEnv, monkeypatch: p
     at.run()
 
     assert not at.exception
-    table = at.dataframe[0].value
+    table = at.table[0].value
     values = dict(zip(table["Setting"], table["Value"]))
     assert values["OPENAI_API_KEY"] == "••••••"
     assert values["MILVUS_TOKEN"] == "••••••"
@@ -44,7 +44,7 @@ def test_passwords_in_uris_are_hidden(app_env: AppEnv, monkeypatch: pytest.Monke
     monkeypatch.setenv("OPENAI_BASE_URL", "https://bob:pa55word@llm.example/v1")
     at = app_env.app("pages/settings.py")
     at.run()
-    values = dict(zip(at.dataframe[0].value["Setting"], at.dataframe[0].value["Value"]))
+    values = dict(zip(at.table[0].value["Setting"], at.table[0].value["Value"]))
     assert values["OPENAI_BASE_URL"] == "https://llm.example/v1"
     assert "pa55word" not in page_text(at)
 

@@ -27,6 +27,7 @@ def test_no_jobs_shows_only_the_form(app_env: AppEnv) -> None:
     assert not at.progress
     limit = Settings.model_fields["max_file_mb"].default
     assert f"{limit:g} MB each" in at.caption[0].value and ".pdf" in at.caption[0].value
+    assert "a PDF up to 1000 pages" in at.caption[0].value  # RAG_MAX_PAGES
 
 
 def test_a_running_job_shows_per_file_progress_and_can_be_cancelled(app_env: AppEnv, corpus: Path) -> None:
@@ -94,6 +95,40 @@ def test_jobs_live_in_the_engine_not_the_tab(app_env: AppEnv, corpus: Path) -> N
     finally:
         service.cancel_job(job.id)
         service.wait_job(job.id, timeout=120)
+
+
+def test_jobs_are_listed_in_their_workspace_and_name_it(app_env: AppEnv, tmp_path: Path) -> None:
+    service = app_env.service()
+    research = service.create_workspace("Research")
+    src = tmp_path / "src"
+    mine = service.start_job([write_doc(src, "giraffes.txt", "Giraffes eat acacia leaves. " * 30)], owner=app_env.sid)
+    theirs = service.start_job(
+        [write_doc(src, "zebras.txt", "Zebras have stripes. " * 30)], owner=app_env.sid, workspace=research.id
+    )
+    for job in (mine, theirs):
+        service.wait_job(job.id, timeout=120)
+
+    at = app_env.app(UPLOAD)
+    at.run()
+    text = page_text(at)
+    assert "giraffes.txt" in text and "zebras.txt" not in text
+    assert "into default" in at.success[0].value and "Your uploads into **default**" in text
+
+    at.selectbox(key="workspace.id").set_value(research.id).run()
+    text = page_text(at)
+    assert "zebras.txt" in text and "giraffes.txt" not in text
+    assert "into Research" in at.success[0].value
+
+
+def test_a_reindex_says_reindexed(app_env: AppEnv, tmp_path: Path) -> None:
+    service = app_env.service()
+    path = write_doc(tmp_path / "src", "notes.txt", "First version of the notes. " * 30)
+    service.wait_job(service.start_job([path], owner=app_env.sid).id, timeout=120)
+    write_doc(tmp_path / "src", "notes.txt", "Second version of the notes. " * 30)
+    service.wait_job(service.start_job([path], owner=app_env.sid).id, timeout=120)
+    at = app_env.app(UPLOAD)
+    at.run()
+    assert "Re-indexed (the older version replaced) (1): notes.txt" in at.success[0].value
 
 
 def test_an_upload_is_indexed_and_its_bytes_are_stored_once(app_env: AppEnv) -> None:

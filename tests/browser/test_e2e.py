@@ -131,7 +131,7 @@ def test_hostile_document_text_neither_runs_nor_loads(page, streamlit_app: Runni
         page.get_by_text("Pelicans store fish", exact=False).first.wait_for()
         page.wait_for_timeout(1500)
 
-        assert f"{origin}/md.png" in answer.inner_text()  # shown as text...
+        assert f"{origin}/md.png" in answer.inner_text().replace("\u2060", "")  # shown as text...
         assert page.evaluate("window.__pwned") is None  # ...no script or handler ran
         assert page.locator(f'img[src^="{origin}"]').count() == 0  # ...no image element was made
         assert tracker.hits == [] and not [u for u in requests if u.startswith(origin)]  # ...nothing was fetched
@@ -173,3 +173,89 @@ def test_a_scanned_pdf_is_read_by_ocr_and_answers(page, streamlit_app: RunningAp
     _ask_in_chat(page, "Who founded the Quillfeather Observatory, and when?")
     sources = page.get_by_text(re.compile(r"Sources: \[1\] heron-scan\.pdf, p\. 1")).last
     sources.wait_for(timeout=120_000)
+
+
+MARKUP_NAME = "[x](mailto:a@b.c) <b>bold.txt"  # Markdown link, HTML bold and an e-mail address; no `/` in a name
+MARKUP_WORKSPACE = "__ws__ [x](y) ~~z~~ a@b.c"  # emphasis, a link, strike-through and an e-mail address
+JOINER = "\u2060"  # rag.markdown breaks link patterns with it; invisible, so people see the text unchanged
+_DOM = """() => {
+  const text = (el) => el.textContent.replaceAll('\\u2060', '');
+  return {
+    body: document.body.innerText.replaceAll('\\u2060', ''),
+    hrefs: [...document.querySelectorAll('a')].map((a) => a.getAttribute('href') || ''),
+    emphasis: [...document.querySelectorAll('b, strong, em, i, del, s')].map(text),
+    tags: document.querySelectorAll('b, img[src^="mailto"], code a').length,
+  };
+}"""
+
+
+def _literal(text: str) -> re.Pattern[str]:
+    """`text` as the page may render it: the same characters, a word joiner allowed after any of them."""
+    return re.compile(f"{JOINER}?".join(re.escape(ch) for ch in text))
+
+
+def _assert_shown_as_text(page, *texts: str) -> None:  # noqa: ANN001
+    """Each text is on the page as itself, and nothing in it became a link, bold, emphasis or a strike."""
+    dom = page.evaluate(_DOM)
+    for text in texts:
+        assert text in dom["body"], (text, dom["body"][:2000])
+    assert not [h for h in dom["hrefs"] if h.startswith("mailto:") or "example." in h or h in ("y", "b.c")], dom
+    assert dom["tags"] == 0, dom  # Streamlit writes bold as <strong>: a <b> could only come from data
+    # Our own bold (a file name in a progress line, a source's heading) holds a whole name, never a piece of it.
+    names = (MARKUP_NAME, MARKUP_WORKSPACE)
+    pieces = [e for e in dom["emphasis"] if e.strip() and any(e in n and e != n for n in names)]
+    assert not pieces, pieces
+
+
+def test_markup_in_names_and_passages_shows_as_text(page, streamlit_app: RunningApp, tmp_path: Path) -> None:  # noqa: ANN001
+    path = tmp_path / MARKUP_NAME
+    path.write_text(
+        "Kestrels hover over the meadow at https://example.com/kestrels before they stoop on voles. "
+        "Ring records are kept at www.example.org and reports go to warden@example.net each spring. " * 3,
+        encoding="utf-8",
+    )
+    name = _literal(MARKUP_NAME)
+
+    # Upload: live progress and the job's summary (the uploader itself shortens a long name: "[x](mai…b>bold.txt")
+    page.goto(f"{streamlit_app.url}/upload")
+    page.wait_for_selector("input[type=file]", state="attached")
+    page.set_input_files("input[type=file]", [str(path)])
+    page.get_by_text(re.compile(r"b>bold\.txt$")).first.wait_for()
+    page.get_by_role("button", name="Index files").click()
+    page.get_by_text(re.compile(r"Indexed \(1\): " + name.pattern)).wait_for(timeout=240_000)
+    _assert_shown_as_text(page, MARKUP_NAME)
+
+    # Documents: the picker lists it by name
+    page.get_by_role("link", name="Documents", exact=True).click()
+    page.get_by_placeholder("Choose documents to re-index or delete").click()
+    page.get_by_role("option", name=MARKUP_NAME).wait_for()
+    _assert_shown_as_text(page, MARKUP_NAME)
+    page.keyboard.press("Escape")
+
+    # Chat: the answer, the sources line, the source buttons, the sources expander
+    _ask_in_chat(page, "Where do kestrels hover before they stoop on voles?")
+    page.get_by_text(re.compile(r"Sources: \[1\] " + name.pattern)).last.wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"^Sources \(\d+\)$")).last.click()
+    page.get_by_text("Kestrels hover over the meadow", exact=False).first.wait_for()
+    _assert_shown_as_text(page, MARKUP_NAME, "https://example.com/kestrels", "www.example.org", "warden@example.net")
+
+    # The source viewer: its heading and download button; the passage in the document's text (an escaped frame)
+    # (the button shortens a long name for display: "[1] [x](mailto:a@b.c)….txt, part 1 of 1")
+    page.get_by_role("button", name=re.compile(r"^\[1\] " + _literal("[x](mailto:a@b.c)").pattern)).last.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name=re.compile("^Download " + name.pattern)).wait_for()
+    text = dialog.frame_locator("iframe")
+    text.get_by_text("reports go to warden@example.net", exact=False).first.wait_for()
+    assert text.locator("a, b, img").count() == 0
+    _assert_shown_as_text(page, f"Download {MARKUP_NAME}")
+    page.keyboard.press("Escape")
+
+    # A workspace name: the message after creating it, and the Upload page's caption naming it
+    page.get_by_role("link", name="Workspaces", exact=True).click()
+    page.get_by_role("textbox", name="Name", exact=True).fill(MARKUP_WORKSPACE)
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text(re.compile("Created " + _literal(MARKUP_WORKSPACE).pattern)).wait_for()
+    _assert_shown_as_text(page, f"Created {MARKUP_WORKSPACE}.")
+    page.get_by_role("link", name="Upload", exact=True).click()
+    page.get_by_text(re.compile("into the workspace " + _literal(MARKUP_WORKSPACE).pattern)).wait_for()
+    _assert_shown_as_text(page, MARKUP_WORKSPACE)

@@ -281,6 +281,36 @@ def test_minio_has_no_default_credentials(compose: Compose) -> None:
     assert "minioadmin" not in COMPOSE_PATH.read_text(encoding="utf-8")
 
 
+def test_api_service_is_off_by_default_and_loopback_only(compose: Compose) -> None:
+    """`python -m rag serve` in compose: only with `--profile api`, the app's image, data and settings, published
+    on 127.0.0.1 like the app."""
+    svcs = services(compose)
+    api, app = svcs["api"], svcs["app"]
+    assert api["profiles"] == ["api"] and "profiles" not in app
+    assert api["build"] == app["build"]
+    assert api["command"][:4] == ["python", "-m", "rag", "serve"]
+    assert api["command"][api["command"].index("--port") + 1] == "8000"
+    assert host_bindings(api) == [("127.0.0.1", "8000", 8000)]
+    assert api["ports"] == ["${API_BIND:-127.0.0.1}:8000:8000"]
+    assert api["volumes"] == app["volumes"] == ["app-data:/data"]  # the same accounts, tokens and documents
+    env, app_env = environment(api), environment(app)
+    assert {k: env[k] for k in app_env} == app_env
+    assert missing_healthchecks(compose, ("api",)) == []
+    assert "http://localhost:8000/health" in " ".join(api["healthcheck"]["test"])
+    assert set(api["depends_on"]) == {"standalone"}
+
+
+def test_api_command_is_a_real_cli_command() -> None:
+    from click.testing import CliRunner
+
+    from rag.cli import cli
+
+    compose = load_compose(COMPOSE_PATH.read_text(encoding="utf-8"))
+    argv = services(compose)["api"]["command"][3:]
+    result = CliRunner().invoke(cli, [*argv, "--help"], obj={})
+    assert result.exit_code == 0 and "--host" in result.output and "--port" in result.output
+
+
 # --- the checkers can fail ---
 
 

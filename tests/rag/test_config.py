@@ -40,6 +40,16 @@ def test_invalid_settings_raise_config_error(bad: dict) -> None:
         ("http://u:p@[::1]:8080/v1", "http://[::1]:8080/v1"),
         ("https://llm.example/v1?api_key=s3cret&region=eu", "https://llm.example/v1?api_key=***&region=eu"),
         ("http://u:s3cret@host:bad/v1", "http://host:bad/v1"),  # a malformed port still loses its password
+        ("http://user:pa/ss@host:9/v1", "http://host:9/v1"),  # a password with an unencoded `/`
+        ("http://user:p@ss@host/v1", "http://host/v1"),  # ... with an `@`
+        ("http://user:pa:ss@host/v1", "http://host/v1"),  # ... with a `:`
+        ("http://user:pa?ss@host/v1", "http://host/v1"),  # ... with a `?`
+        ("http://user:pa#ss@host/v1", "http://host/v1"),  # ... with a `#`
+        ("http://:s3cret@host/v1", "http://host/v1"),  # a password without a user
+        ("http://us%40er:p%2Fw@host/v1", "http://host/v1"),  # percent-encoded
+        ("//u:s3cret@host/v1", "//host/v1"),  # no scheme
+        ("root:s3cret@db:19530", "db:19530"),  # not even `//`
+        ("https://h/v1#access_token=s3cret", "https://h/v1#access_token=***"),
         ("http://localhost:11434/v1", "http://localhost:11434/v1"),
         ("./data/milvus.db", "./data/milvus.db"),
         ("", ""),
@@ -76,3 +86,35 @@ def test_private_dir_and_file(tmp_path: Path) -> None:
     shared.write_text("kept")
     shared.chmod(0o644)
     assert private_file(shared).stat().st_mode & 0o777 == 0o600 and shared.read_text() == "kept"
+
+
+def test_llm_models_is_a_list_that_must_hold_llm_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().llm_choices == ("gpt-4o-mini",)  # empty LLM_MODELS: LLM_MODEL alone
+    monkeypatch.setenv("LLM_MODEL", "llama3.1:8b")
+    monkeypatch.setenv("LLM_MODELS", " llama3.1:8b, qwen2.5:7b ,llama3.1:8b,")
+    settings = load_settings()
+    assert settings.llm_choices == ("llama3.1:8b", "qwen2.5:7b")
+    assert settings.public_dict()["llm_models"] == "llama3.1:8b, qwen2.5:7b"
+    monkeypatch.setenv("LLM_MODELS", '["qwen2.5:7b", "llama3.1:8b"]')
+    assert load_settings().llm_choices == ("qwen2.5:7b", "llama3.1:8b")
+    monkeypatch.setenv("LLM_MODELS", "qwen2.5:7b")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.user_message == (
+        "Invalid configuration: LLM_MODEL 'llama3.1:8b' is not one of LLM_MODELS (qwen2.5:7b); "
+        "add it to LLM_MODELS or choose one of them"
+    )
+
+
+def test_limits_of_what_one_file_may_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.max_pages, s.max_page_pixels, s.ocr_page_seconds) == (1000, 20_000_000, 180.0)
+    monkeypatch.setenv("RAG_MAX_PAGES", "50")
+    monkeypatch.setenv("RAG_MAX_PAGE_PIXELS", "8000000")
+    monkeypatch.setenv("RAG_OCR_PAGE_SECONDS", "30")
+    s = load_settings()
+    assert (s.max_pages, s.max_page_pixels, s.ocr_page_seconds) == (50, 8_000_000, 30.0)
+    monkeypatch.setenv("RAG_MAX_PAGE_PIXELS", "1000")  # too small to draw any page
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "RAG_MAX_PAGE_PIXELS" in err.value.user_message

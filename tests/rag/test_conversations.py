@@ -45,7 +45,7 @@ def test_append_and_history_keep_order_sources_and_mode(make_store) -> None:  # 
     assert turns[1].sources == [ZOO]
     assert store.chat_history("s1") == [
         ChatTurn(role="user", content="What does the zoo keep?"),
-        ChatTurn(role="assistant", content="Lions [1]"),
+        ChatTurn(role="assistant", content="Lions [1]", doc_ids=(ZOO.doc_id,)),  # the document it cites, for follow-ups
     ]
 
 
@@ -134,7 +134,7 @@ def test_document_text_stays_text_in_markdown(make_store) -> None:  # noqa: ANN0
 
 
 def test_neutralize_markdown_disarms_images_links_html_and_math() -> None:
-    assert neutralize_markdown("![a](http://x/y.png)") == "!\\[a\\](http://x/y.png)"
+    assert neutralize_markdown("![a](http://x/y.png)") == "!\\[a\\](http:\u2060//x/y.png)"  # no autolink either
     assert neutralize_markdown("<script>") == "\\<script\\>"
     assert neutralize_markdown("costs $5 and $6") == "costs \\$5 and \\$6"
     assert neutralize_markdown("**bold** and _it_") == "**bold** and _it_"

@@ -96,7 +96,7 @@ def test_recovery_spares_a_live_writer_and_removes_what_a_dead_one_left(
         assert "notes.txt is being indexed" in busy.value.user_message
         # The writer died: its lease runs out, and the next recovery round (no restart needed) removes what it left.
         svc.library.catalog.renew_claim(doc_key(result.doc_id), owner, time.time() - 1)
-        assert svc.runtime.run(svc.library.arecover_writes()) == ["notes.txt"]
+        assert [r.file_name for r in svc.runtime.run(svc.library.arecover_writes())] == ["notes.txt"]
         assert svc.documents() == [] and svc.count_chunks() == 0
         assert _keyword_ids(svc, result.doc_id) == set() and _uploads(svc) == []
         assert svc.library.catalog.list(status=None) == [] and svc.library.catalog.claims() == {}

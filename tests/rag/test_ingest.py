@@ -131,15 +131,19 @@ def test_jobs_are_private_to_their_owner(service, corpus: Path) -> None:  # noqa
         ("a\x00b\x1bc.txt", "abc.txt"),
         ("..\\..\\win.txt", "win.txt"),
         ("Отчёт.pdf", "Отчёт.pdf"),
+        ("q" * 205 + ".txt", "q" * 205 + ".txt"),  # 209 characters: kept whole
+        ("é" * 125 + ".txt", "é" * 125 + ".txt"),  # 254 bytes of UTF-8: still whole
+        ("[x](mailto:a@b.c) <b>bold.txt", "[x](mailto:a@b.c) <b>bold.txt"),  # markup is the UI's to escape
         ("x" * 300 + ".pdf", None),
+        ("é" * 200 + ".pdf", None),
     ],
 )
 def test_clean_name(raw: str, clean: str | None) -> None:
     out = clean_name(raw)
     if clean is not None:
         assert out == clean
-    else:
-        assert len(out) <= 200 and out.endswith(".pdf")
+    else:  # longer than any file system's name: cut to 255 bytes, the extension kept
+        assert len(out.encode()) <= 255 and out.endswith("….pdf") and raw.startswith(out[:-5])
 
 
 def test_no_stored_chunk_keeps_a_soft_hyphen(indexed_corpus) -> None:  # noqa: ANN001

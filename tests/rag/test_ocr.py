@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from rag import AskOptions
 from rag.errors import IngestError
 from rag.ingest import FileProgress, FileStatus, IngestReport, Stage
-from rag.ocr import engine, ocr_pdf_page, read_sidecar, sidecar_path
-from rag.readers import read_document
+from rag.ocr import engine, fit_scale, ocr_pdf_page, read_sidecar, sidecar_path
+from rag.readers import ReadLimits, read_document
 
 FACTS = (
     "The Quillfeather Observatory on Mount Varenko was founded in 1897 by the astronomer Ottilie Brandmaier. "
@@ -247,3 +248,160 @@ def test_the_cli_indexes_a_scan_and_cites_it(make_settings, monkeypatch, scanned
         svc = RagService(settings)
         svc.runtime.run(svc.store.adrop())
         svc.close()
+
+
+# -- what one file may cost (RAG_MAX_PAGES, RAG_MAX_PAGE_PIXELS, RAG_OCR_PAGE_SECONDS) --------------------------
+GIB = 1024**3
+
+
+def image_only_pdf(path: Path, pages: int, width: float, height: float) -> Path:
+    """A PDF of `pages` scanned-looking pages (an image over the whole page, no text layer) of `width` ×
+    `height` points, written by hand: every page shares one 8×8 grey image and one content stream, so even
+    3000 pages stay under half a megabyte on disk."""
+    image = zlib.compress(bytes([250]) * 64)
+    content = f"q {width} 0 0 {height} 0 0 cm /Im0 Do Q".encode()
+    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /XObject /Subtype /Image /Width 8 /Height 8 /ColorSpace /DeviceGray /BitsPerComponent 8 "
+        b"/Filter /FlateDecode /Length %d >>\nstream\n" % len(image) + image + b"\nendstream",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+    ]
+    objects += [
+        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] /Resources << /XObject << /Im0 3 0 R >> >> "
+        "/Contents 4 0 R >>".encode()
+    ] * pages
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _status_bytes(key: str) -> int:
+    """A line of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak_memory() -> int:
+    """Reset this process's peak resident memory (VmHWM) to what it holds now, and return that (bytes):
+    `_status_bytes("VmHWM")` minus it is then the most memory the process grew by since."""
+    Path("/proc/self/clear_refs").write_text("5")  # Linux 4.0+: "5" resets the peak RSS of this process
+    return _status_bytes("VmRSS")
+
+
+def test_fit_scale_lowers_only_what_exceeds_the_pixel_limit() -> None:
+    assert fit_scale(612, 792, 2.0, 20_000_000) == 2.0  # a letter page at 144 dpi: 1.9 megapixels
+    lowered = fit_scale(2384, 3370, 2.0, 20_000_000)  # A0 at 144 dpi would be 32 megapixels
+    assert 1.0 < lowered < 2.0 and 2384 * 3370 * lowered**2 <= 20_000_000 * 1.0001
+    assert fit_scale(20_000, 20_000, 2.0, 20_000_000) < 0.25
+
+
+@pytest.mark.milvus
+def test_a_huge_page_and_3000_scanned_pages_fail_alone_within_memory(service, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 19: a 20000 × 20000-point scanned page and a PDF of 3000 scanned pages each fail with the limit
+    named, the rest of the job is indexed, and the process grows by far less than 1 GiB doing it."""
+    poster = image_only_pdf(tmp_path / "poster.pdf", 1, 20_000, 20_000)
+    archive = image_only_pdf(tmp_path / "archive-scan.pdf", 3000, 612, 792)
+    notes = tmp_path / "falcons.txt"
+    notes.write_text("Peregrine falcons nest on the cathedral tower every spring. " * 20, encoding="utf-8")
+    assert poster.stat().st_size < 2_000 and archive.stat().st_size < 600_000  # small on disk, costly to read
+    engine()  # the OCR models load once per process; what the files cost is measured past them
+
+    before = reset_peak_memory()
+    report = service.ingest([poster, notes, archive])
+    grown = _status_bytes("VmHWM") - before
+
+    by_name = {Path(f.file).name: f for f in report.files}
+    assert by_name["falcons.txt"].status == FileStatus.INDEXED
+    too_large, too_many = by_name["poster.pdf"], by_name["archive-scan.pdf"]
+    assert too_large.status == too_many.status == FileStatus.FAILED
+    assert too_large.error.startswith("poster.pdf: page 1 is 20000 × 20000 points")
+    assert "RAG_MAX_PAGE_PIXELS" in too_large.error
+    assert too_many.error == "archive-scan.pdf: has 3000 pages; the limit is 1000 (RAG_MAX_PAGES)"
+    assert {d.file_name for d in service.documents()} == {"falcons.txt"}  # nothing of the failed files is kept
+    assert grown < GIB, f"the process grew by {grown / 2**20:.0f} MiB"
+
+
+def test_the_ocr_time_of_a_page_is_capped(scanned_pdf: Path) -> None:
+    with pytest.raises(IngestError) as err:
+        read_document(scanned_pdf, "observatory-scan.pdf", limits=ReadLimits(ocr_page_seconds=0.001))
+    message = err.value.user_message
+    assert message.startswith("observatory-scan.pdf: page 1 took longer than 0.001 s")
+    assert "RAG_OCR_PAGE_SECONDS" in message
+
+
+def test_a_pdf_with_more_pages_than_allowed_fails_before_any_page_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "minutes.pdf"
+    topics = ("the harbour wall", "winter grit", "the library roof", "bus shelters", "the summer fair")
+    path.write_bytes(text_pdf([[f"The council discussed {topic}."] for topic in topics]))
+    assert len(read_document(path, "minutes.pdf", limits=ReadLimits(max_pages=5)).documents) == 5
+    calls: list[tuple[int, int]] = []
+    with pytest.raises(IngestError) as err:
+        read_document(path, "minutes.pdf", on_page=lambda *a: calls.append(a), limits=ReadLimits(max_pages=4))
+    assert err.value.user_message == "minutes.pdf: has 5 pages; the limit is 4 (RAG_MAX_PAGES)" and calls == []
+
+
+def test_read_limits_default_to_the_settings_defaults() -> None:
+    from rag.config import load_settings
+
+    assert ReadLimits() == ReadLimits.from_settings(load_settings())
+
+
+# -- numbers and words kept whole (issue 19) --------------------------------------------------------------
+NUMBERS = (
+    "In 1911 the town counted 4217 people and 1111 houses. See pages 12 13 14 and rows 3 4 5 of table 7, "
+    "or call 555 1234 before 07/01/2015."
+)
+
+
+def test_ocr_keeps_a_number_whole_and_numbers_apart(tmp_path: Path) -> None:
+    """A digit such as 1 stands apart from its neighbours by a blank wider than the gaps between letters;
+    the number stays one word ("1911", not "1 9 1 1"), while numbers a space parts stay apart."""
+    scan = write_scanned_pdf(tmp_path / "census.pdf", [[NUMBERS]])
+    pdf = pdfium.PdfDocument(str(scan))
+    try:
+        text = " ".join(ocr_pdf_page(pdf[0], 1).text.split())
+    finally:
+        pdf.close()
+    words = [word.strip(".,") for word in text.split()]
+    for number in ("1911", "4217", "1111", "07/01/2015"):
+        assert number in words, text
+    for apart in ("12 13 14", "3 4 5", "555 1234"):
+        assert apart in text, text
+
+
+def corpus_scan(corpus: Path, path: Path) -> Path:
+    """A real typeset page as a scan: the middle column of page 2 of the Federal Register notice (a Boeing
+    airworthiness directive) rendered to a 200 dpi image, saved as an image-only PDF. Its text layer says
+    "Amendment 39–19512" and "resulting in 157 fatalities"; OCR used to read "39-1 951 2" and "1 57"."""
+    source = pdfium.PdfDocument(str(corpus / "federal-register-2020-17221.pdf"))
+    try:
+        page = source[1]
+        assert "39–19512" in page.get_textpage().get_text_range()
+        image = page.render(scale=DPI / 72, crop=(215, 440, 217, 217)).to_pil().convert("RGB")
+    finally:
+        source.close()
+    image.save(path, "PDF", resolution=DPI)
+    return path
+
+
+@pytest.mark.milvus
+def test_a_number_on_a_scanned_corpus_page_is_found_by_keyword(service, corpus: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    scan = corpus_scan(corpus, tmp_path / "boeing-ad-scan.pdf")
+    (result,) = service.ingest([scan]).files
+    assert result.status == FileStatus.INDEXED
+    record = service.documents()[0]
+    text = read_sidecar(Path(record.stored_path))[1].text
+    assert "19512" in text.replace("-", " ").split() and "157" in text.split(), text
+
+    sources = service.retrieve("Amendment 39-19512", AskOptions(retrieval="keyword", top_k=3))
+
+    assert sources and sources[0].file_name == "boeing-ad-scan.pdf" and "19512" in sources[0].text

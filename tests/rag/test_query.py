@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
 
 from rag.options import AskOptions
-from rag.query import RETRIEVAL_ONLY_NOTE, ChatTurn
+from rag.query import RETRIEVAL_ONLY_NOTE, ChatTurn, cited_documents
 
 pytestmark = pytest.mark.milvus
 
@@ -133,3 +134,37 @@ def test_per_question_model_and_temperature(llm_service, fake_openai, corpus: Pa
     override, default = fake_openai.requests[before : before + 2]
     assert (override["model"], override["temperature"]) == ("other-model", 0.7)
     assert default["model"] == "fake-model" and default["temperature"] == llm_service.settings.temperature
+
+
+def test_a_model_outside_llm_models_is_refused(llm_service, fake_openai) -> None:  # noqa: ANN001
+    """The engine, not only the chat page's chooser, keeps questions to LLM_MODELS: nothing reaches the server."""
+    from rag.errors import ModelError
+
+    before = len(fake_openai.requests)
+    with pytest.raises(ModelError) as err:
+        llm_service.ask("What is unstructured?", options=AskOptions(llm_model="gpt-4-32k-expensive"))
+    assert "gpt-4-32k-expensive" in err.value.user_message and "LLM_MODELS" in err.value.user_message
+    assert "fake-model, other-model" in err.value.user_message
+    assert len(fake_openai.requests) == before
+
+
+def test_retrieval_only_answer_quotes_the_whole_sentence_with_its_citation(indexed_corpus) -> None:  # noqa: ANN001
+    svc, _ = indexed_corpus
+    answer = svc.ask("How many airplanes does the proposed AD affect?")
+    first_line = answer.answer.splitlines()[0]
+    assert "73 airplanes of U.S. registry." in first_line  # not cut at the abbreviation
+    cited = int(re.search(r"\\\[(\d+)\\\]$", first_line).group(1))
+    assert "73 airplanes" in answer.sources[cited - 1].text
+
+
+def test_a_short_follow_up_without_llm_carries_the_previous_question_and_document(indexed_corpus) -> None:  # noqa: ANN001
+    svc, _ = indexed_corpus
+    first = svc.ask("How many airplanes does the proposed AD affect?")
+    history = [
+        ChatTurn(role="user", content=first.question),
+        ChatTurn(role="assistant", content=first.answer, doc_ids=cited_documents(first.answer, first.sources)),
+    ]
+    assert history[1].doc_ids and all(history[1].doc_ids)
+    follow_up = svc.ask("and what did it cost per operator?", history=history)
+    assert "$7,650" in follow_up.answer.replace("\\", "")
+    assert follow_up.sources[0].file_name == "federal-register-2020-17221.pdf"

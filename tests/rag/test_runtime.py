@@ -115,3 +115,48 @@ def test_call_soon_runs_a_callback_on_the_loop_thread() -> None:
 
 async def _thread_id() -> int:
     return threading.get_ident()
+
+
+def test_aiterate_streams_to_another_loop_and_closes_the_generator_when_left() -> None:
+    """An ASGI server's loop reads the engine's generator step by step; each step runs on the runtime's thread,
+    and a reader that stops early (a client gone) has the generator closed there."""
+    rt = Runtime()
+    seen: list[str] = []
+    closed = threading.Event()
+    try:
+
+        async def gen():  # noqa: ANN202
+            try:
+                for i in range(100):
+                    seen.append(threading.current_thread().name)
+                    await asyncio.sleep(0)
+                    yield i
+            finally:
+                closed.set()
+
+        async def read(stop_after: int | None) -> list[int]:
+            got = []
+            async for item in rt.aiterate(gen()):
+                got.append(item)
+                if stop_after is not None and len(got) == stop_after:
+                    break
+            return got
+
+        assert asyncio.run(read(None)) == list(range(100)) and closed.wait(5)
+        assert set(seen) == {"rag-runtime"}  # every step on the runtime's loop, none on the reader's
+        closed.clear()
+        assert asyncio.run(read(3)) == [0, 1, 2]
+        assert closed.wait(5), "the generator left early was not closed"
+
+        async def stuck():  # noqa: ANN202
+            await asyncio.sleep(30)
+            yield 1
+
+        async def slow_reader() -> None:
+            async for _ in rt.aiterate(stuck(), timeout=0.2):
+                pass
+
+        with pytest.raises(OperationTimeoutError):
+            asyncio.run(slow_reader())
+    finally:
+        rt.close()

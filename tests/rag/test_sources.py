@@ -14,7 +14,7 @@ from rag.errors import RagError
 from rag.ocr import write_sidecar
 from rag.readers import clean_texts, read_document, read_file
 from rag.sources import RENDER_SCALE, passage_context, render_page
-from tests.rag.test_ocr import DPI, FACTS, MARGIN, write_scanned_pdf
+from tests.rag.test_ocr import DPI, FACTS, GIB, MARGIN, image_only_pdf, reset_peak_memory, write_scanned_pdf
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,19 @@ def test_zoom_scales_the_image_and_renders_are_cached_per_file_version(
     assert render_page(path, 1, passage, zoom=0.5) is small
     os.utime(path, ns=(1, 1))  # another version of the file: drawn again
     assert render_page(path, 1, passage, zoom=0.5) is not small
+
+
+def test_a_huge_page_is_drawn_within_the_pixel_limit(tmp_path: Path) -> None:
+    """A 20000 × 20000-point page at the largest zoom would be 120000 pixels square (57 GB); the viewer draws
+    it at the scale that fits RAG_MAX_PAGE_PIXELS, and the process grows by far less than 1 GiB."""
+    poster = image_only_pdf(tmp_path / "poster.pdf", 1, 20_000, 20_000)
+    before = reset_peak_memory()
+    shown = render_page(poster, 1, "", zoom=4.0, max_pixels=20_000_000)
+    grown = Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]
+    assert shown.width * shown.height <= 20_000_000 and shown.width == shown.height > 4000
+    assert int(grown) * 1024 - before < GIB
+    small = render_page(poster, 1, "", zoom=1.0, max_pixels=1_000_000)  # the limit is the caller's (settings)
+    assert small.width * small.height <= 1_000_000
 
 
 def test_a_missing_page_is_a_message(zoo_page_one: tuple[Path, str]) -> None:
