@@ -417,7 +417,7 @@ class RagService(QuestionService):
     def check_documents(self, repair: bool = False, caller: Caller = OPERATOR) -> CheckReport:
         """The reconcile pass (`docs check`) over every workspace: Milvus, the keyword index and the catalogue
         compared chunk by chunk; with `repair`, what belongs to no committed document removed. It reads every
-        chunk id (about a minute per million chunks here): for admins once accounts exist."""
+        chunk id (15-90 s per million chunks on 2 cores): for admins once accounts exist."""
         self._require_admin_when_accounts(caller, "check every document of the collection")
         return self.runtime.run(self.library.acheck(repair))
 
