@@ -44,6 +44,7 @@ _LOCATIONS = {
     "BenchmarkBusyError": "rag.errors",
     "Caller": "rag.access",
     "ChatTurn": "rag.query",
+    "CheckReport": "rag.documents",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
@@ -59,6 +60,7 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Finding": "rag.documents",
     "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
@@ -95,6 +97,7 @@ _LOCATIONS = {
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "check_documents": "rag.documents",
     "create_app": "rag.api",
     "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
@@ -139,6 +142,7 @@ __all__ = [
     "BenchmarkBusyError",
     "Caller",
     "ChatTurn",
+    "CheckReport",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
@@ -154,6 +158,7 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Finding",
     "Gateway",
     "IngestError",
     "IngestReport",
@@ -190,6 +195,7 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "check_documents",
     "create_app",
     "create_mcp",
     "default_corpus_dir",
@@ -242,7 +248,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.database import Database
-    from rag.documents import list_documents
+    from rag.documents import CheckReport, Finding, check_documents, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccessDeniedError,
