@@ -46,6 +46,7 @@ _LOCATIONS = {
     "BenchmarkBusyError": "rag.errors",
     "Caller": "rag.access",
     "ChatTurn": "rag.query",
+    "CheckReport": "rag.documents",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
@@ -61,6 +62,7 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Finding": "rag.documents",
     "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
@@ -101,6 +103,7 @@ _LOCATIONS = {
     "bench_records": "rag.bench_summary",
     "bench_run_caption": "rag.bench_summary",
     "bench_step_text": "rag.bench_summary",
+    "check_documents": "rag.documents",
     "create_app": "rag.api",
     "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
@@ -147,6 +150,7 @@ __all__ = [
     "BenchmarkBusyError",
     "Caller",
     "ChatTurn",
+    "CheckReport",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
@@ -162,6 +166,7 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Finding",
     "Gateway",
     "IngestError",
     "IngestReport",
@@ -202,6 +207,7 @@ __all__ = [
     "bench_records",
     "bench_run_caption",
     "bench_step_text",
+    "check_documents",
     "create_app",
     "create_mcp",
     "default_corpus_dir",
@@ -255,7 +261,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.database import Database
-    from rag.documents import DOCUMENTS_PAGE, list_documents
+    from rag.documents import DOCUMENTS_PAGE, CheckReport, Finding, check_documents, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccessDeniedError,

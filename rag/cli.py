@@ -412,7 +412,7 @@ def eval_(
 
 @cli.group()
 def docs() -> None:
-    """List and delete indexed documents."""
+    """List, delete and check indexed documents."""
 
 
 @docs.command("list")
@@ -462,6 +462,49 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
     with _service(_settings(ctx)) as service:
         record = service.delete_document(doc_id, _workspace(service))
     click.echo(f"Deleted {record.file_name} ({record.chunks} chunks)")
+
+
+@docs.command("check")
+@click.option("--repair", is_flag=True, help="Remove what belongs to no committed document (see above).")
+@click.option("--json", "as_json", is_flag=True, help="Print {documents, milvus_chunks, keyword_rows, findings, ...}.")
+@click.pass_context
+@_edge
+def docs_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Compare Milvus, the keyword index and the catalogue, chunk by chunk, in every workspace of the collection.
+
+    \b
+    Finds chunks of unknown documents, of writes whose writer is gone, of a
+    document's other generations; keyword rows without their chunk (or chunks
+    without their keyword row); listed documents with chunks missing.
+    Documents being written by a live process are skipped. --repair removes
+    what belongs to no committed document, copies missing keyword rows from
+    Milvus and removes listed documents that have no chunk at all; chunks
+    missing from Milvus need a re-index. It reads every chunk id once (15-90 s
+    per million chunks on 2 cores). Exit code 1 when something is left unrepaired.
+
+    Example: python -m rag docs check --repair
+    """
+    from rag import check_documents
+
+    report = check_documents(_settings(ctx), repair=repair)
+    if as_json:
+        click.echo(json.dumps({**report.model_dump(mode="json"), "clean": report.clean}))
+    else:
+        keyword = "" if report.keyword_rows is None else f", {report.keyword_rows} keyword rows"
+        click.echo(
+            f"{report.documents} documents, {report.milvus_chunks} chunks in Milvus{keyword}; "
+            f"checked in {report.seconds:.1f} s"
+        )
+        if report.in_progress:
+            click.echo(f"{len(report.in_progress)} document(s) being written now, not checked")
+        for finding in report.findings:
+            click.echo(finding.describe())
+        if not report.findings:
+            click.echo("Milvus, the keyword index and the catalogue agree.")
+        elif not report.clean and not repair:
+            click.echo("Run again with --repair to fix what can be fixed.")
+    if not report.clean:
+        sys.exit(1)
 
 
 @cli.group()

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from rag.catalog import DocumentRecord
 from rag.config import Settings
-from rag.documents import LEASE_SECONDS, DocumentLibrary, SourceFile
+from rag.documents import LEASE_SECONDS, Claim, DocumentLibrary, SourceFile
 from rag.embeddings import Embedder
 from rag.errors import IngestError, RagError
 from rag.ocr import write_sidecar
@@ -208,7 +208,14 @@ def chunk_documents(
         node.id_ = chunk_id(doc_id, position, generation)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update(
-            {"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id, WORKSPACE_FIELD: workspace}
+            {
+                "doc_id": doc_id,
+                "chunk": position,
+                "generation": generation,  # also in the id; only the catalogue's current generation answers
+                "file_type": kind,
+                MODEL_KEY: model_id,
+                WORKSPACE_FIELD: workspace,
+            }
         )
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)
@@ -244,6 +251,7 @@ class _Prepared:
     reindex: bool = False
     staged: Path | None = None  # bytes this job staged itself, released when the file is done
     begun: bool = False  # this job claimed the row (or the new generation), so what it stored is its own
+    claim: Claim | None = None  # the document's writer claim, held while the file is stored
 
 
 class Ingestor:
@@ -427,12 +435,14 @@ class Ingestor:
         return _Prepared(index, prog, record=record, nodes=nodes, reindex=src.reindex)
 
     async def _store_alone(self, item: _Prepared, publish: ProgressCallback) -> FileResult:
-        """`_store` with one writer per document: jobs running side by side with the same bytes take turns
-        (the second finds it indexed), and a cancelled writer removes its chunks before the next one starts."""
+        """`_store` with one writer per document, across processes (the catalogue's claim): jobs with the same
+        bytes take turns (the second finds it indexed), and a cancelled writer removes its chunks before the
+        next one starts."""
         try:
             if item.record is None:
                 return await self._store(item, publish)
-            async with self.library.writer(item.record.doc_id):
+            async with self.library.writer(item.record.doc_id) as claim:
+                item.claim = claim
                 try:
                     return await self._store(item, publish)
                 except asyncio.CancelledError:
@@ -450,7 +460,11 @@ class Ingestor:
         assert item.record is not None and item.nodes is not None
         index, prog, record, nodes = item.index, item.progress, item.record, item.nodes
         twin = await asyncio.to_thread(self.library.get, record.doc_id)
-        if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice in one job
+        if item.reindex and (twin is None or twin.status != "indexed" or twin.generation != record.generation - 1):
+            # read under the claim: deleted, replaced or re-indexed by another writer since this job read it
+            verb = "deleted" if twin is None or twin.status != "indexed" else "re-indexed by another job"
+            return self._fail(index, prog, f"{record.file_name}: was {verb} while this re-index waited", publish)
+        if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice (or elsewhere)
             prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
             publish(index, prog.model_copy())
             return FileResult(
@@ -468,10 +482,11 @@ class Ingestor:
         replaced: list[DocumentRecord] = []
         try:
             await self._embed_and_insert(item, publish)
+            assert item.claim is not None
             if item.reindex:
-                await self.library.acommit_generation(record, len(nodes))
+                await self.library.acommit_generation(record, len(nodes), item.claim)
             else:
-                replaced = await self.library.acommit(record, len(nodes))
+                replaced = await self.library.acommit(record, len(nodes), item.claim)
             item.begun = False
         except asyncio.CancelledError:
             raise
@@ -548,7 +563,7 @@ class Ingestor:
         """Remove what this job began writing for a file but did not finish, and bytes nobody keeps."""
         if item.record is not None and item.begun:
             item.begun = False  # once: a second cleanup must not remove what a later writer of the document stored
-            await self.library.aabandon(item.record)
+            await self.library.aabandon(item.record, item.claim)
         if item.staged is not None:
             await asyncio.to_thread(self.library.release, item.staged)
             item.staged = None

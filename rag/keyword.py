@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -199,6 +199,22 @@ class KeywordIndex:
         with self._lock:
             return {row[0] for row in self._db.execute(sql, args)}
 
+    def iter_ids(self, batch: int = 10_000) -> Iterator[list[tuple[str, str]]]:
+        """Every (chunk id, document id) held, in batches by row order (the reconcile pass; the lock is held one
+        batch at a time, so writers are not kept out for the whole scan)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    # `+collection`: walk the rowid range, not the by-document index (which sorts every batch)
+                    "SELECT id, chunk_id, doc_id FROM chunks WHERE +collection=? AND id>? ORDER BY id LIMIT ?",
+                    (self.collection, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(row[1], row[2]) for row in rows]
+
     def texts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
         """Text and page of these chunks (those held), by chunk id."""
         if not chunk_ids:
@@ -237,10 +253,15 @@ class KeywordIndex:
         return kept or terms[:1]
 
     def search(
-        self, text: str, top_k: int, doc_ids: Sequence[str] | None = None, workspace: str | None = None
+        self,
+        text: str,
+        top_k: int,
+        doc_ids: Sequence[str] | None = None,
+        workspace: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[KeywordHit]:
-        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents); in a
-        large index, for its rarest words (see CANDIDATE_BUDGET)."""
+        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents, not
+        of the `exclude`d ones); in a large index, for its rarest words (see CANDIDATE_BUDGET)."""
         terms = query_terms(text)
         if not terms:
             return []
@@ -258,6 +279,9 @@ class KeywordIndex:
         if doc_ids:
             sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
             args += list(doc_ids)
+        if exclude:
+            sql += f" AND c.doc_id NOT IN ({','.join('?' * len(exclude))})"
+            args += list(exclude)
         sql += " ORDER BY rank LIMIT ?"
         args.append(top_k)
         rows = db.execute(sql, args).fetchall()

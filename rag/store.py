@@ -10,11 +10,13 @@ backoff.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from rag.coalesce import Coalescer
 from rag.config import Settings
 from rag.errors import (
+    CollectionNotFoundError,
     CollectionNotLoadedError,
     ConfigError,
     EmbeddingMismatchError,
@@ -33,6 +36,7 @@ from rag.errors import (
 )
 from rag.keyword import KeywordHit, KeywordIndex, KeywordRow
 from rag.milvus_server import EmbeddedMilvus
+from rag.runtime import background_executor
 
 if TYPE_CHECKING:  # LlamaIndex takes 2-3 s to import: searches work without it (see Hit), writes import it
     from llama_index.core.schema import BaseNode
@@ -58,6 +62,11 @@ RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelle
 # same 100,000 chunks takes 58 ms, and its cost grows with the logarithm of a segment's size, not linearly.
 DENSE_INDEX = {"index_type": "HNSW", "M": 16, "efConstruction": 200}
 _FUSION_DEPTH = 10  # hybrid fuses this many times top_k candidates from each side (at least 50)
+_VISIBILITY_ROUNDS = 5  # searches again at most this often when hits of uncommitted chunks left top_k short
+_MAX_LIMIT = 16_384  # Milvus's largest limit (topk) of one search
+
+Visibility = Callable[[Sequence[str]], Awaitable[Mapping[str, tuple[int, int]]]]
+"""Given document ids, the (generation, chunk count) of those that are committed: the only chunks that answer."""
 
 
 def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
@@ -68,6 +77,23 @@ def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
     """
     stem = doc_id[:40] if generation == 0 else f"{doc_id[:40]}.{generation}"
     return f"{stem}-{position:06d}"
+
+
+def chunk_stem(doc_id: str, generation: int = 0) -> str:
+    """What every chunk id of one document's generation starts with (before `-position`)."""
+    return chunk_id(doc_id, 0, generation).rsplit("-", 1)[0]
+
+
+def committed_chunk(node_id: str, doc_id: str, committed: Mapping[str, tuple[int, int]]) -> bool:
+    """Whether a stored chunk may answer: its document is committed, the chunk is of the document's current
+    generation and within its chunk count. Anything else (a half-written document, a re-index's pending
+    generation, leftovers of a deleted or replaced document or of an older chunking) is invisible."""
+    state = committed.get(doc_id)
+    if state is None:
+        return False
+    generation, chunks = state
+    stem, _, position = node_id.rpartition("-")
+    return stem == chunk_stem(doc_id, generation) and position.isdigit() and int(position) < chunks
 
 
 def neighbour_id(of_chunk: str, position: int) -> str:
@@ -277,6 +303,10 @@ class DocumentStore:
         self.settings = settings
         self.features = features or Features(version="?", keyword_search=False, reason="not probed")
         self.keyword = keyword
+        # Set by the engine from the catalogue: searches then return committed chunks only. None (scratch
+        # benchmark collections, which have no catalogue) returns every chunk.
+        self.visibility: Visibility | None = None
+        self._recent: dict[str, tuple[int, int] | None] = {}  # the last lookups: doc id -> committed state or None
         # A fresh client reads under Session consistency as if Eventually (it has written nothing yet), and a
         # server that restarted may still be replaying recent writes: until one Strong read has returned, a
         # search could miss chunks that are indexed. `_synced` is cleared by every transient failure.
@@ -296,8 +326,8 @@ class DocumentStore:
         cls,
         settings: Settings,
         connection: Connection,
-        dim: int,
-        model_id: str,
+        dim: int | None,
+        model_id: str | None,
         collection: str | None = None,
         overwrite: bool = False,
         consistency_level: str | None = None,
@@ -397,12 +427,14 @@ class DocumentStore:
 
     @classmethod
     async def aopen_for_search(
-        cls, settings: Settings, connection: Connection, dim: int, model_id: str
+        cls, settings: Settings, connection: Connection, dim: int | None = None, model_id: str | None = None
     ) -> DocumentStore:
         """Open the collection to search it only (`ask`): one async client, no LlamaIndex, no index or load calls.
 
         A collection that does not exist yet, whose keyword search runs in the server (LlamaIndex's hybrid
-        query) or that predates workspaces (a migration writes) is opened by `abuild` instead.
+        query) or that predates workspaces (a migration writes) is opened by `abuild` instead. Without a model
+        (`docs check`, which reads and deletes chunks but never embeds) the model is not checked and a missing
+        collection is not created.
         """
         from pymilvus import AsyncMilvusClient
 
@@ -417,6 +449,12 @@ class DocumentStore:
         except BaseException:
             await aclient.close()
             raise
+        if not exists and model_id is None:
+            await aclient.close()
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist",
+                user_message=f"The collection '{name}' does not exist in Milvus (RAG_COLLECTION); nothing to check.",
+            )
         if not exists or features.keyword_search or WORKSPACE_FIELD not in {f["name"] for f in fields}:
             # a new collection, the server's own BM25, or chunks from before workspaces (migrated by abuild)
             await aclient.close()
@@ -424,7 +462,8 @@ class DocumentStore:
         keyword = await asyncio.to_thread(KeywordIndex, Path(settings.data_dir) / "keyword.sqlite3", name)
         features = Features(features.version, True, features.reason, keyword_backend="local")
         self = cls(_SearchCollection(aclient, connection, name, dim), connection, settings, features, keyword=keyword)
-        await self._check_model(dim, model_id)
+        if model_id is not None:
+            await self._check_model(dim, model_id)
         return self
 
     def _retrying(self) -> AsyncRetrying:
@@ -454,7 +493,9 @@ class DocumentStore:
         """The AsyncMilvusClient (bound to the runtime loop)."""
         return self.vector_store.aclient
 
-    async def _check_model(self, dim: int, model_id: str) -> None:
+    async def _check_model(self, dim: int | None, model_id: str | None) -> None:
+        if model_id is None:  # a store that never embeds (`docs check`)
+            return
         async for attempt in self._retrying():  # a collection found unloaded is loaded, then asked again
             with attempt, map_milvus_errors("describe the collection"):
                 desc = await self.aclient.describe_collection(self.name)
@@ -530,6 +571,36 @@ class DocumentStore:
         flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
         return {str(row["id"]) for row in await self._aread_all(flt, ["id"], "list chunks")}
 
+    async def aiter_chunk_ids(self, batch: int = 4096) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every (chunk id, document id) of the collection, a batch at a time (the reconcile pass: a million ids
+        are never held at once). The sync client's query iterator pages in a low-priority thread."""
+        loop = asyncio.get_running_loop()
+        with map_milvus_errors("list chunks"):
+            iterator = await loop.run_in_executor(
+                self._scanner,
+                lambda: self.vector_store.client.query_iterator(
+                    self.name,
+                    filter=f'{DOC_ID_FIELD} != ""',
+                    output_fields=[DOC_ID_FIELD],
+                    batch_size=batch,
+                    consistency_level="Strong",
+                ),
+            )
+        try:
+            while True:
+                with map_milvus_errors("list chunks"):
+                    rows = await loop.run_in_executor(self._scanner, iterator.next)
+                if not rows:
+                    return
+                yield [(str(r["id"]), str(r.get(DOC_ID_FIELD) or "")) for r in rows]
+        finally:
+            await loop.run_in_executor(self._scanner, iterator.close)
+
+    @functools.cached_property
+    def _scanner(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One low-priority thread for long scans of the collection, so they yield to questions and uploads."""
+        return background_executor(self.settings.ingest_nice, 1, "rag-scan")
+
     async def _aread_all(self, flt: str, fields: list[str], action: str) -> list[dict[str, Any]]:
         """Every row matching a filter, paged by the sync client's query iterator in a worker thread
         (creating the iterator is a blocking call too, so it never runs on the loop)."""
@@ -561,11 +632,11 @@ class DocumentStore:
         for doc_id, chunks in indexed.items():
             if held.get(doc_id) != chunks:
                 await asyncio.to_thread(self.keyword.delete_doc, doc_id)
-                await asyncio.to_thread(self.keyword.add, await self._aread_keyword_rows(doc_id))
+                await asyncio.to_thread(self.keyword.add, await self.aread_keyword_rows(doc_id))
                 changed.append(doc_id)
         return changed
 
-    async def _aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
+    async def aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
         """A document's chunks as stored in Milvus, for the keyword index."""
         fields = ["id", TEXT_FIELD, "file_name", "page", "chunk", WORKSPACE_FIELD]
         rows = await self._aread_all(f'{DOC_ID_FIELD} == "{_quote(doc_id)}"', fields, "read chunks")
@@ -601,37 +672,79 @@ class DocumentStore:
             raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
         scope = Scope(workspace, tuple(doc_ids) if doc_ids else None)
         if retrieval == "keyword":
-            return await self._akeyword(query_text or "", top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._akeyword, query_text or "")], top_k, scope)
+            return hits
         if retrieval == "dense":
-            return await self._adense(embedding, top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._adense, embedding)], top_k, scope)
+            return hits
         if self.keyword is not None:
-            depth = max(top_k * _FUSION_DEPTH, 50)
-            dense, keyword = await asyncio.gather(
-                self._adense(embedding, depth, scope), self._akeyword(query_text or "", depth, scope)
-            )
+            sides = [functools.partial(self._adense, embedding), functools.partial(self._akeyword, query_text or "")]
+            dense, keyword = await self._avisible(sides, max(top_k * _FUSION_DEPTH, 50), scope)
             return fuse_rrf([dense, keyword], top_k)
-        from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+        (hits,) = await self._avisible([functools.partial(self._aserver_hybrid, embedding, query_text)], top_k, scope)
+        return hits
+
+    async def _aserver_hybrid(
+        self, embedding: list[float] | None, text: str | None, top_k: int, scope: Scope
+    ) -> list[Hit]:
+        """The server's own hybrid search (BM25 function and dense, fused by RRF in Milvus), through LlamaIndex."""
+        from llama_index.core.vector_stores import VectorStoreQuery
         from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
-        conditions = []
-        if workspace is not None:
-            conditions.append(MetadataFilter(key=WORKSPACE_FIELD, value=workspace, operator=FilterOperator.EQ))
-        if doc_ids:
-            conditions.append(MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN))
-        filters = MetadataFilters(filters=conditions) if conditions else None
         query = VectorStoreQuery(
-            query_embedding=embedding,
-            query_str=query_text,
-            similarity_top_k=top_k,
-            filters=filters,
-            mode=VectorStoreQueryMode.HYBRID,
+            query_embedding=embedding, query_str=text, similarity_top_k=top_k, mode=VectorStoreQueryMode.HYBRID
         )
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
-                result = await self.vector_store.aquery(query)
+                result = await self.vector_store.aquery(query, string_expr=scope.expression())
         return [
             Hit(node=node, score=float(score)) for node, score in zip(result.nodes or [], result.similarities or [])
         ]
+
+    async def _avisible(
+        self, searches: Sequence[Callable[[int, Scope], Awaitable[list[Hit]]]], top_k: int, scope: Scope
+    ) -> list[list[Hit]]:
+        """The best `top_k` hits of committed chunks only (see `committed_chunk`) of each search (run together),
+        checked in the catalogue with one lookup per round.
+
+        Hits of uncommitted documents are left out by the next search's filter; hits of a committed document's
+        other generation (a re-index writing the next one beside it) are made up for by a deeper search. Nothing
+        is being written in the common case: one search per side and one catalogue lookup.
+        """
+        if self.visibility is None:
+            return list(await asyncio.gather(*(search(top_k, scope) for search in searches)))
+        results: list[list[Hit] | None] = [None] * len(searches)
+        limits = [top_k] * len(searches)
+        for round_ in range(_VISIBILITY_ROUNDS):
+            todo = [i for i, r in enumerate(results) if r is None]
+            found = await asyncio.gather(*(searches[i](limits[i], scope) for i in todo))
+            committed = await self._acommitted({_hit_doc(h) for hits in found for h in hits})
+            strangers: set[str] = set()
+            for i, hits in zip(todo, found):
+                shown = [h for h in hits if committed_chunk(h.node.node_id, _hit_doc(h), committed)]
+                if len(shown) >= top_k or len(hits) < limits[i]:
+                    results[i] = shown[:top_k]
+                    continue
+                results[i] = shown if round_ == _VISIBILITY_ROUNDS - 1 else None  # the last round: what there is
+                strangers |= {_hit_doc(h) for h in hits} - set(committed)
+                stale = sum(1 for h in hits if _hit_doc(h) in committed) - len(shown)
+                if stale:
+                    limits[i] = min(_MAX_LIMIT, 2 * limits[i] + stale)
+            if all(r is not None for r in results):
+                break
+            scope = scope.excluding(strangers)
+        return [(r or [])[:top_k] for r in results]
+
+    async def _acommitted(self, doc_ids: set[str]) -> Mapping[str, tuple[int, int]]:
+        """The catalogue's committed state of these documents, remembered for the neighbour lookup that follows
+        a search (`aneighbours`), so a question costs one lookup."""
+        assert self.visibility is not None
+        committed = await self.visibility(sorted(doc_ids))
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        for doc_id in doc_ids:
+            self._recent[doc_id] = committed.get(doc_id)
+        return committed
 
     async def aload_state(self) -> str:
         """`loaded`, `loading` or `not loaded`: what a restart can leave the collection in for a while."""
@@ -642,19 +755,27 @@ class DocumentStore:
 
     async def aneighbours(self, hits: Sequence[Hit], width: int) -> dict[str, tuple[str, int | None]]:
         """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
-        wanted: set[str] = set()
+        wanted: dict[str, str] = {}  # chunk id -> its document
         for hit in hits:
             position = _int_or_none(hit.node.metadata.get("chunk"))
             if position is not None:
                 wanted.update(
-                    neighbour_id(hit.node.node_id, position + d)
+                    (neighbour_id(hit.node.node_id, position + d), _hit_doc(hit))
                     for d in range(-width, width + 1)
                     if d and position + d >= 0
                 )
+        if self.visibility is not None and wanted:  # past a document's end lie only leftovers of an older chunking
+            docs = set(wanted.values())
+            known = {d: self._recent[d] for d in docs if d in self._recent}  # read by the search just made
+            committed = {d: state for d, state in known.items() if state is not None}
+            if len(known) < len(docs):
+                committed.update(await self._acommitted(docs - set(known)))
+            wanted = {i: doc for i, doc in wanted.items() if committed_chunk(i, doc, committed)}
         return await self.atexts(sorted(wanted))
 
     async def atexts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-        """Text and page of these chunks (those stored), by chunk id."""
+        """Text and page of these chunks (those stored), by chunk id. Unfiltered: callers name chunks of a
+        document's current generation (`rag.sources`), or of hits already checked (`aneighbours`)."""
         if not chunk_ids:
             return {}
         if self.keyword is not None:
@@ -725,7 +846,9 @@ class DocumentStore:
     async def _akeyword(self, text: str, top_k: int, scope: Scope) -> list[Hit]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
         if self.keyword is not None:
-            hits = await asyncio.to_thread(self.keyword.search, text, top_k, scope.doc_ids, scope.workspace)
+            hits = await asyncio.to_thread(
+                self.keyword.search, text, top_k, scope.doc_ids, scope.workspace, scope.exclude
+            )
             return [_keyword_node(hit) for hit in hits]
         flt = scope.expression()
         async for attempt in self._retrying():
@@ -764,6 +887,8 @@ class DocumentStore:
                 self.vector_store.client.close()
         if self.keyword is not None:
             self.keyword.close()
+        if "_scanner" in self.__dict__:
+            self._scanner.shutdown(wait=False)
 
 
 class _SearchCollection:
@@ -771,7 +896,7 @@ class _SearchCollection:
 
     search_config: dict[str, Any] = {}  # noqa: RUF012 - MilvusVectorStore's default: the index's own parameters
 
-    def __init__(self, aclient: Any, connection: Connection, name: str, dim: int) -> None:
+    def __init__(self, aclient: Any, connection: Connection, name: str, dim: int | None) -> None:
         self.aclient, self.connection, self.collection_name, self.dim = aclient, connection, name, dim
         self._client: Any = None
 
@@ -836,6 +961,11 @@ def _keyword_node(hit: KeywordHit) -> Hit:
     return Hit(node=Chunk(node_id=hit.chunk_id, text=hit.text, metadata=meta), score=hit.score)
 
 
+def _hit_doc(hit: Hit) -> str:
+    """The document a hit's chunk belongs to."""
+    return str(hit.node.metadata.get(DOC_ID_FIELD) or getattr(hit.node, "ref_doc_id", None) or "")
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
@@ -849,6 +979,7 @@ class Scope:
 
     workspace: str | None = None
     doc_ids: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()  # documents left out (found uncommitted by an earlier search)
 
     def expression(self) -> str:
         """The Milvus filter expression ("" keeps all)."""
@@ -857,7 +988,15 @@ class Scope:
             parts.append(f'{WORKSPACE_FIELD} == "{_quote(self.workspace)}"')
         if self.doc_ids:
             parts.append(f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in self.doc_ids)}]")
+        if self.exclude:
+            parts.append(f"{DOC_ID_FIELD} not in [{', '.join(chr(34) + _quote(d) + chr(34) for d in self.exclude)}]")
         return " and ".join(parts)
+
+    def excluding(self, doc_ids: set[str]) -> Scope:
+        """This scope without those documents."""
+        if not doc_ids:
+            return self
+        return Scope(self.workspace, self.doc_ids, tuple(sorted(set(self.exclude) | doc_ids)))
 
 
 def _quote(value: str) -> str:

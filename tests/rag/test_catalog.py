@@ -110,3 +110,44 @@ def test_the_newest_page_counts_and_name_search_read_only_what_they_return(db: D
                 )
             )
             assert "COVERING INDEX ix_documents_by_added" in counted  # counted without reading a row
+
+
+def test_claims_are_exclusive_expire_and_can_be_taken_from_a_dead_writer(db: Database) -> None:
+    one, two = Catalog(db, "c1"), Catalog(db, "c1")
+    now = time.time()
+    assert one.claim("doc:d1", "a", now + 60, now)
+    assert not two.claim("doc:d1", "b", now + 60, now)  # held
+    assert Catalog(db, "c2").claim("doc:d1", "b", now + 60, now)  # another collection's claim is another claim
+    assert one.renew_claim("doc:d1", "a", now + 120) and not two.renew_claim("doc:d1", "b", now + 120)
+    assert not two.claim("doc:d1", "b", now + 60, now + 100)  # renewed: not expired yet
+    assert two.claim("doc:d1", "b", now + 60, now, steal_from="a")  # "a" is known dead
+    assert not one.renew_claim("doc:d1", "a", now + 120)  # "a" lost it
+    one.release_claim("doc:d1", "a")  # not its own any more: nothing happens
+    assert two.claims("doc:") == {"doc:d1": ("b", now + 60)}
+    assert two.claim("name:w:a_b%.txt", "b", now + 60, now) and set(two.claims("name:w:a_b%")) == {"name:w:a_b%.txt"}
+    assert two.claims("name:w:aXb") == {}  # LIKE's wildcards in a prefix are literal
+    two.release_claim("doc:d1", "b")
+    assert one.claim("doc:d1", "a", now + 60, now)
+
+
+def test_commit_makes_one_generation_answer_and_retires_replaced_rows_at_once(db: Database) -> None:
+    catalog = Catalog(db, "c1")
+    for doc_id in ("old", "new"):
+        catalog.begin(_record(doc_id), lease_until=time.time() + 60)
+    catalog.finish("old", chunks=4, pages=None)
+    assert catalog.committed(["old", "new", "gone"]) == {"old": (0, 4)}  # `new` is still being written
+    catalog.commit("new", chunks=7, pages=None, generation=0, retire=["old"])
+    assert catalog.committed(["old", "new"]) == {"new": (0, 7)}
+    assert [(r.doc_id, r.status) for r in catalog.unfinished()] == [("old", "deleting")]
+    catalog.remove("old")
+
+    catalog.begin_generation("new", 1, lease_until=time.time() + 60)  # a re-index: the current one still answers
+    assert catalog.committed(["new"]) == {"new": (0, 7)} and [r.doc_id for r in catalog.unfinished()] == ["new"]
+    catalog.commit("new", chunks=8, pages=None, generation=1, cleanup_owed=True)
+    row = catalog.get("new")
+    assert row is not None and (row.status, row.generation, row.pending) == ("indexed", 1, 1)
+    assert catalog.committed(["new"]) == {"new": (1, 8)} and [r.doc_id for r in catalog.unfinished()] == ["new"]
+    catalog.end_generation("new")  # the previous generation's chunks are gone
+    assert catalog.unfinished() == []
+    catalog.retire("new")
+    assert catalog.committed(["new"]) == {} and [r.status for r in catalog.unfinished()] == ["deleting"]

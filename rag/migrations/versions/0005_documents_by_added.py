@@ -2,14 +2,14 @@
 load reads the newest hundred straight from it instead of sorting every row of a large library, and counts the
 documents and their chunks from the index alone (it carries `chunks`), without reading the rows.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
