@@ -617,16 +617,18 @@ class ScaleRun:
             made = await pending
             pending = _next(number + 1)
             started = time.perf_counter()
-            for record, _ in made:
-                await state.library.abegin(record)
-            batches = [
-                nodes[i : i + state.settings.insert_batch_size]
-                for _, nodes in made
-                for i in range(0, len(nodes), state.settings.insert_batch_size)
-            ]
-            await _bounded(state.settings.insert_concurrency, [lambda b=b: state.store.aadd(b) for b in batches])
-            for record, nodes in made:
-                await state.library.acommit(record, len(nodes))
+            async with contextlib.AsyncExitStack() as claims:  # each document's writer claim, as ingestion takes it
+                held = [await claims.enter_async_context(state.library.writer(record.doc_id)) for record, _ in made]
+                for record, _ in made:
+                    await state.library.abegin(record)
+                batches = [
+                    nodes[i : i + state.settings.insert_batch_size]
+                    for _, nodes in made
+                    for i in range(0, len(nodes), state.settings.insert_batch_size)
+                ]
+                await _bounded(state.settings.insert_concurrency, [lambda b=b: state.store.aadd(b) for b in batches])
+                for (record, nodes), claim in zip(made, held, strict=True):
+                    await state.library.acommit(record, len(nodes), claim)
             spent += time.perf_counter() - started
             written += sum(len(nodes) for _, nodes in made)
             if number % 25 == 0:
