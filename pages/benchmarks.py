@@ -13,7 +13,20 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from rag import BENCH_MODES, EXPERIMENTS, BenchConfig, BenchReport, BenchRow, default_corpus_dir, plan
+from rag import (
+    BENCH_LABELS,
+    BENCH_MODES,
+    EXPERIMENTS,
+    BenchConfig,
+    BenchReport,
+    BenchRow,
+    bench_headlines,
+    bench_records,
+    bench_run_caption,
+    bench_step_text,
+    default_corpus_dir,
+    plan,
+)
 from ui.auth import current_caller
 from ui.errors import service_or_stop, show_error
 from ui.format import md
@@ -27,7 +40,6 @@ RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
 
 MODE_ORDER = list(BENCH_MODES)
-LABELS = {"add": "Add nodes", "search": "Search", "ingest": "Ingest documents", "embed": "Embedding backends"}
 COUNT_OPTIONS = [1, 10, 50, 100, 500, 1000, 2000, 5000]
 CORPUS, UPLOADS = "Shared corpus", "My uploaded documents"
 
@@ -54,6 +66,12 @@ searches no longer wait for a fresh time tick, the sync loop speeds up many time
 the gain of the seed's async path goes with it. Batching still wins, because it removes requests
 rather than overlapping them.
 
+Every figure is the **median of several rounds** (the *Timed rounds* option), the modes taking turns within
+each round so that a busy machine slows them alike; the whiskers and the spread column show the slowest and
+fastest round. Under Strong each round starts every mode at the same point of the server's time tick (searches
+of up to 10 queries are sent side by side), so the tick wait (one or two ticks, drawn by chance) is the same for
+every mode of a round.
+
 **Ingest** is bound by the embedding model, which runs on this machine's CPU. *Sync* is a plain
 LlamaIndex pipeline: each file read, chunked, embedded with LlamaIndex's default settings (fp32,
 batches of 10) and added, one step after another. *Project-async* is the engine: reading the next file,
@@ -72,24 +90,30 @@ cosine columns say how close each backend's vectors stay to torch fp32's; the en
 
 
 def _frame(rows: list[BenchRow]) -> pd.DataFrame:
-    frame = pd.DataFrame([row.model_dump() for row in rows])
-    frame["items_per_second"] = frame["n"] / frame["seconds"]
-    return frame
+    return pd.DataFrame(bench_records(rows))
 
 
 def _speed_chart(frame: pd.DataFrame, experiment: str) -> alt.Chart:
     data = frame[frame["experiment"] == experiment]
-    return (
-        alt.Chart(data, title=f"{LABELS[experiment]}: seconds per N (log-log)")
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("n:Q", scale=alt.Scale(type="log"), title="N"),
-            y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="seconds"),
-            color=alt.Color("mode:N", sort=MODE_ORDER, title="mode"),
-            tooltip=["mode", "n", alt.Tooltip("seconds:Q", format=".3f"), alt.Tooltip("speedup:Q", format=".1f")],
-        )
-        .properties(height=320)
+    title = f"{BENCH_LABELS[experiment]}: seconds per N (log-log; median, whiskers: slowest–fastest round)"
+    base = alt.Chart(data, title=title)
+    x = alt.X("n:Q", scale=alt.Scale(type="log"), title="N")
+    color = alt.Color("mode:N", sort=MODE_ORDER, title="mode")
+    lines = base.mark_line(point=True).encode(
+        x=x,
+        y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="seconds"),
+        color=color,
+        tooltip=[
+            "mode",
+            "n",
+            alt.Tooltip("seconds:Q", format=".3f"),
+            "spread",
+            "repeats",
+            alt.Tooltip("speedup:Q", format=".1f"),
+        ],
     )
+    whiskers = base.mark_rule().encode(x=x, y="seconds_min:Q", y2="seconds_max:Q", color=color)
+    return (lines + whiskers).properties(height=320)
 
 
 def _ingest_chart(frame: pd.DataFrame) -> alt.Chart:
@@ -131,44 +155,10 @@ def _embed_chart(frame: pd.DataFrame) -> alt.Chart:
     return (bars + whiskers).properties(height=320)
 
 
-def _find(rows: list[BenchRow], experiment: str, mode: str, n: int | None = None) -> BenchRow | None:
-    return next((r for r in rows if r.experiment == experiment and r.mode == mode and (n is None or r.n == n)), None)
-
-
 def _metrics(rows: list[BenchRow]) -> None:
-    """The speedups at the largest N measured so far, against sync and against the seed's async."""
-    cards: list[tuple[str, str, str | None, str]] = []
-    for experiment in ("add", "search"):
-        done = [r.n for r in rows if r.experiment == experiment and r.mode == "project-async"]
-        if not done:
-            continue
-        n = max(done)
-        seed, project = _find(rows, experiment, "seed-async", n), _find(rows, experiment, "project-async", n)
-        if seed and seed.speedup:
-            cards.append((f"{LABELS[experiment]}, N={n}: seed-async", f"{seed.speedup:.1f}× sync", None, ""))
-        if project and project.speedup:
-            vs_seed = f"{seed.seconds / project.seconds:.1f}× seed-async" if seed else None
-            cards.append((f"{LABELS[experiment]}, N={n}: project-async", f"{project.speedup:.1f}× sync", vs_seed, ""))
-    chosen = next((r for r in rows if r.experiment == "embed" and r.chosen), None)
-    if chosen is not None:
-        speed = f"{chosen.speedup:.2f}× torch fp32" if chosen.speedup else "the baseline"
-        cosine = f"cosine {chosen.cosine_mean:.4f} mean, {chosen.cosine_min:.4f} min"
-        cards.append((f"Embedding: {chosen.mode} (the engine's)", speed, cosine, "median chunks per second"))
-    project, raw = _find(rows, "ingest", "project-async"), _find(rows, "ingest", "raw-embedding")
-    same = _find(rows, "ingest", "sync-same-embedding")
-    if project and project.speedup:
-        share = f"{raw.seconds / project.seconds:.0%} of raw embedding" if raw else None
-        cards.append(("Ingest: project-async", f"{project.speedup:.2f}× sync", share, "chunks per second"))
-    if project and same and project.seconds > 0:
-        cards.append((
-            "Ingest: the async gain alone",
-            f"{same.seconds / project.seconds:.2f}× sync",
-            "same embedding on both sides",
-            "The engine's ingestion against the sync pipeline using the engine's own embedding: what async adds, "
-            "without the embedding backend's gain.",
-        ))  # fmt: skip
-    for column, (label, value, delta, helptext) in zip(st.columns(max(len(cards), 1)), cards):
-        column.metric(label, value, delta, delta_color="off", delta_arrow="off", help=helptext or None)
+    cards = bench_headlines(rows)
+    for column, card in zip(st.columns(max(len(cards), 1)), cards):
+        column.metric(card.label, card.value, card.delta, delta_color="off", delta_arrow="off", help=card.help or None)
 
 
 def _times(value: float | None) -> str:
@@ -181,11 +171,7 @@ def _table(frame: pd.DataFrame) -> None:
     frame = frame[frame["experiment"] != "embed"]
     if not embed.empty:
         st.dataframe(
-            embed.assign(
-                spread=lambda d: [
-                    f"{n / hi:.1f}–{n / lo:.1f}" for n, lo, hi in zip(d["n"], d["seconds_min"], d["seconds_max"])
-                ]
-            )[["mode", "n", "seconds", "chunks_per_s", "spread", "speedup", "cosine_mean", "cosine_min", "chosen"]],
+            embed[["mode", "n", "seconds", "chunks_per_s", "spread", "speedup", "cosine_mean", "cosine_min", "chosen"]],
             hide_index=True,
             key="bench.embed_table",
             column_config={
@@ -202,12 +188,14 @@ def _table(frame: pd.DataFrame) -> None:
     if frame.empty:
         return
     st.dataframe(
-        frame[["experiment", "mode", "n", "seconds", "ms_per_item", "speedup", "note"]],
+        frame[["experiment", "mode", "n", "seconds", "spread", "repeats", "ms_per_item", "speedup", "note"]],
         hide_index=True,
         height="content",
         column_config={
             "n": st.column_config.NumberColumn("N"),
-            "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
+            "seconds": st.column_config.NumberColumn("seconds (median)", format="%.3f"),
+            "spread": st.column_config.TextColumn("slowest–fastest round"),
+            "repeats": st.column_config.NumberColumn("rounds"),
             "ms_per_item": st.column_config.NumberColumn("ms per item", format="%.3f"),
             "speedup": st.column_config.TextColumn("speedup vs sync"),
         },
@@ -229,29 +217,15 @@ def _render(rows: list[BenchRow], report: BenchReport | None = None) -> None:
         column.altair_chart(chart, width="stretch")
     _table(frame)
     if report is not None:
-        versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
-        server = f"Milvus {report.milvus_version} · " if report.milvus_version else ""
-        embedding = ""
-        if "embed" in report.config.experiments:
-            embedding = f" · embedding: median of {report.config.repeat} rounds, {report.machine.get('cpu', '')}"
-        st.caption(
-            f"{server}{report.machine.get('cpus', '?')} CPUs · {versions} · "
-            f"{report.config.consistency_level} consistency, dimension {report.config.dim}, "
-            f"concurrency {report.config.concurrency}{embedding} · {report.seconds:.0f} s in all · {report.started_at}"
-        )
+        st.caption(bench_run_caption(report))
         st.download_button(
             "Download CSV",
-            frame.drop(columns=["items_per_second"]).to_csv(index=False),
+            frame.drop(columns=["items_per_second", "spread"]).to_csv(index=False),
             file_name="benchmarks.csv",
             mime="text/csv",
             key="bench.download",
             icon=":material/download:",
         )
-
-
-def _step_text(step: tuple[str, str, int | None]) -> str:
-    experiment, mode, n = step
-    return f"Measuring {LABELS[experiment].lower()} · {mode}" + (f" · N={n}" if n else "") + "…"
 
 
 st.title("Benchmarks")
@@ -265,7 +239,13 @@ workspace = current_workspace(service)
 
 left, right = st.columns(2)
 experiments = left.multiselect(
-    "Experiments", list(EXPERIMENTS), default=["add", "search"], format_func=LABELS.get, key="bench.experiments"
+    "Experiments",
+    [e for e in EXPERIMENTS if e != "scale"],  # an hour-long build: see the help
+    default=["add", "search"],
+    format_func=BENCH_LABELS.get,
+    key="bench.experiments",
+    help="The scale curve (collections of 10,000 to 1,000,000 chunks) runs from the command line: "
+    "python -m rag bench --experiments scale",
 )
 counts = left.multiselect(
     "N (nodes added, queries searched)", COUNT_OPTIONS, default=[10, 100, 1000], key="bench.counts"
@@ -285,7 +265,15 @@ corpus_dir: Path | None = None
 uploaded: list[str] | None = None
 max_files = 0
 missing_documents = False
-embed_chunks, repeat = 256, 3
+embed_chunks = 256
+repeat = right.number_input(
+    "Timed rounds (each row: the median)",
+    min_value=1,
+    max_value=20,
+    value=3,
+    key="bench.repeat",
+    help="Every measurement runs this many times, the modes taking turns; the spread shows the slowest and fastest.",
+)
 if "embed" in experiments:
     embed_chunks = left.number_input(
         "Chunks to embed (spread over the documents; 0 = all)",
@@ -294,7 +282,6 @@ if "embed" in experiments:
         value=256,
         key="bench.embed_chunks",
     )
-    repeat = left.number_input("Timed rounds per backend", min_value=1, max_value=20, value=3, key="bench.repeat")
 if "ingest" in experiments or "embed" in experiments:
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
     if source == UPLOADS:  # this workspace's uploads only, never another workspace's files
@@ -321,7 +308,7 @@ if "ingest" in experiments or "embed" in experiments:
 if "search" in experiments and consistency == "Strong" and counts and max(counts) >= 1000:
     st.caption(
         f"Under Strong consistency the sync search loop waits for a time tick on every query: N={max(counts)} "
-        "alone takes minutes."
+        f"alone takes minutes per round ({int(repeat)} rounds)."
     )
 
 run = st.button(
@@ -356,7 +343,7 @@ if run:
     rows: list[BenchRow] = []
     report: BenchReport | None = None
     st.session_state.pop(RESULT, None)
-    progress_slot.progress(0.0, text=_step_text(steps[0]))
+    progress_slot.progress(0.0, text=bench_step_text(steps[0]))
     try:
         with contextlib.closing(
             service.bench(config, current_caller())
@@ -367,7 +354,7 @@ if run:
                     continue
                 rows.append(item)
                 done = min(len(rows), len(steps))
-                upcoming = _step_text(steps[done]) if done < len(steps) else "Cleaning up…"
+                upcoming = bench_step_text(steps[done]) if done < len(steps) else "Cleaning up…"
                 progress_slot.progress(done / len(steps), text=f"{done} of {len(steps)} measured. {upcoming}")
                 with results_slot.container():
                     _render(rows)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from rag import RagError, StoredTurn
+from rag import DOCUMENTS_PAGE, RagError, StoredTurn
 from ui.auth import current_caller, owner_id
 from ui.chat import (
     REGENERATE,
@@ -27,8 +27,10 @@ sid = owner_id()
 workspace = current_workspace(service)
 conversations = service.conversations
 options = chat_sidebar(service)
-docs = service.documents(workspace.id, current_caller())
-options = options.model_copy(update={"doc_ids": document_filter(docs), "workspace": workspace.id})
+caller = current_caller()
+docs = service.documents(workspace.id, caller, limit=DOCUMENTS_PAGE)  # the newest: a page load never reads them all
+chosen = document_filter(service, workspace.id, docs, DOCUMENTS_PAGE, caller)
+options = options.model_copy(update={"doc_ids": chosen, "workspace": workspace.id})
 if service.mode != "llm":
     st.info(RETRIEVAL_ONLY_HINT, icon=":material/info:")
 if not docs:
@@ -66,7 +68,7 @@ if question:
     with st.chat_message("assistant"):
         turns = [t.as_chat_turn() for t in conversations.history(sid, workspace.id)]
         try:
-            stream = service.stream_answer(question, turns, options, current_caller())
+            stream = service.stream_answer(question, turns, options, caller)
             st.write_stream(safe_stream(stream, service.mode))
             answer = stream.answer
         except RagError as err:

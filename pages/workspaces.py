@@ -58,7 +58,7 @@ st.dataframe(
     [
         {
             "workspace": w.name,
-            "documents": len(service.documents(w.id, caller)),
+            "documents": service.document_count(w.id, caller),
             "your role": w.role,
             "who may do what": _who(w),
         }
@@ -108,7 +108,7 @@ if renamable:
     if delete_col.button("Delete…", key="workspaces.delete", icon=":material/delete:", disabled=not deletable):
         st.session_state["workspaces.pending_delete"] = chosen.id
     if st.session_state.get("workspaces.pending_delete") == chosen.id:
-        count = len(service.documents(chosen.id, caller))
+        count = service.document_count(chosen.id, caller)
         st.warning(
             f"Delete {md(chosen.label)} with its {count} document(s), their chunks and every chat in it? "
             "Uploads still indexing into it are cancelled first. This cannot be undone."

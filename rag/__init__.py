@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. Names load on first use (PEP 562), so `python -m rag docs list` does not pay
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
+    "BENCH_LABELS": "rag.bench_summary",
     "BENCH_MODES": "rag.bench",
+    "DOCUMENTS_PAGE": "rag.documents",
     "DOCUMENT_PRIVATE": "rag.gateway",
     "EXPERIMENTS": "rag.bench",
     "MILVUS_EXPERIMENTS": "rag.bench",
@@ -44,6 +46,7 @@ _LOCATIONS = {
     "BenchmarkBusyError": "rag.errors",
     "Caller": "rag.access",
     "ChatTurn": "rag.query",
+    "CheckReport": "rag.documents",
     "CollectionNotFoundError": "rag.errors",
     "ConfigError": "rag.errors",
     "ConversationStore": "rag.conversations",
@@ -59,6 +62,7 @@ _LOCATIONS = {
     "FileProgress": "rag.ingest",
     "FileResult": "rag.ingest",
     "FileStatus": "rag.ingest",
+    "Finding": "rag.documents",
     "Gateway": "rag.gateway",
     "IngestError": "rag.errors",
     "IngestReport": "rag.ingest",
@@ -97,6 +101,11 @@ _LOCATIONS = {
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "bench_headlines": "rag.bench_summary",
+    "bench_records": "rag.bench_summary",
+    "bench_run_caption": "rag.bench_summary",
+    "bench_step_text": "rag.bench_summary",
+    "check_documents": "rag.documents",
     "create_app": "rag.api",
     "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
@@ -117,7 +126,9 @@ _LOCATIONS = {
 }
 
 __all__ = [
+    "BENCH_LABELS",
     "BENCH_MODES",
+    "DOCUMENTS_PAGE",
     "DOCUMENT_PRIVATE",
     "EXPERIMENTS",
     "MILVUS_EXPERIMENTS",
@@ -142,6 +153,7 @@ __all__ = [
     "BenchmarkBusyError",
     "Caller",
     "ChatTurn",
+    "CheckReport",
     "CollectionNotFoundError",
     "ConfigError",
     "ConversationStore",
@@ -157,6 +169,7 @@ __all__ = [
     "FileProgress",
     "FileResult",
     "FileStatus",
+    "Finding",
     "Gateway",
     "IngestError",
     "IngestReport",
@@ -195,6 +208,11 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "bench_headlines",
+    "bench_records",
+    "bench_run_caption",
+    "bench_step_text",
+    "check_documents",
     "create_app",
     "create_mcp",
     "default_corpus_dir",
@@ -244,11 +262,12 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         default_corpus_dir,
         plan,
     )
+    from rag.bench_summary import BENCH_LABELS, bench_headlines, bench_records, bench_run_caption, bench_step_text
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn
     from rag.database import Database
-    from rag.documents import list_documents
+    from rag.documents import DOCUMENTS_PAGE, CheckReport, Finding, check_documents, list_documents
     from rag.embeddings import Preparation, describe_embedding, prepare_backend
     from rag.errors import (
         AccessDeniedError,

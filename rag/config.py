@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         description="dense (vectors), keyword (BM25) or hybrid (both, fused by RRF; measured best, see BENCHMARKS.md).",
     )
     top_k: int = Field(5, ge=1, le=50, validation_alias=AliasChoices("RAG_TOP_K", "top_k"))
+    search_ef: int = Field(
+        128,
+        ge=16,
+        le=4096,
+        validation_alias=AliasChoices("RAG_SEARCH_EF", "search_ef"),
+        description="How widely a dense search explores the HNSW index: higher finds more of the exact nearest "
+        "chunks and takes longer (BENCHMARKS.md, Scale).",
+    )
     context_chunks: int = Field(
         1,
         ge=0,

@@ -32,8 +32,8 @@ HALF_THRESHOLD = 0.5
 FIRST_LINES = 2
 CUTOFFS = (1, 3, 5)
 _WORD = re.compile(r"\w+")
-_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()<>#+!|~$-])")
-_INVISIBLE = re.compile(r"[\u00ad\ufffe\u200b]")
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()<>#+!|~$:=.-])")
+_INVISIBLE = re.compile(r"[\u00ad\ufffe\u200b\u2060]")  # soft hyphens, zero-width spaces, word joiners
 
 
 class QAPair(BaseModel, frozen=True):
@@ -203,8 +203,9 @@ class AnswerReport(BaseModel, frozen=True):
 
 
 def displayed(markdown: str) -> str:
-    """Markdown as a reader sees it: backslash escapes removed (`\\_\\_spam` reads `__spam`)."""
-    return _ESCAPED.sub(r"\1", markdown)
+    """Markdown as a reader sees it: backslash escapes and the invisible word joiners of `escape_markdown`
+    removed (`\\_\\_spam` reads `__spam`)."""
+    return _ESCAPED.sub(r"\1", markdown).replace("\u2060", "")
 
 
 def first_lines(text: str, n: int = FIRST_LINES) -> str:

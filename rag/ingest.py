@@ -207,7 +207,14 @@ def chunk_documents(
         node.id_ = chunk_id(doc_id, position, generation)
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc_id)  # Milvus's doc_id field
         node.metadata.update(
-            {"doc_id": doc_id, "chunk": position, "file_type": kind, MODEL_KEY: model_id, WORKSPACE_FIELD: workspace}
+            {
+                "doc_id": doc_id,
+                "chunk": position,
+                "generation": generation,  # also in the id; only the catalogue's current generation answers
+                "file_type": kind,
+                MODEL_KEY: model_id,
+                WORKSPACE_FIELD: workspace,
+            }
         )
         node.excluded_embed_metadata_keys = list(node.metadata)
         node.excluded_llm_metadata_keys = list(node.metadata)
@@ -446,6 +453,12 @@ class Ingestor:
         try:
             async with self.library.write(record, item.reindex) as writing:
                 twin = writing.existing
+                if item.reindex and (
+                    twin is None or twin.status != "indexed" or twin.generation != record.generation - 1
+                ):  # read under the claim: deleted, replaced or re-indexed by another writer since this job read it
+                    verb = "deleted" if twin is None or twin.status != "indexed" else "re-indexed by another job"
+                    message = f"{record.file_name}: was {verb} while this re-index waited"
+                    return self._fail(index, prog, message, publish)
                 if not item.reindex and twin and twin.status == "indexed":  # the same bytes appeared twice
                     prog.stage, prog.status, prog.finished_at = Stage.DONE, FileStatus.UNCHANGED, time.time()
                     publish(index, prog.model_copy())

@@ -9,12 +9,21 @@ compute BM25 in the server; for older servers this module keeps the same index i
 deleted by `DocumentStore` in the same calls that write and delete the chunks in Milvus, so both
 always hold the same chunk ids.
 
-Calls block (SQLite), so the store runs them in worker threads, never on the event loop.
+Calls block (SQLite), so the store runs them in worker threads, never on the event loop. Writes share one
+connection behind a lock; searches and neighbour lookups read through a connection of their own thread (WAL
+lets readers run beside each other and beside the writer), so concurrent questions do not queue on the lock.
+
+A question's cost is bounded as the index grows: BM25 scores every chunk that holds any of the query's words,
+and in a large collection a common word is in hundreds of thousands of chunks. The query keeps the question's
+rarest words, rarest first, as long as the chunks holding them stay within `CANDIDATE_BUDGET`; words more
+common than that (which weigh little in BM25 anyway) no longer bring in candidates of their own. Below that
+many chunks nothing is left out (BENCHMARKS.md, "Scale").
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -66,6 +75,7 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 STOPWORDS = _STOPWORDS  # also what the retrieval-only answer leaves out of a question (rag/extract.py)
 _TERM = re.compile(r"\w+")
 _MAX_TERMS = 64
+CANDIDATE_BUDGET = 20_000  # chunks a keyword search may score; the rarest words are kept within it
 
 
 class KeywordHit(BaseModel, frozen=True):
@@ -92,26 +102,51 @@ class KeywordRow(BaseModel, frozen=True):
     workspace: str = "default"
 
 
-def match_query(text: str) -> str | None:
-    """An FTS5 query that matches any of the question's distinctive words (None when it has none)."""
+def query_terms(text: str) -> list[str]:
+    """The question's distinctive words, in order, each once (all its words if it has only common ones)."""
     terms: list[str] = []
     for term in _TERM.findall(text.lower()):
         if term not in _STOPWORDS and term not in terms:
             terms.append(term)
     if not terms:  # a question made only of common words still deserves an answer
         terms = list(dict.fromkeys(_TERM.findall(text.lower())))
-    return " OR ".join(f'"{t}"' for t in terms[:_MAX_TERMS]) or None
+    return terms[:_MAX_TERMS]
+
+
+def match_query(text: str) -> str | None:
+    """An FTS5 query that matches any of the question's distinctive words (None when it has none)."""
+    return _or(query_terms(text))
+
+
+def _or(terms: Sequence[str]) -> str | None:
+    return " OR ".join(f'"{t}"' for t in terms) or None
 
 
 class KeywordIndex:
     """BM25 over chunk text for one collection, in an SQLite file shared by all collections of a data dir."""
 
-    def __init__(self, path: Path, collection: str) -> None:
+    def __init__(self, path: Path, collection: str, candidate_budget: int = CANDIDATE_BUDGET) -> None:
         self.path = path
         self.collection = collection
+        self.candidate_budget = candidate_budget
         self._lock = threading.Lock()
         # An index from before workspaces gains the column: all of it is the default workspace's.
         self._db = open_database(path, _SCHEMA, {"chunks": (("workspace", "TEXT NOT NULL DEFAULT 'default'"),)})
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use, closed with the index)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            with self._lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the keyword index is closed")
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+                self._readers.append(db)
+            self._local.db = db
+        return db
 
     def describe(self) -> str:
         """Where the index lives, for people."""
@@ -176,25 +211,74 @@ class KeywordIndex:
         with self._lock:
             return {row[0] for row in self._db.execute(sql, args)}
 
+    def iter_ids(self, batch: int = 10_000) -> Iterator[list[tuple[str, str]]]:
+        """Every (chunk id, document id) held, in batches by row order (the reconcile pass; the lock is held one
+        batch at a time, so writers are not kept out for the whole scan)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    # `+collection`: walk the rowid range, not the by-document index (which sorts every batch)
+                    "SELECT id, chunk_id, doc_id FROM chunks WHERE +collection=? AND id>? ORDER BY id LIMIT ?",
+                    (self.collection, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(row[1], row[2]) for row in rows]
+
     def texts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
         """Text and page of these chunks (those held), by chunk id."""
         if not chunk_ids:
             return {}
         marks = ",".join("?" * len(chunk_ids))
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 f"SELECT chunk_id, text, page FROM chunks WHERE collection=? AND chunk_id IN ({marks})",
                 [self.collection, *chunk_ids],
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def _within_budget(self, db: sqlite3.Connection, terms: list[str]) -> list[str]:
+        """The rarest of `terms`, rarest first, while the chunks holding them stay within the candidate budget (at
+        least one term). Each term's count stops at the budget, so judging costs no more than the budget."""
+        budget = self.candidate_budget
+        if len(terms) < 2 or (db.execute("SELECT max(id) FROM chunks").fetchone()[0] or 0) <= budget:
+            return terms  # a small index: every chunk may be scored
+        counts = {
+            term: db.execute(
+                "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
+                (_or([term]), budget + 1),
+            ).fetchone()[0]
+            for term in terms
+        }
+        kept: list[str] = []
+        total = 0
+        for term in sorted((t for t in terms if counts[t]), key=counts.__getitem__):
+            if kept and total + counts[term] > budget:
+                break
+            kept.append(term)
+            total += counts[term]
+        return kept or terms[:1]
+
     def search(
-        self, text: str, top_k: int, doc_ids: Sequence[str] | None = None, workspace: str | None = None
+        self,
+        text: str,
+        top_k: int,
+        doc_ids: Sequence[str] | None = None,
+        workspace: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[KeywordHit]:
-        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents)."""
-        query = match_query(text)
-        if not query:
+        """The chunks with the best BM25 score for the question's words (of a workspace, of some documents, not
+        of the `exclude`d ones); in a large index, for its rarest words (see CANDIDATE_BUDGET)."""
+        terms = query_terms(text)
+        if not terms:
             return []
+        db = self._reader()
+        query = _or(self._within_budget(db, terms))
         sql = (
             "SELECT c.chunk_id, c.doc_id, c.file_name, c.page, c.chunk, c.text, bm25(chunks_fts) AS rank"
             " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
@@ -207,10 +291,12 @@ class KeywordIndex:
         if doc_ids:
             sql += f" AND c.doc_id IN ({','.join('?' * len(doc_ids))})"
             args += list(doc_ids)
+        if exclude:
+            sql += f" AND c.doc_id NOT IN ({','.join('?' * len(exclude))})"
+            args += list(exclude)
         sql += " ORDER BY rank LIMIT ?"
         args.append(top_k)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        rows = db.execute(sql, args).fetchall()
         return [
             KeywordHit(chunk_id=r[0], doc_id=r[1], file_name=r[2], page=r[3], chunk=r[4], text=r[5], score=-r[6])
             for r in rows
@@ -222,8 +308,12 @@ class KeywordIndex:
             self._db.execute("DELETE FROM chunks WHERE collection=?", (self.collection,))
 
     def close(self) -> None:
-        """Close the database file."""
+        """Close the database file (the writer's connection and every reader's)."""
         with self._lock:
+            self._closed = True
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
             self._db.close()
 
 

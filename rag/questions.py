@@ -14,8 +14,10 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 
 from rag.access import OPERATOR, Caller
+from rag.catalog import Catalog
 from rag.config import Settings
 from rag.database import Database
+from rag.documents import visibility
 from rag.embeddings import Embedder, load_embedder
 from rag.errors import ModelError, WorkspaceNotFoundError
 from rag.llms import build_llm
@@ -51,6 +53,10 @@ class QuestionService:
                     timeout=120,
                 )
             self.store = store
+            # Searches see committed chunks only: a document being written, a re-index's next generation and
+            # leftovers of a deleted or replaced document never answer (checked in the catalogue per search).
+            self.catalog = Catalog(Database.open(settings), settings.collection)
+            self.store.visibility = visibility(self.catalog)
             self.engine = QueryEngine(settings, self.embedder, self.store, self.runtime.run(self._abuild_llm(), 30))
             self.workspaces = Workspaces(Database.open(settings), settings.collection)
             self._llms: dict[tuple[str, float], object | None] = {}
@@ -152,6 +158,7 @@ class QuestionService:
     def close(self) -> None:
         """Close the clients and stop the loop."""
         self.workspaces.close()
+        self.catalog.close()
         try:
             self.runtime.run(self.store.aclose(), timeout=10)
         finally:

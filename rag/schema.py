@@ -133,7 +133,7 @@ documents = Table(
     Column("size", Integer, nullable=False),
     Column("pages", Integer),
     Column("chunks", Integer, nullable=False, server_default=text("0")),
-    Column("status", String(16), nullable=False, comment="indexing | indexed"),
+    Column("status", String(16), nullable=False, comment="indexing | indexed | deleting"),
     Column("stored_path", Text, nullable=False),
     Column("added_at", Float, nullable=False),
     Column("generation", Integer, nullable=False, server_default=text("0")),
@@ -149,7 +149,19 @@ documents = Table(
     ),
     Index("ix_documents_by_name", "collection", "workspace", "file_name"),
     Index("ix_documents_stored_path", "stored_path"),
+    Index("ix_documents_by_added", "collection", "status", "workspace", "added_at", "chunks"),  # migration 0005
 )
+
+claims = Table(
+    "claims",
+    metadata,
+    Column("collection", String(255), primary_key=True),
+    Column("key", String(600), primary_key=True, comment="doc:<doc id>, or name:<workspace id>:<file name>"),
+    Column("owner", String(300), nullable=False, comment="host/boot/pid namespace|pid|process start|random"),
+    Column("lease_until", Float, nullable=False, comment="taken over by another writer after this time"),
+)
+"""Writers' claims (`DocumentLibrary.claim`): one writer of a document, one commit of a file name, across
+processes."""
 
 turns = Table(
     "turns",

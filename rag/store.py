@@ -10,11 +10,13 @@ backoff.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from rag.coalesce import Coalescer
 from rag.config import Settings
 from rag.errors import (
+    CollectionNotFoundError,
     CollectionNotLoadedError,
     ConfigError,
     EmbeddingMismatchError,
@@ -32,6 +35,7 @@ from rag.errors import (
 )
 from rag.keyword import KeywordHit, KeywordIndex, KeywordRow, PgKeywordIndex, open_keyword_index
 from rag.milvus_server import EmbeddedMilvus
+from rag.runtime import background_executor
 
 if TYPE_CHECKING:  # LlamaIndex takes 2-3 s to import: searches work without it (see Hit), writes import it
     from llama_index.core.schema import BaseNode
@@ -50,8 +54,18 @@ _MAX_NQ = 16_384  # Milvus's limit on query vectors per search request
 _MAX_REQUEST_BYTES = 32 * 1024 * 1024  # well under gRPC's message limit
 _MIN_QUERIES_PER_REQUEST = 32  # fewer gain nothing from a request of their own
 _DECODE_INLINE = 200  # search hits decoded on the loop; more (coalesced batches) are decoded in a thread
+_ROWS_INLINE = 4  # nodes turned into rows on the loop (under a millisecond); more are packed in a worker thread
 RRF_K = 10  # reciprocal rank fusion's constant: best of 10/20/60 on the labelled sets (BENCHMARKS.md)
+# The embedding index of collections created from now on, chosen on the scale curve (BENCHMARKS.md, "Scale"):
+# HNSW finds 97.5-99% of the exact 10 nearest chunks at ef 64-128 in 8 ms where the exact (FLAT) search of the
+# same 100,000 chunks takes 58 ms, and its cost grows with the logarithm of a segment's size, not linearly.
+DENSE_INDEX = {"index_type": "HNSW", "M": 16, "efConstruction": 200}
 _FUSION_DEPTH = 10  # hybrid fuses this many times top_k candidates from each side (at least 50)
+_VISIBILITY_ROUNDS = 5  # searches again at most this often when hits of uncommitted chunks left top_k short
+_MAX_LIMIT = 16_384  # Milvus's largest limit (topk) of one search
+
+Visibility = Callable[[Sequence[str]], Awaitable[Mapping[str, tuple[int, int]]]]
+"""Given document ids, the (generation, chunk count) of those that are committed: the only chunks that answer."""
 
 
 def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
@@ -62,6 +76,23 @@ def chunk_id(doc_id: str, position: int, generation: int = 0) -> str:
     """
     stem = doc_id[:40] if generation == 0 else f"{doc_id[:40]}.{generation}"
     return f"{stem}-{position:06d}"
+
+
+def chunk_stem(doc_id: str, generation: int = 0) -> str:
+    """What every chunk id of one document's generation starts with (before `-position`)."""
+    return chunk_id(doc_id, 0, generation).rsplit("-", 1)[0]
+
+
+def committed_chunk(node_id: str, doc_id: str, committed: Mapping[str, tuple[int, int]]) -> bool:
+    """Whether a stored chunk may answer: its document is committed, the chunk is of the document's current
+    generation and within its chunk count. Anything else (a half-written document, a re-index's pending
+    generation, leftovers of a deleted or replaced document or of an older chunking) is invisible."""
+    state = committed.get(doc_id)
+    if state is None:
+        return False
+    generation, chunks = state
+    stem, _, position = node_id.rpartition("-")
+    return stem == chunk_stem(doc_id, generation) and position.isdigit() and int(position) < chunks
 
 
 def neighbour_id(of_chunk: str, position: int) -> str:
@@ -272,10 +303,15 @@ class DocumentStore:
         self.settings = settings
         self.features = features or Features(version="?", keyword_search=False, reason="not probed")
         self.keyword = keyword
+        # Set by the engine from the catalogue: searches then return committed chunks only. None (scratch
+        # benchmark collections, which have no catalogue) returns every chunk.
+        self.visibility: Visibility | None = None
+        self._recent: dict[str, tuple[int, int] | None] = {}  # the last lookups: doc id -> committed state or None
         # A fresh client reads under Session consistency as if Eventually (it has written nothing yet), and a
         # server that restarted may still be replaying recent writes: until one Strong read has returned, a
         # search could miss chunks that are indexed. `_synced` is cleared by every transient failure.
         self._synced = False
+        self.index_type = ""  # the embedding field's index, read when the collection is opened
         dim = int(getattr(vector_store, "dim", None) or 0) or 1024
         # Dense searches started together leave as a few multi-vector requests (see rag.coalesce).
         self.searches: Coalescer[tuple[int, str], list[float], list[Hit]] = Coalescer(
@@ -290,8 +326,8 @@ class DocumentStore:
         cls,
         settings: Settings,
         connection: Connection,
-        dim: int,
-        model_id: str,
+        dim: int | None,
+        model_id: str | None,
         collection: str | None = None,
         overwrite: bool = False,
         consistency_level: str | None = None,
@@ -338,6 +374,7 @@ class DocumentStore:
                 overwrite=overwrite,
                 batch_size=settings.insert_batch_size,
                 output_fields=list(_OUTPUT_FIELDS),
+                index_config=dict(DENSE_INDEX),  # for a new collection (an existing one keeps its index)
                 use_async_client=True,
                 timeout=30,
                 **sparse,
@@ -392,12 +429,14 @@ class DocumentStore:
 
     @classmethod
     async def aopen_for_search(
-        cls, settings: Settings, connection: Connection, dim: int, model_id: str
+        cls, settings: Settings, connection: Connection, dim: int | None = None, model_id: str | None = None
     ) -> DocumentStore:
         """Open the collection to search it only (`ask`): one async client, no LlamaIndex, no index or load calls.
 
         A collection that does not exist yet, whose keyword search runs in the server (LlamaIndex's hybrid
-        query) or that predates workspaces (a migration writes) is opened by `abuild` instead.
+        query) or that predates workspaces (a migration writes) is opened by `abuild` instead. Without a model
+        (`docs check`, which reads and deletes chunks but never embeds) the model is not checked and a missing
+        collection is not created.
         """
         from pymilvus import AsyncMilvusClient
 
@@ -412,6 +451,12 @@ class DocumentStore:
         except BaseException:
             await aclient.close()
             raise
+        if not exists and model_id is None:
+            await aclient.close()
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist",
+                user_message=f"The collection '{name}' does not exist in Milvus (RAG_COLLECTION); nothing to check.",
+            )
         if not exists or features.keyword_search or WORKSPACE_FIELD not in {f["name"] for f in fields}:
             # a new collection, the server's own BM25, or chunks from before workspaces (migrated by abuild)
             await aclient.close()
@@ -421,7 +466,8 @@ class DocumentStore:
             features.version, True, features.reason, keyword_backend="local", keyword_where=keyword.describe()
         )
         self = cls(_SearchCollection(aclient, connection, name, dim), connection, settings, features, keyword=keyword)
-        await self._check_model(dim, model_id)
+        if model_id is not None:
+            await self._check_model(dim, model_id)
         return self
 
     def _retrying(self) -> AsyncRetrying:
@@ -451,10 +497,14 @@ class DocumentStore:
         """The AsyncMilvusClient (bound to the runtime loop)."""
         return self.vector_store.aclient
 
-    async def _check_model(self, dim: int, model_id: str) -> None:
+    async def _check_model(self, dim: int | None, model_id: str | None) -> None:
+        if model_id is None:  # a store that never embeds (`docs check`)
+            return
         async for attempt in self._retrying():  # a collection found unloaded is loaded, then asked again
             with attempt, map_milvus_errors("describe the collection"):
                 desc = await self.aclient.describe_collection(self.name)
+                indexes = await self.aclient.list_indexes(self.name, field_name=EMBEDDING_FIELD)
+                index = await self.aclient.describe_index(self.name, indexes[0]) if indexes else {}
                 rows = await self.aclient.query(
                     self.name,
                     filter=f'{DOC_ID_FIELD} != ""',
@@ -466,6 +516,9 @@ class DocumentStore:
             (int(f.get("params", {}).get("dim", 0)) for f in desc["fields"] if f["name"] == EMBEDDING_FIELD), 0
         )
         self._synced = True
+        self.index_type = str(index.get("index_type") or "")
+        if self.index_type == "HNSW":  # LlamaIndex's own searches (the server's hybrid) search as deep as ours
+            self.vector_store.search_config = self.search_params(100)
         stored_model = rows[0].get(MODEL_KEY) if rows else None
         if (stored_dim and stored_dim != dim) or (stored_model and stored_model != model_id):
             raise EmbeddingMismatchError(
@@ -480,7 +533,10 @@ class DocumentStore:
 
     async def aadd(self, nodes: Sequence[BaseNode]) -> list[str]:
         """Insert embedded nodes (upserting by id, so a retried batch never duplicates), and their keywords."""
-        rows = await asyncio.to_thread(rows_for, self.vector_store, nodes)  # packing 1000s of vectors: off the loop
+        if len(nodes) <= _ROWS_INLINE:  # a thread hop costs more than packing a few rows (a busy machine: ms)
+            rows = rows_for(self.vector_store, nodes)
+        else:  # packing 1000s of vectors: off the loop
+            rows = await asyncio.to_thread(rows_for, self.vector_store, nodes)
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("store chunks"):
                 await self.aclient.upsert(self.name, rows)
@@ -519,6 +575,36 @@ class DocumentStore:
         flt = f'{DOC_ID_FIELD} == "{_quote(doc_id)}"' if doc_id else f'{DOC_ID_FIELD} != ""'
         return {str(row["id"]) for row in await self._aread_all(flt, ["id"], "list chunks")}
 
+    async def aiter_chunk_ids(self, batch: int = 4096) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every (chunk id, document id) of the collection, a batch at a time (the reconcile pass: a million ids
+        are never held at once). The sync client's query iterator pages in a low-priority thread."""
+        loop = asyncio.get_running_loop()
+        with map_milvus_errors("list chunks"):
+            iterator = await loop.run_in_executor(
+                self._scanner,
+                lambda: self.vector_store.client.query_iterator(
+                    self.name,
+                    filter=f'{DOC_ID_FIELD} != ""',
+                    output_fields=[DOC_ID_FIELD],
+                    batch_size=batch,
+                    consistency_level="Strong",
+                ),
+            )
+        try:
+            while True:
+                with map_milvus_errors("list chunks"):
+                    rows = await loop.run_in_executor(self._scanner, iterator.next)
+                if not rows:
+                    return
+                yield [(str(r["id"]), str(r.get(DOC_ID_FIELD) or "")) for r in rows]
+        finally:
+            await loop.run_in_executor(self._scanner, iterator.close)
+
+    @functools.cached_property
+    def _scanner(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One low-priority thread for long scans of the collection, so they yield to questions and uploads."""
+        return background_executor(self.settings.ingest_nice, 1, "rag-scan")
+
     async def _aread_all(self, flt: str, fields: list[str], action: str) -> list[dict[str, Any]]:
         """Every row matching a filter, paged by the sync client's query iterator in a worker thread
         (creating the iterator is a blocking call too, so it never runs on the loop)."""
@@ -550,11 +636,11 @@ class DocumentStore:
         for doc_id, chunks in indexed.items():
             if held.get(doc_id) != chunks:
                 await asyncio.to_thread(self.keyword.delete_doc, doc_id)
-                await asyncio.to_thread(self.keyword.add, await self._aread_keyword_rows(doc_id))
+                await asyncio.to_thread(self.keyword.add, await self.aread_keyword_rows(doc_id))
                 changed.append(doc_id)
         return changed
 
-    async def _aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
+    async def aread_keyword_rows(self, doc_id: str) -> list[KeywordRow]:
         """A document's chunks as stored in Milvus, for the keyword index."""
         fields = ["id", TEXT_FIELD, "file_name", "page", "chunk", WORKSPACE_FIELD]
         rows = await self._aread_all(f'{DOC_ID_FIELD} == "{_quote(doc_id)}"', fields, "read chunks")
@@ -590,37 +676,79 @@ class DocumentStore:
             raise ConfigError(f"{retrieval} retrieval is unavailable: {self.features.reason}")
         scope = Scope(workspace, tuple(doc_ids) if doc_ids else None)
         if retrieval == "keyword":
-            return await self._akeyword(query_text or "", top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._akeyword, query_text or "")], top_k, scope)
+            return hits
         if retrieval == "dense":
-            return await self._adense(embedding, top_k, scope)
+            (hits,) = await self._avisible([functools.partial(self._adense, embedding)], top_k, scope)
+            return hits
         if self.keyword is not None:
-            depth = max(top_k * _FUSION_DEPTH, 50)
-            dense, keyword = await asyncio.gather(
-                self._adense(embedding, depth, scope), self._akeyword(query_text or "", depth, scope)
-            )
+            sides = [functools.partial(self._adense, embedding), functools.partial(self._akeyword, query_text or "")]
+            dense, keyword = await self._avisible(sides, max(top_k * _FUSION_DEPTH, 50), scope)
             return fuse_rrf([dense, keyword], top_k)
-        from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters, VectorStoreQuery
+        (hits,) = await self._avisible([functools.partial(self._aserver_hybrid, embedding, query_text)], top_k, scope)
+        return hits
+
+    async def _aserver_hybrid(
+        self, embedding: list[float] | None, text: str | None, top_k: int, scope: Scope
+    ) -> list[Hit]:
+        """The server's own hybrid search (BM25 function and dense, fused by RRF in Milvus), through LlamaIndex."""
+        from llama_index.core.vector_stores import VectorStoreQuery
         from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
-        conditions = []
-        if workspace is not None:
-            conditions.append(MetadataFilter(key=WORKSPACE_FIELD, value=workspace, operator=FilterOperator.EQ))
-        if doc_ids:
-            conditions.append(MetadataFilter(key=DOC_ID_FIELD, value=list(doc_ids), operator=FilterOperator.IN))
-        filters = MetadataFilters(filters=conditions) if conditions else None
         query = VectorStoreQuery(
-            query_embedding=embedding,
-            query_str=query_text,
-            similarity_top_k=top_k,
-            filters=filters,
-            mode=VectorStoreQueryMode.HYBRID,
+            query_embedding=embedding, query_str=text, similarity_top_k=top_k, mode=VectorStoreQueryMode.HYBRID
         )
         async for attempt in self._retrying():
             with attempt, map_milvus_errors("search"):
-                result = await self.vector_store.aquery(query)
+                result = await self.vector_store.aquery(query, string_expr=scope.expression())
         return [
             Hit(node=node, score=float(score)) for node, score in zip(result.nodes or [], result.similarities or [])
         ]
+
+    async def _avisible(
+        self, searches: Sequence[Callable[[int, Scope], Awaitable[list[Hit]]]], top_k: int, scope: Scope
+    ) -> list[list[Hit]]:
+        """The best `top_k` hits of committed chunks only (see `committed_chunk`) of each search (run together),
+        checked in the catalogue with one lookup per round.
+
+        Hits of uncommitted documents are left out by the next search's filter; hits of a committed document's
+        other generation (a re-index writing the next one beside it) are made up for by a deeper search. Nothing
+        is being written in the common case: one search per side and one catalogue lookup.
+        """
+        if self.visibility is None:
+            return list(await asyncio.gather(*(search(top_k, scope) for search in searches)))
+        results: list[list[Hit] | None] = [None] * len(searches)
+        limits = [top_k] * len(searches)
+        for round_ in range(_VISIBILITY_ROUNDS):
+            todo = [i for i, r in enumerate(results) if r is None]
+            found = await asyncio.gather(*(searches[i](limits[i], scope) for i in todo))
+            committed = await self._acommitted({_hit_doc(h) for hits in found for h in hits})
+            strangers: set[str] = set()
+            for i, hits in zip(todo, found):
+                shown = [h for h in hits if committed_chunk(h.node.node_id, _hit_doc(h), committed)]
+                if len(shown) >= top_k or len(hits) < limits[i]:
+                    results[i] = shown[:top_k]
+                    continue
+                results[i] = shown if round_ == _VISIBILITY_ROUNDS - 1 else None  # the last round: what there is
+                strangers |= {_hit_doc(h) for h in hits} - set(committed)
+                stale = sum(1 for h in hits if _hit_doc(h) in committed) - len(shown)
+                if stale:
+                    limits[i] = min(_MAX_LIMIT, 2 * limits[i] + stale)
+            if all(r is not None for r in results):
+                break
+            scope = scope.excluding(strangers)
+        return [(r or [])[:top_k] for r in results]
+
+    async def _acommitted(self, doc_ids: set[str]) -> Mapping[str, tuple[int, int]]:
+        """The catalogue's committed state of these documents, remembered for the neighbour lookup that follows
+        a search (`aneighbours`), so a question costs one lookup."""
+        assert self.visibility is not None
+        committed = await self.visibility(sorted(doc_ids))
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        for doc_id in doc_ids:
+            self._recent[doc_id] = committed.get(doc_id)
+        return committed
 
     async def aload_state(self) -> str:
         """`loaded`, `loading` or `not loaded`: what a restart can leave the collection in for a while."""
@@ -631,19 +759,27 @@ class DocumentStore:
 
     async def aneighbours(self, hits: Sequence[Hit], width: int) -> dict[str, tuple[str, int | None]]:
         """Text and page of the chunks up to `width` positions before and after each hit, by chunk id."""
-        wanted: set[str] = set()
+        wanted: dict[str, str] = {}  # chunk id -> its document
         for hit in hits:
             position = _int_or_none(hit.node.metadata.get("chunk"))
             if position is not None:
                 wanted.update(
-                    neighbour_id(hit.node.node_id, position + d)
+                    (neighbour_id(hit.node.node_id, position + d), _hit_doc(hit))
                     for d in range(-width, width + 1)
                     if d and position + d >= 0
                 )
+        if self.visibility is not None and wanted:  # past a document's end lie only leftovers of an older chunking
+            docs = set(wanted.values())
+            known = {d: self._recent[d] for d in docs if d in self._recent}  # read by the search just made
+            committed = {d: state for d, state in known.items() if state is not None}
+            if len(known) < len(docs):
+                committed.update(await self._acommitted(docs - set(known)))
+            wanted = {i: doc for i, doc in wanted.items() if committed_chunk(i, doc, committed)}
         return await self.atexts(sorted(wanted))
 
     async def atexts(self, chunk_ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-        """Text and page of these chunks (those stored), by chunk id."""
+        """Text and page of these chunks (those stored), by chunk id. Unfiltered: callers name chunks of a
+        document's current generation (`rag.sources`), or of hits already checked (`aneighbours`)."""
         if not chunk_ids:
             return {}
         if self.keyword is not None:
@@ -694,11 +830,19 @@ class DocumentStore:
                     limit=top_k,
                     filter=flt,
                     output_fields=[*_OUTPUT_FIELDS, TEXT_FIELD],
-                    search_params=self.vector_store.search_config,
+                    search_params=self.search_params(top_k),
                 )
         if len(vectors) * top_k <= _DECODE_INLINE:
             return [self._hits_to_nodes(hits) for hits in res]
         return await asyncio.to_thread(lambda: [self._hits_to_nodes(hits) for hits in res])  # big: off the loop
+
+    def search_params(self, limit: int) -> dict[str, Any]:
+        """A dense search's parameters: HNSW's breadth `ef` (RAG_SEARCH_EF, never below the hits asked for);
+        other indexes search with their own defaults, or what `vector_store.search_config` says."""
+        params = dict(self.vector_store.search_config or {})  # flat, as LlamaIndex keeps it: {"ef": 128}
+        if self.index_type == "HNSW":
+            params["ef"] = max(int(params.get("ef", self.settings.search_ef)), limit)
+        return params
 
     def _hits_to_nodes(self, hits: Any) -> list[Hit]:
         return [Hit(node=_chunk(hit), score=float(hit["distance"])) for hit in hits]
@@ -706,7 +850,9 @@ class DocumentStore:
     async def _akeyword(self, text: str, top_k: int, scope: Scope) -> list[Hit]:
         """BM25 search; LlamaIndex's sparse path sends a drop ratio that Milvus Lite refuses, so search directly."""
         if self.keyword is not None:
-            hits = await asyncio.to_thread(self.keyword.search, text, top_k, scope.doc_ids, scope.workspace)
+            hits = await asyncio.to_thread(
+                self.keyword.search, text, top_k, scope.doc_ids, scope.workspace, scope.exclude
+            )
             return [_keyword_node(hit) for hit in hits]
         flt = scope.expression()
         async for attempt in self._retrying():
@@ -745,6 +891,8 @@ class DocumentStore:
                 self.vector_store.client.close()
         if self.keyword is not None:
             self.keyword.close()
+        if "_scanner" in self.__dict__:
+            self._scanner.shutdown(wait=False)
 
 
 class _SearchCollection:
@@ -752,7 +900,7 @@ class _SearchCollection:
 
     search_config: dict[str, Any] = {}  # noqa: RUF012 - MilvusVectorStore's default: the index's own parameters
 
-    def __init__(self, aclient: Any, connection: Connection, name: str, dim: int) -> None:
+    def __init__(self, aclient: Any, connection: Connection, name: str, dim: int | None) -> None:
         self.aclient, self.connection, self.collection_name, self.dim = aclient, connection, name, dim
         self._client: Any = None
 
@@ -817,6 +965,11 @@ def _keyword_node(hit: KeywordHit) -> Hit:
     return Hit(node=Chunk(node_id=hit.chunk_id, text=hit.text, metadata=meta), score=hit.score)
 
 
+def _hit_doc(hit: Hit) -> str:
+    """The document a hit's chunk belongs to."""
+    return str(hit.node.metadata.get(DOC_ID_FIELD) or getattr(hit.node, "ref_doc_id", None) or "")
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
@@ -830,6 +983,7 @@ class Scope:
 
     workspace: str | None = None
     doc_ids: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()  # documents left out (found uncommitted by an earlier search)
 
     def expression(self) -> str:
         """The Milvus filter expression ("" keeps all)."""
@@ -838,7 +992,15 @@ class Scope:
             parts.append(f'{WORKSPACE_FIELD} == "{_quote(self.workspace)}"')
         if self.doc_ids:
             parts.append(f"{DOC_ID_FIELD} in [{', '.join(chr(34) + _quote(d) + chr(34) for d in self.doc_ids)}]")
+        if self.exclude:
+            parts.append(f"{DOC_ID_FIELD} not in [{', '.join(chr(34) + _quote(d) + chr(34) for d in self.exclude)}]")
         return " and ".join(parts)
+
+    def excluding(self, doc_ids: set[str]) -> Scope:
+        """This scope without those documents."""
+        if not doc_ids:
+            return self
+        return Scope(self.workspace, self.doc_ids, tuple(sorted(set(self.exclude) | doc_ids)))
 
 
 def _quote(value: str) -> str:

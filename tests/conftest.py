@@ -67,6 +67,17 @@ _ENV_NAMES = (
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Timing comparisons (`benchmark`) take minutes and want a quiet machine: they run only when `-m` names them
+    (`pytest -m benchmark`); otherwise they are deselected, never skipped."""
+    if "benchmark" in (config.getoption("markexpr") or ""):
+        return
+    chosen = [item for item in items if item.get_closest_marker("benchmark") is None]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = chosen
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's settings; `.env` lookups happen in an empty folder. Every data dir shares

@@ -14,8 +14,10 @@ import streamlit as st
 
 from rag import (
     AskOptions,
+    Caller,
     ConversationStore,
     DocumentRecord,
+    RagError,
     RagService,
     Source,
     StoredTurn,
@@ -98,9 +100,31 @@ def _retrieval_choice(service: RagService) -> str | None:
     )
 
 
-def document_filter(docs: Sequence[DocumentRecord]) -> tuple[str, ...] | None:
-    """A sidebar selector limiting questions to chosen documents; None means all of them."""
+def document_filter(
+    service: RagService, workspace: str, newest: Sequence[DocumentRecord], page: int, caller: Caller
+) -> tuple[str, ...] | None:
+    """A sidebar selector limiting questions to chosen documents; None means all of them.
+
+    `newest` is the workspace's newest `page` documents. A larger library is not listed whole: a search box finds
+    documents by name, so the page costs the same for ten documents or ten thousand.
+    """
+    docs = list(newest)
     with st.sidebar:
+        if len(newest) >= page and (total := service.document_count(workspace, caller)) > len(newest):
+            text = st.text_input(
+                "Find documents by name",
+                key="chat.doc_search",
+                help=f"{total:,} documents: the {len(newest)} newest are listed; type part of a name to find others.",
+            ).strip()
+            if text:
+                docs = service.find_documents(text, workspace, page, caller)
+            listed = {d.doc_id for d in docs}
+            for doc_id in st.session_state.get("chat.doc_ids", []):  # keep the chosen ones choosable
+                if doc_id not in listed:
+                    try:
+                        docs.insert(0, service.document(doc_id, workspace, caller))
+                    except RagError:
+                        pass  # deleted meanwhile: the picker drops it
         chosen = document_picker(
             docs,
             "Only search these documents",

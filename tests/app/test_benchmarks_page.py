@@ -40,6 +40,7 @@ def test_run_fills_table_metrics_and_chart(app_env: AppEnv) -> None:
     at.number_input(key="bench.dim").set_value(16)
     at.radio(key="bench.consistency").set_value("Eventually")
     at.slider(key="bench.concurrency").set_value(4)
+    at.number_input(key="bench.repeat").set_value(2)
     at.button(key="bench.run").click().run(timeout=300)
 
     assert not at.exception
@@ -49,10 +50,12 @@ def test_run_fills_table_metrics_and_chart(app_env: AppEnv) -> None:
     assert set(table["mode"]) == {"sync", "seed-async", "project-async"}
     assert (table[table["mode"] == "sync"]["speedup"] == "—").all()  # the baseline: a dash, never "None"
     assert table[table["mode"] != "sync"]["speedup"].str.endswith("×").all()
+    assert (table["repeats"] == 2).all() and table["spread"].str.contains("–").all()
     labels = [m.label for m in at.metric]
     assert "Add nodes, N=10: project-async" in labels and "Search, N=10: seed-async" in labels
     text = page_text(at)
     assert "vega" in text.lower() and "Download CSV" in text and "Eventually consistency" in text
+    assert "median of 2 rounds per row" in text
     assert any("12 measurements" in s.value for s in at.success)
     assert not _scratch(app_env) - before  # none of this run's scratch collections is left
 
@@ -126,4 +129,4 @@ def test_the_embedding_experiment_compares_backends(app_env: AppEnv) -> None:
     assert table["chosen"].sum() == 1 and set(table["n"]) == {4}
     assert table["cosine_min"].min() >= 0.97
     assert any(m.label.startswith("Embedding: ") and "(the engine's)" in m.label for m in at.metric)
-    assert "vega" in page_text(at).lower() and "median of 1 rounds" in page_text(at)
+    assert "vega" in page_text(at).lower() and "median of 1 round per row" in page_text(at)

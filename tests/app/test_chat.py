@@ -152,6 +152,38 @@ def test_a_question_can_be_limited_to_chosen_documents(app_env: AppEnv, tmp_path
     assert "zebras.txt" in caption and "giraffes.txt" not in caption
 
 
+def test_a_large_library_is_searched_by_name_not_listed_whole(
+    app_env: AppEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the page reads one page of documents (DOCUMENTS_PAGE, made 2 here) however many there are; the
+    others are found by name, and a chosen document stays choosable when the search moves on."""
+    import rag
+
+    monkeypatch.setattr(rag, "DOCUMENTS_PAGE", 2)
+    ids = _ingest(
+        app_env,
+        write_doc(tmp_path / "src", "giraffes.txt", GIRAFFES),
+        write_doc(tmp_path / "src", "zebras.txt", "Zebras eat grass and have black and white stripes. " * 20),
+        write_doc(tmp_path / "src", "okapis.txt", "Okapis live in the rainforest of Congo. " * 20),
+    )
+    at = app_env.app(CHAT)
+    at.run()
+    picker = at.multiselect(key="chat.doc_ids")
+    assert len(picker.options) == 2  # the newest page only
+    assert "3 documents" in at.text_input(key="chat.doc_search").help
+
+    at.text_input(key="chat.doc_search").set_value("GIRAF").run()
+    assert at.multiselect(key="chat.doc_ids").options == ["giraffes.txt"]
+    at.multiselect(key="chat.doc_ids").set_value([ids["giraffes.txt"]]).run()
+    at.text_input(key="chat.doc_search").set_value("zeb").run()
+    assert sorted(at.multiselect(key="chat.doc_ids").options) == ["giraffes.txt", "zebras.txt"]
+    assert at.multiselect(key="chat.doc_ids").value == [ids["giraffes.txt"]]
+
+    _ask(at, "What do zebras eat?")
+    assert "giraffes.txt" in _plain(at.chat_message[1].caption[0].value)
+    assert "zebras.txt" not in _plain(at.chat_message[1].caption[0].value)
+
+
 def test_top_k_from_the_sidebar(app_env: AppEnv, tmp_path: Path) -> None:
     _ingest(
         app_env,

@@ -6,6 +6,7 @@ import re
 
 from streamlit.testing.v1 import AppTest
 
+from rag.markdown import JOINER
 from ui.format import code, human_duration, human_size, md
 
 
@@ -14,7 +15,8 @@ def test_md_escapes_every_active_character_once() -> None:
     escaped = md(hostile)
     assert not re.search(r"(?<!\\)[\[\]()<>*`#|~$!]", escaped)  # nothing active is left bare
     assert "\\\\$" not in escaped  # a `$` is escaped once: a doubled backslash would leave it live
-    assert re.sub(r"\\(.)", r"\1", escaped) == hostile  # and nothing else changed
+    # and nothing else changed but invisible word joiners (they keep the URL from being auto-linked)
+    assert re.sub(r"\\(.)", r"\1", escaped).replace(JOINER, "") == hostile
 
 
 def test_code_span_cannot_be_broken_out_of() -> None:
@@ -36,4 +38,4 @@ def test_escaped_text_reaches_the_page_as_written() -> None:
 
     at = AppTest.from_function(page)
     at.run()
-    assert at.markdown[0].value == "price: \\$5 and \\$6 \\*not bold\\*"
+    assert at.markdown[0].value == "price\\: \\$5 and \\$6 \\*not bold\\*"  # a `:` could start an icon

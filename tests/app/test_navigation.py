@@ -42,7 +42,7 @@ def test_a_deep_link_asks_for_the_password_first(monkeypatch: pytest.MonkeyPatch
     assert [t.value for t in at.title] == ["Ask your documents"]  # the password form, not the settings
     at.text_input(key="auth.password").set_value("open sesame")
     at.button[0].click().run()
-    assert [t.value for t in at.title] == ["Settings"] and at.dataframe
+    assert [t.value for t in at.title] == ["Settings"] and at.table
 
 
 def test_a_page_run_alone_gets_the_apps_session_id() -> None:

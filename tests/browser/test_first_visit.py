@@ -66,6 +66,7 @@ def test_the_tour_questions_quote_the_evidence_and_sources_read_well(
     page.get_by_text(re.compile(r"73 airplanes of U\.S\. registry\.")).first.wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"^Sources \(\d+\)$")).last.wait_for()
     buttons = page.get_by_role("button", name=re.compile(r"^\[\d+\] "))
+    buttons.first.wait_for()  # the expander's label can arrive a render before its buttons
     labels = [b.inner_text() for b in buttons.all()]
     assert labels and all(re.search(r"p\. \d", label) for label in labels), labels
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, embed_modes, plan
+from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, embed_modes, plan, rotated
 from rag.cli import cli
 from rag.config import load_settings
 from rag.embeddings import Embedder
@@ -51,10 +51,11 @@ def _run(service: RagService, config: BenchConfig) -> tuple[list[BenchRow], Benc
     return rows, items[-1]
 
 
-def _check_consistent(rows: list[BenchRow]) -> None:
+def _check_consistent(rows: list[BenchRow], repeats: int) -> None:
     sync = {(r.experiment, r.n): r for r in rows if r.mode == "sync"}
     for row in rows:
         assert row.seconds > 0
+        assert row.repeats == repeats and row.seconds_min <= row.seconds <= row.seconds_max
         assert row.ms_per_item == pytest.approx(row.seconds * 1000 / row.n)
         if row.mode == "sync":
             assert row.speedup is None
@@ -76,16 +77,37 @@ def test_plan_lists_every_measurement_in_order() -> None:
     steps = plan(BenchConfig(experiments=["add", "ingest"], counts=[5, 20]))
     assert steps == [
         ("add", "sync", 5),
-        ("add", "sync", 20),
         ("add", "seed-async", 5),
-        ("add", "seed-async", 20),
         ("add", "project-async", 5),
+        ("add", "sync", 20),
+        ("add", "seed-async", 20),
         ("add", "project-async", 20),
         ("ingest", "sync", None),
         ("ingest", "sync-same-embedding", None),
         ("ingest", "project-async", None),
         ("ingest", "raw-embedding", None),
     ]
+
+
+def test_modes_narrow_the_plan_and_unknown_ones_are_refused() -> None:
+    config = BenchConfig(experiments=["search", "ingest"], counts=[3], modes=["project-async", "seed-async"])
+    assert config.modes == ["seed-async", "project-async"]  # the page's order
+    assert plan(config) == [
+        ("search", "seed-async", 3),
+        ("search", "project-async", 3),
+        ("ingest", "project-async", None),
+    ]
+    for bad in ([], ["turbo"]):
+        with pytest.raises(ValueError):
+            BenchConfig(modes=bad)
+
+
+def test_every_round_starts_with_another_mode() -> None:
+    modes = ["sync", "seed-async", "project-async"]
+    orders = [rotated(modes, r) for r in range(4)]
+    assert orders[0] == modes and orders[3] == modes
+    assert [order[0] for order in orders[:3]] == ["sync", "seed-async", "project-async"]
+    assert all(sorted(order) == sorted(modes) for order in orders)
 
 
 def test_corpus_files_skip_the_provenance_table_and_obey_max_files(corpus: Path) -> None:
@@ -164,12 +186,12 @@ def test_add_and_search_yield_every_row_and_clean_up(service: RagService, tmp_pa
     chunks = _with_document(service, tmp_path)
     docs = service.documents()
     before = _scratch(service)
-    config = BenchConfig(experiments=["add", "search"], counts=[5, 20], dim=16, consistency_level="Strong")
+    config = BenchConfig(experiments=["add", "search"], counts=[5, 20], dim=16, consistency_level="Strong", repeat=2)
 
     rows, report = _run(service, config)
 
     assert [(r.experiment, r.mode, r.n) for r in rows] == plan(config)
-    _check_consistent(rows)
+    _check_consistent(rows, 2)
     assert all(r.note for r in rows)
     assert report.milvus_version.startswith("v2")
     assert report.machine["cpus"] and report.versions["pymilvus"]
@@ -192,7 +214,7 @@ def test_ingest_compares_sync_engine_and_raw_embedding(
     scratch_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
     before = _scratch(service)
-    config = BenchConfig(experiments=["ingest"], corpus_dir=str(folder), consistency_level="Session")
+    config = BenchConfig(experiments=["ingest"], corpus_dir=str(folder), consistency_level="Session", repeat=1)
 
     rows, _ = _run(service, config)
 
@@ -203,7 +225,7 @@ def test_ingest_compares_sync_engine_and_raw_embedding(
         ("ingest", "raw-embedding"),
     ]
     assert len({r.n for r in rows}) == 1 and rows[0].n > 0  # the same chunks in every mode
-    _check_consistent(rows)
+    _check_consistent(rows, 1)
     same, project = rows[1], rows[2]
     assert service.embedder.backend in same.note  # the sync pipeline ran with the engine's own embedding
     assert f"{same.seconds / project.seconds:.2f}× the sync pipeline with the same embedding" in project.note
@@ -231,7 +253,7 @@ def test_stopping_early_drops_the_scratch_collection(service: RagService) -> Non
     with contextlib.closing(service.bench(config)) as items:
         first = next(items)
         assert isinstance(first, BenchRow) and first.mode == "sync"
-        assert len(_scratch(service) - before) == 1  # measuring happens in exactly one scratch collection
+        assert len(_scratch(service) - before) == 3  # one scratch collection per mode, the modes taking turns
     assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
 
 
@@ -255,3 +277,25 @@ def test_cancelling_a_running_sync_loop_drops_the_scratch_collection(service: Ra
         time.sleep(0.1)
     assert not _scratch(service) - before  # none of this run's scratch collections is left (others may run)
     assert future.cancelled()
+
+
+# -- timing (pytest -m benchmark) ------------------------------------------------------------------
+@pytest.mark.benchmark
+@pytest.mark.milvus
+@pytest.mark.parametrize("consistency", ["Strong", "Session"])
+def test_the_engines_search_is_never_slower_than_the_seeds(service: RagService, consistency: str) -> None:
+    """Issue 21: at every N the engine's dispatch (coalesced or not) takes at most the seed's gathered `aquery`
+    time, within 10% (medians of 5 interleaved rounds; under Strong every round starts both at one tick phase)."""
+    counts = [1, 10, 100, 1000]
+    config = BenchConfig(
+        experiments=["search"],
+        counts=counts,
+        dim=768,
+        consistency_level=consistency,
+        repeat=5,
+        modes=["seed-async", "project-async"],
+    )
+    rows, _ = _run(service, config)
+    seconds = {(r.mode, r.n): r.seconds for r in rows}
+    ratios = {n: seconds[("seed-async", n)] / seconds[("project-async", n)] for n in counts}
+    assert all(ratio >= 0.9 for ratio in ratios.values()), ratios

@@ -65,6 +65,30 @@ def test_ingest_ask_list_delete(cli_env, corpus: Path, tmp_path: Path) -> None: 
     assert json.loads(runner.invoke(cli, ["docs", "list", "--json"], obj={}).stdout) == []
 
 
+def test_docs_list_shows_the_newest_page_and_says_how_many_there_are(tmp_path: Path) -> None:
+    from rag.catalog import Catalog, DocumentRecord
+    from rag.config import load_settings
+    from rag.database import Database
+
+    settings = load_settings(data_dir=tmp_path / "data")
+    catalog = Catalog(Database.open(settings), settings.collection)
+    for i in range(3):
+        record = DocumentRecord(
+            doc_id=f"{i:064d}", file_name=f"f{i}.txt", file_type="txt", size=1, pages=None, chunks=1,
+            status="indexing", stored_path=f"/x/{i}", added_at=1000.0 + i,
+        )  # fmt: skip
+        catalog.begin(record, lease_until=0)
+        catalog.finish(record.doc_id, chunks=1, pages=None)
+    catalog.close()
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path / "data"), "docs", "list"]
+    page = runner.invoke(cli, [*base, "--limit", "2", "--json"], obj={})
+    assert [d["file_name"] for d in json.loads(page.stdout)] == ["f2.txt", "f1.txt"]
+    assert "Showing the 2 newest of 3 documents" in page.stderr
+    every = runner.invoke(cli, [*base, "--limit", "0"], obj={})
+    assert len(every.stdout.splitlines()) == 3 and every.stderr == ""
+
+
 def test_bad_setting_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_TOP_K", "0")
     result = CliRunner().invoke(cli, ["docs", "list"], obj={})
@@ -80,16 +104,21 @@ def test_help_lists_every_command() -> None:
 @pytest.mark.milvus
 def test_bench_prints_a_row_per_measurement_with_its_note(cli_env) -> None:  # noqa: ANN001
     args = ["bench", "--counts", "3", "--dim", "8", "--consistency", "Session", "--experiments", "add,search"]
-    table = CliRunner().invoke(cli, args, obj={})
+    table = CliRunner().invoke(cli, [*args, "--repeat", "2"], obj={})
     assert table.exit_code == 0, table.output
     lines = table.stdout.strip().splitlines()
-    assert lines[0].split() == ["experiment", "mode", "N", "seconds", "ms/item", "speedup", "note"]
+    assert lines[0].split() == ["experiment", "mode", "N", "seconds", "min-max", "ms/item", "speedup", "note"]
     assert [line.split()[:3] for line in lines[1:]] == [
         [experiment, mode, "3"] for experiment in ("add", "search") for mode in ("sync", "seed-async", "project-async")
     ]
-    assert lines[3].endswith("in flight") and lines[6].endswith("coalesced by the engine's store")
-    report = json.loads(CliRunner().invoke(cli, [*args, "--json"], obj={}).stdout)
-    assert len(report["rows"]) == 6 and report["milvus_version"].startswith("v2.3") and report["machine"]["cpus"]
+    low, high = (float(x) for x in lines[1].split()[4].split("-"))
+    assert low <= float(lines[1].split()[3]) <= high  # the median lies within the rounds' spread
+    assert lines[3].endswith("in flight") and lines[6].endswith("dispatched by the engine's store")
+    only = ["--modes", "seed-async,project-async", "--repeat", "1", "--json"]
+    report = json.loads(CliRunner().invoke(cli, [*args, *only], obj={}).stdout)
+    assert [r["mode"] for r in report["rows"]] == ["seed-async", "project-async"] * 2
+    assert all(r["repeats"] == 1 and r["seconds_min"] == r["seconds"] == r["seconds_max"] for r in report["rows"])
+    assert report["milvus_version"].startswith("v2.3") and report["machine"]["cpus"]
 
 
 def test_ingest_json_echoes_each_file_as_given(cli_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

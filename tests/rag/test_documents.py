@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rag.catalog import DocumentRecord
-from rag.documents import LEASE_SECONDS
+from rag.documents import LEASE_SECONDS, doc_key
 from rag.errors import DocumentBusyError
 from rag.ingest import FileStatus, Stage
 from rag.jobs import JobState
@@ -69,16 +69,21 @@ def test_a_cancelled_upload_leaves_no_bytes(service: RagService, tmp_path: Path)
     assert service.documents() == [] and service.count_chunks() == 0 and _uploads(service) == []
 
 
-def test_recovery_spares_a_live_lease_and_removes_an_expired_one(make_settings, embedder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_recovery_spares_a_live_writer_and_removes_what_a_dead_one_left(
+    make_settings, embedder, tmp_path: Path
+) -> None:  # noqa: ANN001
     settings = make_settings()
     svc = RagService(settings, embedder=embedder)
     try:
         result = svc.ingest([_doc(tmp_path, "notes.txt")]).files[0]
         record = svc.library.get(result.doc_id)
         assert record is not None
-        # Another process (a CLI ingest) is writing this document right now: its lease is still running.
+        # Another process (a CLI ingest on another machine sharing the data dir) is writing this document right
+        # now: its claim is live.
         indexing = DocumentRecord(**{**record.model_dump(), "status": "indexing"})
         svc.library.catalog.begin(indexing, lease_until=time.time() + LEASE_SECONDS)
+        owner = "another-host|4242|1|abc"
+        assert svc.library.catalog.claim(doc_key(result.doc_id), owner, time.time() + LEASE_SECONDS, time.time())
     finally:
         svc.close()
 
@@ -89,16 +94,12 @@ def test_recovery_spares_a_live_lease_and_removes_an_expired_one(make_settings, 
         with pytest.raises(DocumentBusyError) as busy:
             svc.delete_document(result.doc_id)
         assert "notes.txt is being indexed" in busy.value.user_message
-        # The writer died: its lease runs out, and the next start removes what it left.
-        svc.library.catalog.renew(result.doc_id, time.time() - 1)
-    finally:
-        svc.close()
-
-    svc = RagService(settings, embedder=embedder)
-    try:
-        assert svc.recovered == ("notes.txt",)
+        # The writer died: its lease runs out, and the next recovery round (no restart needed) removes what it left.
+        svc.library.catalog.renew_claim(doc_key(result.doc_id), owner, time.time() - 1)
+        assert [r.file_name for r in svc.runtime.run(svc.library.arecover_writes())] == ["notes.txt"]
         assert svc.documents() == [] and svc.count_chunks() == 0
         assert _keyword_ids(svc, result.doc_id) == set() and _uploads(svc) == []
+        assert svc.library.catalog.list(status=None) == [] and svc.library.catalog.claims() == {}
     finally:
         _drop(svc)
 

@@ -22,6 +22,7 @@ from rag.evaluate import (
     parse_pairs,
     summarise_answers,
 )
+from rag.markdown import escape_markdown
 from rag.options import AskOptions
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -33,9 +34,12 @@ def _pairs(name: str) -> list[QAPair]:
 
 
 def test_the_labelled_sets_are_well_formed() -> None:
-    main, dev = _pairs("qa.jsonl"), _pairs("qa_dev.jsonl")
+    main, dev, held_out = _pairs("qa.jsonl"), _pairs("qa_dev.jsonl"), _pairs("qa_holdout.jsonl")
     assert len(main) >= 40 and len({p.file for p in main}) >= 10
-    assert not {p.evidence for p in main} & {p.evidence for p in dev}  # the dev set is a different set
+    assert len(held_out) >= 20 and len({p.file for p in held_out}) >= 10
+    # the dev and held-out sets are different sets
+    assert not {p.evidence for p in main} & {p.evidence for p in dev}
+    assert not {p.evidence for p in main + dev} & {p.evidence for p in held_out}
 
 
 def test_hit_rule_counts_word_trigrams_of_the_right_file() -> None:
@@ -116,7 +120,20 @@ def test_eval_matches_an_outside_count_from_ask(indexed_corpus) -> None:  # noqa
     assert abs(report.hit_at["5"] - outside / len(pairs)) <= 0.02
 
 
-ANSWER_FLOOR = 0.7  # measured 0.77 on qa.jsonl (BENCHMARKS.md, "Retrieval-only answers")
+ANSWER_FLOOR = 0.8  # measured 0.86 on qa.jsonl (BENCHMARKS.md, "Retrieval-only answers")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1. See https://docs.example.org/x: a = b, c@example.org, zoo::rapply and :red[no]",
+        "- `resolution`: The desired number pixels per inch. Default: `72`. Type: `int`.",
+        "The FAA estimates the average total cost per operator to be $7,650 (90 work-hours × $85 per workhour).",
+    ],
+)
+def test_a_quote_reads_as_the_document_says_it(text: str) -> None:
+    """What the answer escapes (rag.markdown), `displayed` reads back: the evidence is matched as a reader sees it."""
+    assert displayed(escape_markdown(text)) == text
 
 
 def test_an_answer_is_read_as_displayed_and_its_first_lines_count_apart() -> None:

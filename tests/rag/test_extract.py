@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag.extract import MAX_WINDOW_WORDS, abest_windows, sentences
+from rag.extract import MAX_WINDOW_WORDS, _plain, _short_heading, abest_windows, arank_windows, sentences, terms
 from rag.query import Source
 from rag.runtime import Runtime
 
@@ -45,6 +45,8 @@ def test_wrapped_lines_abbreviations_and_headings() -> None:
         ("The order is Rprofile.site, the user profile, .RData and then .First(). Later files mask.", 2),
         ("## Usage\n- first item here\n- second item there", 3),  # a heading and list items stay apart
         ("are considered part of a module called\n__main__\n, so they have their own namespace.", 1),  # HTML inline
+        ("Find the lines that are (a) explicitly defined and/or (b) implied by the words. Then merge them.", 2),
+        ("The oath is required. Fed. R. Bankr. P. 2003(b)(1). Spouses may be sworn together.", 3),
     ],
 )
 def test_sentence_boundaries(text: str, expected: int) -> None:
@@ -100,3 +102,51 @@ def test_dot_leaders_that_pysbd_rewrites_still_give_sentences_of_the_passage() -
     found = sentences(text)
     assert found and all(text[s.start : s.end].strip() for s in found)
     assert "The elements are selected." in [s.text for s in found]
+
+
+ZOO = (
+    "In zoo, the generic function rollapply is provided along with a zoo and a ts method. "
+    "In previous versions of zoo, this function was called rapply. "
+    "It was renamed because from R 2.4.0 on, base R provides a different function rapply for recursive "
+    "(and not rolling) application of functions. "
+    "The function zoo::rapply is still provided for backward compatibility."
+)
+
+
+def test_a_sentence_that_leans_back_is_quoted_with_the_one_it_leans_on(embedder, runtime) -> None:  # noqa: ANN001
+    question = "Why was rapply renamed?"
+    for window in runtime.run(arank_windows(question, [_source(ZOO)], embedder)):
+        if window.sentences[0].text.startswith("It was renamed"):
+            raise AssertionError(f"a window starts with a dangling sentence: {window.text}")
+    best = runtime.run(abest_windows(question, [_source(ZOO)], embedder))[0]
+    assert "this function was called rapply. It was renamed because" in best.text
+
+
+def test_a_heading_of_several_words_is_never_glued_but_a_table_row_is_not_a_heading() -> None:
+    text = (
+        "5. VERIFICATION OF DEBTOR IDENTITY AND SOCIAL SECURITY NUMBER\n"
+        "At the meeting of creditors, each individual debtor must present photo identification.\n"
+        "07/15/2015 07/15/2015 TaylorMade Golf Company Carlsbad 64 Layoff Permanent"
+    )
+    heading, sentence, row = sentences(text)
+    assert _short_heading(heading.text) and not _short_heading(sentence.text) and not _short_heading(row.text)
+
+
+def test_a_why_question_prefers_the_sentence_that_gives_a_reason(embedder, runtime) -> None:  # noqa: ANN001
+    text = (
+        "Unique constraints on partitioned tables must include all the partition key columns. "
+        "The partition key columns are listed in the PARTITION BY clause of the table. "
+        "This limitation exists because the individual indexes making up the constraint can only directly "
+        "enforce uniqueness within their own partitions."
+    )
+    best = runtime.run(
+        abest_windows("Why must unique constraints include the partition key?", [_source(text)], embedder)
+    )[0]
+    assert "because the individual indexes" in best.text
+
+
+def test_links_are_read_as_their_labels() -> None:
+    text = (
+        "Use `curve_edge` objects in table detection. ([6f6b465](https://github.com/jsvine/pdfplumber/commit/6f6b465))"
+    )
+    assert "github" not in terms(_plain(text)) and "6f6b465" in terms(_plain(text))

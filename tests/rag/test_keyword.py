@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,46 @@ def test_postgresql_ranks_as_fts5_does(tmp_path: Path, postgres) -> None:  # noq
             pg.clear()
             pg.close()
             fts.close()
+
+
+def test_a_large_index_scores_only_the_rarest_words_within_the_budget(tmp_path: Path) -> None:
+    """Issue 21: a keyword search's cost stops growing with the index: words held by more chunks than the
+    budget no longer bring in candidates; the rarest words still do, and a small index loses nothing."""
+
+    def rows(words: str, count: int, start: int) -> list[KeywordRow]:
+        return [
+            KeywordRow(chunk_id=f"c{i}", doc_id=f"d{i}", file_name="f.txt", text=f"{words} filler text {i}")
+            for i in range(start, start + count)
+        ]
+
+    index = KeywordIndex(tmp_path / "k.sqlite3", "a", candidate_budget=30)
+    index.add(rows("pump valve", 2, 0) + rows("pump", 40, 2) + rows("valve", 5, 42))
+    both = index.search("pump valve", 50)
+    assert {h.chunk_id for h in both} == {"c0", "c1", "c42", "c43", "c44", "c45", "c46"}  # valve's chunks only
+    assert len(index.search("pump", 50)) == 42  # a single word is always searched, however common
+    roomy = KeywordIndex(tmp_path / "k.sqlite3", "a", candidate_budget=1_000)
+    assert len(roomy.search("pump valve", 50)) == 47  # under the budget every chunk with either word is scored
+    roomy.close()
+    index.close()
+
+
+def test_searches_from_many_threads_read_beside_a_writer(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "k.sqlite3", "a")
+    index.add([KeywordRow(chunk_id=f"c{i}", doc_id="d", file_name="f.txt", text=f"giraffe {i}") for i in range(50)])
+
+    def search(_: int) -> int:
+        return len(index.search("giraffe", 100))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        writes = pool.submit(
+            index.add, [KeywordRow(chunk_id=f"n{i}", doc_id="e", file_name="g.txt", text="zebra") for i in range(50)]
+        )
+        found = list(pool.map(search, range(32)))
+        writes.result()
+    assert set(found) == {50} and len(index.search("zebra", 100)) == 50
+    index.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        index.search("giraffe", 5)
 
 
 def test_queries_keep_distinctive_words_and_quote_them() -> None:

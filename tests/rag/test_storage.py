@@ -139,7 +139,7 @@ def test_an_upload_through_s3_is_indexed_shown_and_removed(make_settings, embedd
 
 
 def test_stored_paths_of_the_previous_release_become_keys(tmp_path: Path, database_url: str) -> None:
-    """Rows written before keys named their bytes by an absolute path into `<data dir>/uploads`: revision 0004
+    """Rows written before keys named their bytes by an absolute path into `<data dir>/uploads`: revision 0006
     turns them into keys, which the store finds in the same folder."""
     import shutil
 

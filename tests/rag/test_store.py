@@ -41,6 +41,27 @@ def test_server_version_is_reported(service) -> None:  # noqa: ANN001
     assert service.collection_state() == "loaded"
 
 
+def test_new_collections_get_hnsw_and_old_ones_keep_their_index(make_settings, embedder, service) -> None:  # noqa: ANN001
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    from rag.store import EMBEDDING_FIELD, collection_schema
+
+    assert service.store.index_type == "HNSW"
+    info = service.store.vector_store.client.describe_index(service.store.name, EMBEDDING_FIELD)
+    assert (info["index_type"], info["M"], info["efConstruction"]) == ("HNSW", "16", "200")
+    assert service.store.search_params(5) == {"ef": 128} and service.store.search_params(500) == {"ef": 500}
+
+    settings = make_settings()  # a collection made before this version: LlamaIndex's default, exact FLAT
+    old = MilvusVectorStore(**collection_schema(service.connection, settings.collection, 384, "Strong"), overwrite=True)
+    old.client.close()
+    svc = RagService(settings, embedder=embedder)
+    try:
+        assert svc.store.index_type == "FLAT" and svc.store.search_params(5) == {}
+    finally:
+        svc.runtime.run(svc.store.adrop())
+        svc.close()
+
+
 def test_milvus_lite_path(tmp_path: Path, embedder, corpus: Path) -> None:  # noqa: ANN001
     from rag.config import load_settings
 

@@ -5,8 +5,8 @@ A document's `stored_path` becomes the key of its bytes in RAG_STORAGE_URL (`<sh
 machine finds them wherever the store is mounted; rows written before kept an absolute path into
 `<data dir>/uploads/`, whose last part is that key.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 """
 
 import re
@@ -14,8 +14,8 @@ import re
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -3,16 +3,16 @@ with its stemmed terms (tsvector, GIN-indexed) and its length. Created on Postgr
 default keeps its FTS5 file (`keyword.sqlite3`). An index kept in an app's data dir before is rebuilt from Milvus
 at the next start (`DocumentStore.areconcile_keywords`).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
