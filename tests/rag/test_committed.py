@@ -147,19 +147,22 @@ def test_a_killed_ingest_never_answers_and_docs_check_repairs_it(make_settings, 
     assert finding["milvus"] == len(stored) and finding["keyword"] > 0 and not report["clean"]
     assert len(_milvus_ids(svc, doc_id)) == len(stored)  # a check alone changes nothing
 
-    # ...and `--repair` removes it: chunks, keyword rows, the row and the stored bytes.
+    # ...and `--repair` removes it: chunks, keyword rows and the row. The killed ingest's job is not lost: it
+    # waits for a worker to run it again (this engine runs none), so its stored bytes stay for it.
     repaired = _run(settings, "docs", "check", "--repair", "--json")
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     report = json.loads(repaired.stdout)
     assert [(f["kind"], f["doc_id"], f["repaired"]) for f in report["findings"]] == [("unfinished-write", doc_id, True)]
-    svc = RagService(settings, embedder=embedder)
+    svc = RagService(settings.model_copy(update={"inprocess_worker": "off"}), embedder=embedder)
     try:
         assert [d.doc_id for d in svc.documents()] == [kept.doc_id]
         assert _agree(svc) == {chunk_id(kept.doc_id, i) for i in range(kept.chunks)}
         assert svc.library.catalog.claims() == {}  # the dead writer's claim was taken over, then given back
-        assert sorted(p.name for p in (Path(settings.data_dir) / "uploads").iterdir()) == [
-            Path(svc.documents()[0].stored_path).name
-        ]
+        (job,) = [j for j in svc.jobs.list() if j.state == "running"]  # its worker is gone: claimable again
+        assert [f.file for f in job.files] == ["big.txt"]
+        assert sorted(p.name for p in (Path(settings.data_dir) / "uploads").iterdir()) == sorted(
+            [Path(svc.documents()[0].stored_path).name, f"{doc_id}.txt"]
+        )
     finally:
         _drop(svc)
 
