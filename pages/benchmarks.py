@@ -27,9 +27,9 @@ from rag import (
     bench_export_records,
     bench_headlines,
     bench_page_config,
+    bench_progress,
     bench_run_caption,
     bench_slow_note,
-    bench_step_text,
     bench_tables,
     bench_uses_documents,
     corpus_is_missing,
@@ -332,7 +332,7 @@ if run:
     rows: list[BenchRow] = []
     report: BenchReport | None = None
     st.session_state.pop(RESULT, None)
-    progress_slot.progress(0.0, text=bench_step_text(steps[0]))
+    progress_slot.progress(*bench_progress(0, steps))
     try:
         with contextlib.closing(
             service.bench(config, current_caller())
@@ -342,9 +342,7 @@ if run:
                     report = item
                     continue
                 rows.append(item)
-                done = min(len(rows), len(steps))
-                upcoming = bench_step_text(steps[done]) if done < len(steps) else "Cleaning up…"
-                progress_slot.progress(done / len(steps), text=f"{done} of {len(steps)} measured. {upcoming}")
+                progress_slot.progress(*bench_progress(len(rows), steps))
                 with results_slot.container():
                     _render(rows)
     except Exception as err:  # noqa: BLE001 - the edge: RagErrors say why, anything else is logged as a bug

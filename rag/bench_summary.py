@@ -8,6 +8,7 @@ front end say the same thing.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -156,6 +157,16 @@ def bench_step_text(step: tuple[str, str, int | None]) -> str:
     """What a run is measuring now, for a progress bar."""
     experiment, mode, n = step
     return f"Measuring {BENCH_LABELS[experiment].lower()} · {mode}" + (f" · N={n:,}" if n else "") + "…"
+
+
+def bench_progress(measured: int, steps: Sequence[tuple[str, str, int | None]]) -> tuple[float, str]:
+    """A progress bar's fraction and text after `measured` rows of a run's planned `steps`: what is measured now,
+    and once every step is measured, the scratch collections being dropped."""
+    if not measured:
+        return 0.0, bench_step_text(steps[0])
+    done = min(measured, len(steps))
+    upcoming = bench_step_text(steps[done]) if done < len(steps) else "Cleaning up…"
+    return done / len(steps), f"{done} of {len(steps)} measured. {upcoming}"
 
 
 def bench_run_caption(report: BenchReport) -> str:
