@@ -517,9 +517,15 @@ class DocumentLibrary:
         try:
             if not await self.acounts_agree():
                 log.warning("Milvus, the keyword index and the catalogue disagree; reconciling in the background")
-                report = await self.acheck(repair=True, remove_empty_rows=False)
+                report = await self.acheck(repair=True, remove_empty_rows=False, remove_unknown=False)
                 for finding in report.findings:
                     log.warning("docs check: %s", finding.describe())
+                if any(f.kind == "unknown-document" for f in report.findings):
+                    log.warning(
+                        "the collection holds chunks of documents this catalogue does not know: kept, since another "
+                        "database may own them (check RAG_DATABASE_URL); `python -m rag docs check --repair` "
+                        "removes them"
+                    )
         except RagError as exc:
             log.warning("the consistency check at start failed: %s", exc)
         while True:
@@ -551,9 +557,13 @@ class DocumentLibrary:
             counts.append(sum((await asyncio.to_thread(self.store.keyword.counts)).values()))
         return await writing() or all(n == expected for n in counts)  # a write that began meanwhile: no verdict
 
-    async def acheck(self, repair: bool = False, remove_empty_rows: bool = True) -> CheckReport:
+    async def acheck(
+        self, repair: bool = False, remove_empty_rows: bool = True, remove_unknown: bool = True
+    ) -> CheckReport:
         """Compare Milvus, the keyword index and the catalogue chunk by chunk; with `repair`, remove what belongs
-        to no committed document (and, with `remove_empty_rows`, rows whose chunks are all gone).
+        to no committed document (and, with `remove_empty_rows`, rows whose chunks are all gone; with
+        `remove_unknown`, chunks of documents the catalogue has no row for: the automatic pass at start keeps
+        those, since a process started on the wrong database must not empty a shared collection).
 
         Every chunk id is read once, a batch at a time (`DocumentStore.aiter_chunk_ids`, a low-priority thread),
         and checked against the rows; only counts per document and the ids found wrong are kept. Documents
@@ -574,7 +584,7 @@ class DocumentLibrary:
                 scan.add("keyword", batch)
         findings = await self._aconfirm_findings(scan)
         if repair:
-            findings = [await self._arepair(f, remove_empty_rows) for f in findings]
+            findings = [await self._arepair(f, remove_empty_rows, remove_unknown) for f in findings]
             await asyncio.to_thread(self._forget_stale_claims)
         return CheckReport(
             documents=sum(1 for r in scan.rows.values() if r.status == "indexed"),
@@ -610,9 +620,11 @@ class DocumentLibrary:
             findings += scan.findings(doc, rows[doc])
         return findings
 
-    async def _arepair(self, finding: Finding, remove_empty_rows: bool) -> Finding:
+    async def _arepair(self, finding: Finding, remove_empty_rows: bool, remove_unknown: bool = True) -> Finding:
         """Repair one finding under its document's claim (skipped if a writer holds it now)."""
-        if finding.kind == "row-without-chunks" and not remove_empty_rows:
+        if (finding.kind == "row-without-chunks" and not remove_empty_rows) or (
+            finding.kind == "unknown-document" and not remove_unknown
+        ):
             return finding
         try:
             async with self.writer(finding.doc_id, wait=False):

@@ -48,6 +48,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "RAG_COLLECTION": settings.collection,
         "RAG_DATA_DIR": str(settings.data_dir),
         "RAG_CONSISTENCY": "Strong",
+        "RAG_DATABASE_URL": settings.database_url or "",
         **extra,
     }
 
@@ -277,3 +278,37 @@ def test_a_crash_between_commit_and_cleanup_is_finished_by_periodic_recovery(
         assert _agree(svc) == {chunk_id(doc_id, i, 1) for i in range(record.chunks)}
     finally:
         _drop(svc)
+
+
+def test_an_engine_on_another_catalogue_never_empties_a_shared_collection_at_start(
+    make_settings,
+    embedder,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
+) -> None:
+    """An app started with the wrong RAG_DATABASE_URL (an empty catalogue) on a collection another database owns:
+    its start-up check finds chunks it does not know, reports them and keeps them; only `docs check --repair`,
+    asked for, removes them."""
+    owner = make_settings()
+    svc = RagService(owner, embedder=embedder)
+    try:
+        kept = svc.ingest([_doc(tmp_path, "kept.txt")]).files[0]
+        assert kept.doc_id is not None
+        ids = _milvus_ids(svc, kept.doc_id)
+        assert len(ids) == kept.chunks
+    finally:
+        svc.close()
+    stranger_settings = owner.model_copy(
+        update={"data_dir": tmp_path / "other", "database_url": "", "inprocess_worker": "off"}
+    )
+    caplog.set_level("WARNING", logger="rag.documents")
+    stranger = RagService(stranger_settings, embedder=embedder)
+    try:
+        deadline = time.monotonic() + 120
+        while "another database may own them" not in caplog.text:
+            assert time.monotonic() < deadline, f"the start-up check did not finish: {caplog.text[-2000:]}"
+            time.sleep(0.2)
+        assert "unknown-document" in caplog.text and "(repaired)" not in caplog.text
+        assert _milvus_ids(stranger, kept.doc_id) == ids  # nothing removed
+    finally:
+        _drop(stranger)
