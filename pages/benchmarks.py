@@ -14,16 +14,25 @@ import pandas as pd
 import streamlit as st
 
 from rag import (
+    BENCH_COUNTS,
     BENCH_LABELS,
     BENCH_MODES,
-    EXPERIMENTS,
-    BenchConfig,
+    BENCH_PAGE_EXPERIMENTS,
+    CONSISTENCY_LEVELS,
     BenchReport,
     BenchRow,
+    bench_can_run,
+    bench_chart_records,
+    bench_experiments_shown,
+    bench_export_records,
     bench_headlines,
-    bench_records,
+    bench_page_config,
+    bench_progress,
     bench_run_caption,
-    bench_step_text,
+    bench_slow_note,
+    bench_tables,
+    bench_uses_documents,
+    corpus_is_missing,
     default_corpus_dir,
     plan,
 )
@@ -40,7 +49,6 @@ RESULT = "bench.result"
 # Session key: the rows and report of this session's last run.
 
 MODE_ORDER = list(BENCH_MODES)
-COUNT_OPTIONS = [1, 10, 50, 100, 500, 1000, 2000, 5000]
 CORPUS, UPLOADS = "Shared corpus", "My uploaded documents"
 
 EXPLANATION = """
@@ -89,12 +97,8 @@ cosine columns say how close each backend's vectors stay to torch fp32's; the en
 """
 
 
-def _frame(rows: list[BenchRow]) -> pd.DataFrame:
-    return pd.DataFrame(bench_records(rows))
-
-
-def _speed_chart(frame: pd.DataFrame, experiment: str) -> alt.Chart:
-    data = frame[frame["experiment"] == experiment]
+def _speed_chart(rows: list[BenchRow], experiment: str) -> alt.Chart:
+    data = pd.DataFrame(bench_chart_records(rows, experiment))
     title = f"{BENCH_LABELS[experiment]}: seconds per N (log-log; median, whiskers: slowest–fastest round)"
     base = alt.Chart(data, title=title)
     x = alt.X("n:Q", scale=alt.Scale(type="log"), title="N")
@@ -116,10 +120,9 @@ def _speed_chart(frame: pd.DataFrame, experiment: str) -> alt.Chart:
     return (lines + whiskers).properties(height=320)
 
 
-def _ingest_chart(frame: pd.DataFrame) -> alt.Chart:
-    data = frame[frame["experiment"] == "ingest"]
+def _ingest_chart(rows: list[BenchRow]) -> alt.Chart:
     return (
-        alt.Chart(data, title="Ingest: chunks per second")
+        alt.Chart(pd.DataFrame(bench_chart_records(rows, "ingest")), title="Ingest: chunks per second")
         .mark_bar()
         .encode(
             x=alt.X("mode:N", sort=MODE_ORDER, title=None),
@@ -131,13 +134,9 @@ def _ingest_chart(frame: pd.DataFrame) -> alt.Chart:
     )
 
 
-def _embed_chart(frame: pd.DataFrame) -> alt.Chart:
-    data = frame[frame["experiment"] == "embed"].assign(
-        fastest=lambda d: d["n"] / d["seconds_min"],
-        slowest=lambda d: d["n"] / d["seconds_max"],
-        role=lambda d: d["chosen"].map({True: "the engine's backend", False: "measured"}),
-    )
-    base = alt.Chart(data, title="Embedding: chunks per second (median, whiskers: slowest–fastest round)")
+def _embed_chart(rows: list[BenchRow]) -> alt.Chart:
+    title = "Embedding: chunks per second (median, whiskers: slowest–fastest round)"
+    base = alt.Chart(pd.DataFrame(bench_chart_records(rows, "embed")), title=title)
     bars = base.mark_bar().encode(
         x=alt.X("mode:N", sort=MODE_ORDER, title=None),
         y=alt.Y("chunks_per_s:Q", title="chunks per second"),
@@ -161,17 +160,11 @@ def _metrics(rows: list[BenchRow]) -> None:
         column.metric(card.label, card.value, card.delta, delta_color="off", delta_arrow="off", help=card.help or None)
 
 
-def _times(value: float | None) -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:.2f}×"
-
-
-def _table(frame: pd.DataFrame) -> None:
-    frame = frame.assign(speedup=frame["speedup"].map(_times))  # no speedup (the baseline): a dash, not "None"
-    embed = frame[frame["experiment"] == "embed"]
-    frame = frame[frame["experiment"] != "embed"]
-    if not embed.empty:
+def _table(rows: list[BenchRow]) -> None:
+    embed, timings = bench_tables(rows)
+    if embed:
         st.dataframe(
-            embed[["mode", "n", "seconds", "chunks_per_s", "spread", "speedup", "cosine_mean", "cosine_min", "chosen"]],
+            pd.DataFrame(embed),
             hide_index=True,
             key="bench.embed_table",
             column_config={
@@ -185,10 +178,10 @@ def _table(frame: pd.DataFrame) -> None:
                 "chosen": st.column_config.CheckboxColumn("the engine's"),
             },
         )
-    if frame.empty:
+    if not timings:
         return
     st.dataframe(
-        frame[["experiment", "mode", "n", "seconds", "spread", "repeats", "ms_per_item", "speedup", "note"]],
+        pd.DataFrame(timings),
         hide_index=True,
         height="content",
         column_config={
@@ -206,21 +199,20 @@ def _render(rows: list[BenchRow], report: BenchReport | None = None) -> None:
     """Metrics, charts and table for the rows so far; the download and run facts once finished."""
     if not rows:
         return
-    frame = _frame(rows)
     _metrics(rows)
-    shown = [e for e in EXPERIMENTS if e in set(frame["experiment"])]
+    shown = bench_experiments_shown(rows)
     for column, experiment in zip(st.columns(len(shown)), shown):
         if experiment == "embed":
-            chart = _embed_chart(frame)
+            chart = _embed_chart(rows)
         else:
-            chart = _ingest_chart(frame) if experiment == "ingest" else _speed_chart(frame, experiment)
+            chart = _ingest_chart(rows) if experiment == "ingest" else _speed_chart(rows, experiment)
         column.altair_chart(chart, width="stretch")
-    _table(frame)
+    _table(rows)
     if report is not None:
         st.caption(bench_run_caption(report))
         st.download_button(
             "Download CSV",
-            frame.drop(columns=["items_per_second", "spread"]).to_csv(index=False),
+            pd.DataFrame(bench_export_records(rows)).to_csv(index=False),
             file_name="benchmarks.csv",
             mime="text/csv",
             key="bench.download",
@@ -240,7 +232,7 @@ workspace = current_workspace(service)
 left, right = st.columns(2)
 experiments = left.multiselect(
     "Experiments",
-    [e for e in EXPERIMENTS if e != "scale"],  # an hour-long build: see the help
+    BENCH_PAGE_EXPERIMENTS,
     default=["add", "search"],
     format_func=BENCH_LABELS.get,
     key="bench.experiments",
@@ -248,12 +240,12 @@ experiments = left.multiselect(
     "python -m rag bench --experiments scale",
 )
 counts = left.multiselect(
-    "N (nodes added, queries searched)", COUNT_OPTIONS, default=[10, 100, 1000], key="bench.counts"
+    "N (nodes added, queries searched)", BENCH_COUNTS, default=[10, 100, 1000], key="bench.counts"
 )
 dim = left.number_input("Vector dimension", min_value=2, max_value=4096, value=768, step=1, key="bench.dim")
 consistency = right.radio(
     "Consistency level",
-    ["Strong", "Session", "Bounded", "Eventually"],
+    CONSISTENCY_LEVELS,
     horizontal=True,
     key="bench.consistency",
     help="The seed uses Strong: every search waits for the server's next time tick.",
@@ -282,7 +274,7 @@ if "embed" in experiments:
         value=256,
         key="bench.embed_chunks",
     )
-if "ingest" in experiments or "embed" in experiments:
+if bench_uses_documents(experiments):
     source = right.radio("Documents to ingest", [CORPUS, UPLOADS], horizontal=True, key="bench.source")
     if source == UPLOADS:  # this workspace's uploads only, never another workspace's files
         uploaded = [str(p) for p in service.stored_files(workspace.id, current_caller())]
@@ -290,7 +282,7 @@ if "ingest" in experiments or "embed" in experiments:
         right.caption(f"{len(uploaded)} document(s) uploaded to the workspace **{md(workspace.label)}**.")
     else:
         corpus_dir = default_corpus_dir()
-        missing_documents = not corpus_dir.is_dir() or not any(corpus_dir.iterdir())
+        missing_documents = corpus_is_missing(corpus_dir)
     if missing_documents:
         right.warning(
             f"No documents have been uploaded to {md(workspace.label)} yet."
@@ -305,18 +297,15 @@ if "ingest" in experiments or "embed" in experiments:
         "The whole shared corpus (about 2,500 chunks) takes over a minute per mode on 2 CPU cores; "
         "the embedding experiment takes `Chunks to embed` from it."
     )
-if "search" in experiments and consistency == "Strong" and counts and max(counts) >= 1000:
-    st.caption(
-        f"Under Strong consistency the sync search loop waits for a time tick on every query: N={max(counts)} "
-        f"alone takes minutes per round ({int(repeat)} rounds)."
-    )
+if slow := bench_slow_note(experiments, counts, consistency, int(repeat)):
+    st.caption(slow)
 
 run = st.button(
     "Run",
     key="bench.run",
     type="primary",
     icon=":material/speed:",
-    disabled=not experiments or (not counts and bool({"add", "search"} & set(experiments))) or missing_documents,
+    disabled=not bench_can_run(experiments, counts, missing_documents),
 )
 
 progress_slot = st.empty()
@@ -324,17 +313,17 @@ results_slot = st.empty()
 
 if run:
     try:
-        config = BenchConfig(
-            experiments=experiments,
-            counts=counts or [10],  # only the ingest or embed experiments, which have no N
-            dim=int(dim),
-            consistency_level=consistency,
-            concurrency=int(concurrency),
-            corpus_dir=str(corpus_dir) if corpus_dir else None,
-            files=uploaded if uploaded is not None else None,
-            max_files=int(max_files) or None,
-            embed_chunks=int(embed_chunks) or None,
-            repeat=int(repeat),
+        config = bench_page_config(
+            experiments,
+            counts,
+            dim=dim,
+            consistency=consistency,
+            concurrency=concurrency,
+            repeat=repeat,
+            corpus_dir=corpus_dir,
+            files=uploaded,
+            max_files=max_files,
+            embed_chunks=embed_chunks,
         )
     except ValueError as err:
         st.error(f"Invalid options: {md(str(err))}")
@@ -343,7 +332,7 @@ if run:
     rows: list[BenchRow] = []
     report: BenchReport | None = None
     st.session_state.pop(RESULT, None)
-    progress_slot.progress(0.0, text=bench_step_text(steps[0]))
+    progress_slot.progress(*bench_progress(0, steps))
     try:
         with contextlib.closing(
             service.bench(config, current_caller())
@@ -353,9 +342,7 @@ if run:
                     report = item
                     continue
                 rows.append(item)
-                done = min(len(rows), len(steps))
-                upcoming = bench_step_text(steps[done]) if done < len(steps) else "Cleaning up…"
-                progress_slot.progress(done / len(steps), text=f"{done} of {len(steps)} measured. {upcoming}")
+                progress_slot.progress(*bench_progress(len(rows), steps))
                 with results_slot.container():
                     _render(rows)
     except Exception as err:  # noqa: BLE001 - the edge: RagErrors say why, anything else is logged as a bug

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. Names load on first use (PEP 562), so `python -m rag docs list` does not pay
 # for LlamaIndex, torch and pymilvus, which only the commands that need them import.
 _LOCATIONS = {
+    "BENCH_COUNTS": "rag.bench_options",
     "BENCH_LABELS": "rag.bench_summary",
     "BENCH_MODES": "rag.bench",
+    "BENCH_PAGE_EXPERIMENTS": "rag.bench_options",
+    "CONSISTENCY_LEVELS": "rag.bench_options",
     "DOCUMENTS_PAGE": "rag.documents",
     "DOCUMENT_PRIVATE": "rag.gateway",
     "EXPERIMENTS": "rag.bench",
@@ -101,11 +104,21 @@ _LOCATIONS = {
     "WorkspaceError": "rag.errors",
     "WorkspaceNotFoundError": "rag.errors",
     "aiter_bench": "rag.bench",
+    "bench_can_run": "rag.bench_options",
+    "bench_chart_records": "rag.bench_summary",
+    "bench_experiments_shown": "rag.bench_summary",
+    "bench_export_records": "rag.bench_summary",
     "bench_headlines": "rag.bench_summary",
+    "bench_page_config": "rag.bench_options",
+    "bench_progress": "rag.bench_summary",
     "bench_records": "rag.bench_summary",
     "bench_run_caption": "rag.bench_summary",
+    "bench_slow_note": "rag.bench_options",
     "bench_step_text": "rag.bench_summary",
+    "bench_tables": "rag.bench_summary",
+    "bench_uses_documents": "rag.bench_options",
     "check_documents": "rag.documents",
+    "corpus_is_missing": "rag.bench_options",
     "create_app": "rag.api",
     "create_mcp": "rag.mcp_server",
     "default_corpus_dir": "rag.bench",
@@ -126,8 +139,11 @@ _LOCATIONS = {
 }
 
 __all__ = [
+    "BENCH_COUNTS",
     "BENCH_LABELS",
     "BENCH_MODES",
+    "BENCH_PAGE_EXPERIMENTS",
+    "CONSISTENCY_LEVELS",
     "DOCUMENTS_PAGE",
     "DOCUMENT_PRIVATE",
     "EXPERIMENTS",
@@ -208,11 +224,21 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceNotFoundError",
     "aiter_bench",
+    "bench_can_run",
+    "bench_chart_records",
+    "bench_experiments_shown",
+    "bench_export_records",
     "bench_headlines",
+    "bench_page_config",
+    "bench_progress",
     "bench_records",
     "bench_run_caption",
+    "bench_slow_note",
     "bench_step_text",
+    "bench_tables",
+    "bench_uses_documents",
     "check_documents",
+    "corpus_is_missing",
     "create_app",
     "create_mcp",
     "default_corpus_dir",
@@ -262,7 +288,28 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real imports
         default_corpus_dir,
         plan,
     )
-    from rag.bench_summary import BENCH_LABELS, bench_headlines, bench_records, bench_run_caption, bench_step_text
+    from rag.bench_options import (
+        BENCH_COUNTS,
+        BENCH_PAGE_EXPERIMENTS,
+        CONSISTENCY_LEVELS,
+        bench_can_run,
+        bench_page_config,
+        bench_slow_note,
+        bench_uses_documents,
+        corpus_is_missing,
+    )
+    from rag.bench_summary import (
+        BENCH_LABELS,
+        bench_chart_records,
+        bench_experiments_shown,
+        bench_export_records,
+        bench_headlines,
+        bench_progress,
+        bench_records,
+        bench_run_caption,
+        bench_step_text,
+        bench_tables,
+    )
     from rag.catalog import DocumentRecord
     from rag.config import Settings, load_settings, redact_url
     from rag.conversations import ConversationStore, StoredTurn

@@ -1,15 +1,18 @@
 """What a benchmark run's rows say, in words and figures a page or a terminal shows as they are.
 
-The Benchmarks page only draws: the headline speedups, the table rows with their spread, the progress text and
-the caption of a run come from here, so the page and any other front end say the same thing.
+The Benchmarks page only draws: the headline speedups, each chart's records, the table rows with their spread, the
+records a download holds, the progress text and the caption of a run come from here, so the page and any other
+front end say the same thing.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from rag.bench import BenchReport, BenchRow
+from rag.bench import EXPERIMENTS, BenchReport, BenchRow, Experiment
 
 BENCH_LABELS = {
     "add": "Add nodes",
@@ -98,10 +101,72 @@ def bench_records(rows: list[BenchRow]) -> list[dict[str, Any]]:
     return out
 
 
+def bench_experiments_shown(rows: list[BenchRow]) -> list[Experiment]:
+    """The experiments with rows so far, in the fixed order of `EXPERIMENTS`: one chart each."""
+    measured = {row.experiment for row in rows}
+    return [e for e in EXPERIMENTS if e in measured]
+
+
+def bench_chart_records(rows: list[BenchRow], experiment: Experiment) -> list[dict[str, Any]]:
+    """One experiment's records for its chart. Embedding rows also carry their fastest and slowest round in
+    chunks per second (the whisker) and their role, so the engine's own backend stands out."""
+    records = [r for r in bench_records(rows) if r["experiment"] == experiment]
+    if experiment == "embed":
+        for record in records:
+            low, high = record["seconds_min"], record["seconds_max"]
+            record["fastest"] = record["n"] / low if low else None
+            record["slowest"] = record["n"] / high if high else None
+            record["role"] = "the engine's backend" if record["chosen"] else "measured"
+    return records
+
+
+def _speedup_text(value: float | None) -> str:
+    """A speedup for a table cell; the baseline has none, shown as a dash rather than "None"."""
+    return "—" if value is None or math.isnan(value) else f"{value:.2f}×"
+
+
+_EMBED_COLUMNS = ("mode", "n", "seconds", "chunks_per_s", "spread", "speedup", "cosine_mean", "cosine_min", "chosen")
+_TIMING_COLUMNS = ("experiment", "mode", "n", "seconds", "spread", "repeats", "ms_per_item", "speedup", "note")
+
+
+class BenchTables(NamedTuple):
+    """The rows of a run's two tables: embedding backends (chunks per second, cosines) and every timed mode."""
+
+    embed: list[dict[str, Any]]
+    timings: list[dict[str, Any]]
+
+
+def bench_tables(rows: list[BenchRow]) -> BenchTables:
+    """The table rows, each with only its table's columns (in order) and the speedup as text."""
+    embed: list[dict[str, Any]] = []
+    timings: list[dict[str, Any]] = []
+    for record in bench_records(rows):
+        record["speedup"] = _speedup_text(record["speedup"])
+        is_embed = record["experiment"] == "embed"
+        columns = _EMBED_COLUMNS if is_embed else _TIMING_COLUMNS
+        (embed if is_embed else timings).append({c: record[c] for c in columns})
+    return BenchTables(embed, timings)
+
+
+def bench_export_records(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    """The rows as a download holds them: every measured field, none of the display-only ones (spread, rate)."""
+    return [row.model_dump() for row in rows]
+
+
 def bench_step_text(step: tuple[str, str, int | None]) -> str:
     """What a run is measuring now, for a progress bar."""
     experiment, mode, n = step
     return f"Measuring {BENCH_LABELS[experiment].lower()} · {mode}" + (f" · N={n:,}" if n else "") + "…"
+
+
+def bench_progress(measured: int, steps: Sequence[tuple[str, str, int | None]]) -> tuple[float, str]:
+    """A progress bar's fraction and text after `measured` rows of a run's planned `steps`: what is measured now,
+    and once every step is measured, the scratch collections being dropped."""
+    if not measured:
+        return 0.0, bench_step_text(steps[0])
+    done = min(measured, len(steps))
+    upcoming = bench_step_text(steps[done]) if done < len(steps) else "Cleaning up…"
+    return done / len(steps), f"{done} of {len(steps)} measured. {upcoming}"
 
 
 def bench_run_caption(report: BenchReport) -> str:
