@@ -10,7 +10,7 @@ commit and the clean-up. The service asks it to store bytes, list, delete and re
   nothing behind); that check and the removal hold the database's "storage" lock, which enqueueing a job takes
   too, so bytes are never removed under a job being queued;
 - a document is listed, and its chunks answer, only once all its chunks are stored; until then its row is
-  `indexing`, and searches see only the current generation of `indexed` rows (`rag.store.committed_chunk`);
+  `indexing`, and searches see only the current generation of `indexed` rows (`rag.chunks.committed_chunk`);
 - one writer per document, and one commit per (workspace, file name), across processes: a writer holds a claim in
   the catalogue (`claims`), taken only when free, expired or left by a dead process on this machine, and renewed
   in the background until the last write (commit, removing the replaced generation or document) is done;
