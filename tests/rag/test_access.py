@@ -103,7 +103,7 @@ def test_the_renamed_default_cannot_be_hijacked(svc: RagService, tmp_path: Path)
         workspace=svc.workspace("default").id,
     )
     assert report.files[0].status == "indexed"
-    assert [d.file_name for d in list_documents(svc.settings)] == ["memo.txt"]  # `docs list` reads `default`
+    assert [d.file_name for d in list_documents(svc.settings)[0]] == ["memo.txt"]  # `docs list` reads `default`
     assert svc.documents("b0b0b0b0b0b0", bob) == []  # bob's private one received nothing
 
 
