@@ -25,6 +25,10 @@ stop_milvus() { .venv/bin/python -m rag --data-dir "$RAG_TEST_MILVUS_DIR" milvus
 .venv/bin/ruff check .
 status=0
 .venv/bin/python -m pytest -m "not restart" "$@" || status=$?
+if [ "$status" = 0 ] && [ "$#" = 0 ]; then
+  # The engine suite again on PostgreSQL: the same tests, the database chosen by RAG_TEST_DATABASE.
+  RAG_TEST_DATABASE=postgresql .venv/bin/python -m pytest -m "not restart and not browser" -q tests/rag || status=$?
+fi
 if [ "$status" = 0 ]; then
   .venv/bin/python -m pytest -m restart -q "$@" || status=$?
 fi

@@ -24,6 +24,7 @@ def cli_env(make_settings, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, AN
     monkeypatch.setenv("MILVUS_TOKEN", settings.milvus_token.get_secret_value())
     monkeypatch.setenv("RAG_COLLECTION", settings.collection)
     monkeypatch.setenv("RAG_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("RAG_DATABASE_URL", settings.database_url)
     yield settings
     from rag.service import RagService
 

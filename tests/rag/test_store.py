@@ -104,7 +104,8 @@ def test_keyword_and_hybrid_run_locally_on_milvus_2_3(service) -> None:  # noqa:
     """The embedded 2.3.5 has no BM25 function: keyword search comes from the local index instead."""
     assert service.features.keyword_search and service.features.keyword_backend == "local"
     assert service.features.retrieval_modes == ("dense", "keyword", "hybrid")
-    assert "2.3" in service.features.reason and "SQLite" in service.features.keyword_note
+    where = "PostgreSQL" if service.settings.database_url.startswith("postgresql") else "SQLite"
+    assert "2.3" in service.features.reason and where in service.features.keyword_note
 
 
 def test_searches_started_together_share_requests_and_match_single_searches(service, corpus: Path) -> None:  # noqa: ANN001
