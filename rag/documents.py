@@ -47,6 +47,7 @@ from rag.catalog import Catalog, DocumentRecord
 from rag.config import Settings
 from rag.database import Database
 from rag.errors import DocumentBusyError, DocumentNotFoundError, RagError
+from rag.processes import machine, started
 from rag.storage import Staged, Storage
 from rag.store import DocumentStore, Visibility, chunk_stem, committed_chunk, resolve_connection
 from rag.workspaces import DEFAULT_ID, Workspaces
@@ -694,29 +695,14 @@ def _busy(key: str) -> DocumentBusyError:
 
 @functools.cache
 def _machine() -> str:
-    """This machine and pid namespace: process ids can be checked only where they mean the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-    return f"{socket.gethostname()}/{boot}/{namespace}"
-
-
-def _started(pid: int) -> str | None:
-    """When a process started (clock ticks since boot), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    """This host, machine and pid namespace, as claim owners name it (empty where /proc cannot tell)."""
+    return f"{socket.gethostname()}/{machine()}" if machine() else ""
 
 
 def new_owner() -> str:
     """A claim owner naming this process, checkable by others on this machine: machine|pid|start|token."""
     pid = os.getpid()
-    return f"{_machine()}|{pid}|{_started(pid) or ''}|{uuid.uuid4().hex[:12]}"
+    return f"{_machine()}|{pid}|{started(pid) or ''}|{uuid.uuid4().hex[:12]}"
 
 
 def owner_dead(owner: str) -> bool:
@@ -725,7 +711,7 @@ def owner_dead(owner: str) -> bool:
     parts = owner.split("|")
     if len(parts) != 4 or not parts[0] or parts[0] != _machine() or not parts[1].isdigit():
         return False
-    return _started(int(parts[1])) != parts[2]
+    return started(int(parts[1])) != parts[2]
 
 
 def visibility(catalog: Catalog) -> Visibility:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -38,7 +37,6 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -49,6 +47,7 @@ from rag.database import Database
 from rag.documents import DocumentLibrary, SourceFile
 from rag.errors import RagError
 from rag.ingest import FileProgress, FileResult, FileStatus, Ingestor, IngestReport, Stage, clean_name
+from rag.processes import machine, started
 from rag.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -202,40 +201,19 @@ class ClaimedJob:
 
 
 # -- who is a worker ---------------------------------------------------------------------------------------
-@functools.cache
-def _machine() -> str:
-    """This machine and pid namespace: a process id is checked only where it means the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-    return f"{boot}/{namespace}"
-
-
-def _started(pid: int) -> str | None:
-    """When a process started (clock ticks since boot), or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def new_worker_id() -> str:
     """A worker id that names this process and lets others on this machine check it: host|machine|pid|start|token."""
     pid = os.getpid()
-    return f"{socket.gethostname()}|{_machine()}|{pid}|{_started(pid) or ''}|{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}|{machine()}|{pid}|{started(pid) or ''}|{uuid.uuid4().hex[:8]}"
 
 
 def worker_gone(worker_id: str | None) -> bool:
     """True only when the worker ran on this machine and its process is gone (or its pid is another process's now);
     a worker elsewhere is alive until its lease runs out."""
     parts = (worker_id or "").split("|")
-    if len(parts) != 5 or not parts[1] or parts[1] != _machine() or not parts[2].isdigit():
+    if len(parts) != 5 or not parts[1] or parts[1] != machine() or not parts[2].isdigit():
         return False
-    return _started(int(parts[2])) != parts[3]
+    return started(int(parts[2])) != parts[3]
 
 
 # -- the queue -----------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import pytest
 
 from rag import documents
 from rag.config import load_settings
-from rag.documents import DocumentLibrary, _machine, _started, doc_key, new_owner, owner_dead
+from rag.documents import DocumentLibrary, _machine, doc_key, new_owner, owner_dead
 from rag.errors import DocumentBusyError
+from rag.processes import started
 
 
 def _library(data_dir: Path) -> DocumentLibrary:
@@ -72,7 +73,7 @@ def test_a_claim_left_by_a_dead_process_on_this_machine_is_taken_at_once(tmp_pat
     if not _machine():
         pytest.skip("no /proc: a dead writer is known only by its lease")  # not Linux
     sleeper = subprocess.Popen(["sleep", "60"])
-    owner = f"{_machine()}|{sleeper.pid}|{_started(sleeper.pid)}|abc"
+    owner = f"{_machine()}|{sleeper.pid}|{started(sleeper.pid)}|abc"
     assert not owner_dead(owner) and not owner_dead(new_owner())
     library.catalog.claim(doc_key("d1"), owner, time.time() + 3600, time.time())
     library.catalog.claim(doc_key("d2"), "another-host|1|1|abc", time.time() + 3600, time.time())
