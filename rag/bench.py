@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import platform
 import random
 import shutil
@@ -107,6 +108,8 @@ INGEST_MODES: tuple[Mode, ...] = ("sync", "sync-same-embedding", "project-async"
 SEARCH_ROWS = 1000  # nodes in the searched collection, as in the seed
 TIME_TICK = 0.2  # seconds between Milvus's time ticks (its proxy.timeTickInterval default), which Strong waits for
 SIDE_BY_SIDE = 10  # under Strong, searches of at most this many queries are timed with the modes side by side
+MAX_LOOPS = 200  # runs in one round at most, however quick one run is
+STRONG_PHASES = 4  # a Strong search round: runs starting at this many evenly spaced phases of the time tick
 TOP_K = 3
 _CORPUS_NOTES = "SOURCES.md"
 _THREAD_GRACE = 30.0  # seconds a cancelled sync loop gets to notice before its collection is dropped
@@ -135,6 +138,14 @@ class BenchConfig(BaseModel, frozen=True):
     insert_batch: int = Field(250, ge=1, le=10_000, description="Rows per insert request on the project path.")
     repeat: int = Field(
         3, ge=1, le=50, description="Timed rounds of every measurement, modes interleaved; rows show the median."
+    )
+    min_round: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Seconds a round of add or search lasts at least: a quicker run is repeated back to back within "
+        "the round and the time of one run reported (timeit's autorange). Strong searches instead start 4 runs per "
+        "round at evenly spaced phases of the server's time tick. 0: one run per round.",
     )
     modes: list[Mode] | None = Field(
         None, description="Only these modes of add, search and ingest (e.g. leave out the slow sync loops); None: all."
@@ -219,6 +230,8 @@ class BenchRow(BaseModel, frozen=True):
     seconds_min: float | None = None
     seconds_max: float | None = None
     repeats: int | None = None
+    loops: int | None = None
+    """Runs timed back to back in each round (`seconds` is per run); None or 1: one run per round."""
     chosen: bool | None = None
     # the scale experiment (n is the collection's size in chunks; seconds the p50 of latency rows)
     clients: int | None = None
@@ -308,9 +321,16 @@ def corpus_files(config: BenchConfig) -> list[Path]:
 
 
 def _row(
-    experiment: Experiment, mode: Mode, n: int, times: Sequence[float], sync: float | None, note: str = ""
+    experiment: Experiment,
+    mode: Mode,
+    n: int,
+    times: Sequence[float],
+    sync: float | None,
+    note: str = "",
+    loops: int = 1,
 ) -> BenchRow:
-    """A row of the median of `times`, with their spread; speedup is `sync` (a median) over that median."""
+    """A row of the median of `times` (seconds per run), with their spread; speedup is `sync` (a median) over that
+    median."""
     seconds = statistics.median(times)
     return BenchRow(
         experiment=experiment,
@@ -323,7 +343,38 @@ def _row(
         seconds_min=min(times),
         seconds_max=max(times),
         repeats=len(times),
+        loops=loops,
     )
+
+
+def loops_for(seconds: float, min_round: float) -> int:
+    """How many runs make a round of about `min_round` seconds, given one run's time (timeit's autorange).
+
+    A single run of a few milliseconds is mostly the scheduler's and the server's noise (one insert takes 2 to
+    9 ms on an idle 2-core machine); the median of rounds that each last a fifth of a second is not.
+    """
+    if min_round <= 0 or seconds >= min_round:
+        return 1
+    return min(MAX_LOOPS, math.ceil(min_round / max(seconds, 1e-4)))
+
+
+def _loops_note(note: str, loops: int, how: str = "") -> str:
+    return f"{note}; {loops} runs per round{' ' + how if how else ''}" if loops > 1 else note
+
+
+async def _calibrated(
+    modes: Sequence[Mode], open_: dict[Mode, bool], min_round: float, run: Callable[[Mode], Awaitable[float]]
+) -> dict[Mode, int]:
+    """Runs per round for each mode at one N, from one untimed run each. A mode whose single run already fills a
+    round is not calibrated again at larger N (`open_` is updated): its runs only grow longer."""
+    loops: dict[Mode, int] = {}
+    for mode in modes:
+        if not open_[mode]:
+            loops[mode] = 1
+            continue
+        loops[mode] = loops_for(await run(mode), min_round)
+        open_[mode] = loops[mode] > 1
+    return loops
 
 
 def rotated(modes: Sequence[T], round_: int) -> list[T]:
@@ -496,18 +547,29 @@ async def _aadd(connection: Connection, config: BenchConfig) -> AsyncIterator[Be
             for mode in modes:  # untimed: connects each mode's clients, so no round pays for it
                 warm = await asyncio.to_thread(produce_nodes, 1, config.dim, rng)
                 await _add_work(mode, stores[mode], engines[mode], warm, config)
+        open_ = {m: config.min_round > 0 for m in modes}
         for n in config.counts:
+
+            async def _run(mode: Mode, loops: int = 1, n: int = n) -> float:
+                """Seconds per run of `loops` runs back to back, each writing N new nodes."""
+                batches = await asyncio.to_thread(  # off the loop: N nodes per run
+                    lambda: [produce_nodes(n, config.dim, rng) for _ in range(loops)]
+                )
+                with map_milvus_errors("insert benchmark rows"):
+                    started = time.perf_counter()
+                    for nodes in batches:
+                        await _add_work(mode, stores[mode], engines[mode], nodes, config)
+                    return (time.perf_counter() - started) / loops
+
+            loops = await _calibrated(modes, open_, config.min_round, _run)
             times: dict[Mode, list[float]] = {m: [] for m in modes}
             for round_ in range(config.repeat):
                 for mode in rotated(modes, round_):
-                    nodes = await asyncio.to_thread(produce_nodes, n, config.dim, rng)  # off the loop: N nodes
-                    with map_milvus_errors("insert benchmark rows"):
-                        seconds, _ = await _timed(_add_work(mode, stores[mode], engines[mode], nodes, config))
-                    times[mode].append(seconds)
+                    times[mode].append(await _run(mode, loops[mode]))
             sync = statistics.median(times["sync"]) if "sync" in times else None
             for mode in modes:
                 note = "one node per call" if mode != "project-async" else _batch_note(n, config.insert_batch, config)
-                yield _row("add", mode, n, times[mode], sync, note)
+                yield _row("add", mode, n, times[mode], sync, _loops_note(note, loops[mode]), loops[mode])
 
 
 def _batch_note(n: int, batch: int, config: BenchConfig) -> str:
@@ -562,30 +624,64 @@ async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator
                 await _search_work(mode, store, engine, _query_vectors(1, config.dim))
         loop = asyncio.get_running_loop()
 
-        async def _measure(mode: Mode, vectors: list[list[float]]) -> tuple[Mode, float, int]:
+        async def _measure(mode: Mode, vectors: list[list[float]], loops: int = 1) -> tuple[Mode, float, int]:
+            """Seconds per run of `loops` runs back to back, and the requests the engine sent per run."""
             before = engine.searches.calls
             with map_milvus_errors("search"):
-                seconds, results = await _timed(_search_work(mode, store, engine, vectors))
-            if len(results) != len(vectors):
-                raise RuntimeError(f"{mode} search returned {len(results)} results for {len(vectors)} queries")
-            return mode, seconds, engine.searches.calls - before
+                started = time.perf_counter()
+                for _ in range(loops):
+                    results = await _search_work(mode, store, engine, vectors)
+                    if len(results) != len(vectors):
+                        raise RuntimeError(f"{mode} search returned {len(results)} results for {len(vectors)} queries")
+                seconds = (time.perf_counter() - started) / loops
+            return mode, seconds, (engine.searches.calls - before) // loops
 
-        for n in config.counts:
-            vectors = _query_vectors(n, config.dim)
-            times: dict[Mode, list[float]] = {m: [] for m in modes}
-            requests: list[int] = []
-            strong = config.consistency_level == "Strong"
-            for round_ in range(config.repeat):
-                phase = loop.time() + random.uniform(0, TIME_TICK)
-                if strong and n <= SIDE_BY_SIDE:  # a handful of requests each: sent together, they share the tick
-                    phase = await _at_phase(phase)
-                    measured = await asyncio.gather(*(_measure(m, vectors) for m in rotated(modes, round_)))
+        strong = config.consistency_level == "Strong"
+        phases = STRONG_PHASES if config.min_round > 0 else 1
+
+        def _strong_loops(mode: Mode, n: int) -> int:
+            return 1 if mode == "sync" and n > SIDE_BY_SIDE else phases  # a sync loop meets many phases by itself
+
+        async def _strong_round(round_: int, n: int, vectors: list[list[float]]) -> list[tuple[Mode, float, int]]:
+            """One Strong round: every mode's runs start at `phases` evenly spaced phases of the time tick (from a
+            random one), its time the mean of them; searches of a few queries are timed side by side."""
+            anchor = loop.time() + random.uniform(0, TIME_TICK)
+            total = {m: 0.0 for m in modes}
+            sent = {m: 0 for m in modes}
+            for k in range(phases):
+                start = anchor + k * TIME_TICK / phases
+                order = [m for m in rotated(modes, round_ + k) if k < _strong_loops(m, n)]
+                if n <= SIDE_BY_SIDE:  # a handful of requests each: sent together, they share the tick
+                    await _at_phase(start)
+                    measured = await asyncio.gather(*(_measure(m, vectors) for m in order))
                 else:
                     measured = []
-                    for mode in rotated(modes, round_):
-                        if strong:
-                            phase = await _at_phase(phase)
+                    for mode in order:
+                        await _at_phase(start)
                         measured.append(await _measure(mode, vectors))
+                for mode, seconds, requests in measured:
+                    total[mode] += seconds
+                    sent[mode] += requests
+            return [(m, total[m] / _strong_loops(m, n), sent[m] // _strong_loops(m, n)) for m in modes]
+
+        open_ = {m: config.min_round > 0 and not strong for m in modes}
+        for n in config.counts:
+            vectors = _query_vectors(n, config.dim)
+
+            async def _run(mode: Mode, vectors: list[list[float]] = vectors) -> float:
+                return (await _measure(mode, vectors))[1]
+
+            if strong:
+                loops = {m: _strong_loops(m, n) for m in modes}
+            else:
+                loops = await _calibrated(modes, open_, config.min_round, _run)
+            times: dict[Mode, list[float]] = {m: [] for m in modes}
+            requests: list[int] = []
+            for round_ in range(config.repeat):
+                if strong:
+                    measured = await _strong_round(round_, n, vectors)
+                else:
+                    measured = [await _measure(m, vectors, loops[m]) for m in rotated(modes, round_)]
                 for mode, seconds, sent in measured:
                     times[mode].append(seconds)
                     if mode == "project-async":
@@ -595,7 +691,8 @@ async def _asearch(connection: Connection, config: BenchConfig) -> AsyncIterator
                 note = "one query per request"
                 if mode == "project-async":
                     note = _requests_note(requests)
-                yield _row("search", mode, n, times[mode], sync, note)
+                note = _loops_note(note, loops[mode], "at evenly spaced phases of the time tick" if strong else "")
+                yield _row("search", mode, n, times[mode], sync, note, loops[mode])
 
 
 async def _at_phase(anchor: float) -> float:
@@ -617,7 +714,7 @@ async def _at_phase(anchor: float) -> float:
 def _requests_note(requests: Sequence[int]) -> str:
     low, high = min(requests), max(requests)
     sent = f"{low}" if low == high else f"{low}-{high}"
-    return f"{sent} request{'s' if high > 1 else ''} per round, dispatched by the engine's store"
+    return f"{sent} request{'s' if high > 1 else ''} per run, dispatched by the engine's store"
 
 
 # -- ingest -----------------------------------------------------------------------------------------

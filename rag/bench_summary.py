@@ -39,7 +39,10 @@ def find(rows: list[BenchRow], experiment: str, mode: str, n: int | None = None)
 
 
 def _rounds(row: BenchRow) -> str:
-    return f"median of {row.repeats} round{'s' * (row.repeats != 1)}" if row.repeats else ""
+    if not row.repeats:
+        return ""
+    runs = f" of {row.loops} runs" if row.loops and row.loops > 1 else ""
+    return f"median of {row.repeats} round{'s' * (row.repeats != 1)}{runs}"
 
 
 def bench_headlines(rows: list[BenchRow]) -> list[Headline]:
@@ -175,6 +178,8 @@ def bench_run_caption(report: BenchReport) -> str:
     server = f"Milvus {report.milvus_version} · " if report.milvus_version else ""
     config = report.config
     rounds = f"median of {config.repeat} round{'s' * (config.repeat != 1)} per row, the modes taking turns"
+    if config.min_round > 0 and any(e in ("add", "search") for e in config.experiments):
+        rounds += f"; runs quicker than {config.min_round:g} s repeated within their round"
     cpu = f" ({report.machine['cpu']})" if report.machine.get("cpu") else ""
     return (
         f"{server}{report.machine.get('cpus', '?')} CPUs{cpu} · {versions} · {config.consistency_level} consistency, "

@@ -826,6 +826,15 @@ def workspaces_delete(ctx: click.Context, name: str, as_json: bool) -> None:
     help="Timed rounds of every measurement, the modes taking turns; rows show the median and the spread.",
 )
 @click.option(
+    "--min-round",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 10),
+    help="Add and search: a run quicker than this many seconds is repeated back to back within its round and the "
+    "time of one run reported; Strong searches start 4 runs per round at evenly spaced phases of the time tick "
+    "(0: one run per round).",
+)
+@click.option(
     "--modes",
     default="",
     help="Only these modes of add, search and ingest, comma-separated (e.g. seed-async,project-async). Default: all.",
@@ -851,6 +860,7 @@ def bench(
     max_files: int | None,
     insert_batch: int,
     repeat: int,
+    min_round: float,
     modes: str,
     chunks: int,
     sizes: str,
@@ -882,6 +892,7 @@ def bench(
             max_files=max_files,
             insert_batch=insert_batch,
             repeat=repeat,
+            min_round=min_round,
             modes=[m.strip() for m in modes.split(",") if m.strip()] or None,
             embed_chunks=chunks or None,
             results_file=out,

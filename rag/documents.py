@@ -932,7 +932,6 @@ class DocumentWrite:
             self._renewing = None
 
 
-
 def stage_all(library: DocumentLibrary, uploads: Sequence[tuple[str, BinaryIO]]) -> list[Staged]:
     """Write several uploads under temporary names; on a failure, discard the ones already written."""
     staged: list[Staged] = []

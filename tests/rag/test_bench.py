@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rag.bench import BenchConfig, BenchReport, BenchRow, aiter_bench, corpus_files, embed_modes, plan, rotated
+from rag.bench import (
+    MAX_LOOPS,
+    BenchConfig,
+    BenchReport,
+    BenchRow,
+    aiter_bench,
+    corpus_files,
+    embed_modes,
+    loops_for,
+    plan,
+    rotated,
+)
 from rag.cli import cli
 from rag.config import load_settings
 from rag.embeddings import Embedder
@@ -100,6 +111,14 @@ def test_modes_narrow_the_plan_and_unknown_ones_are_refused() -> None:
     for bad in ([], ["turbo"]):
         with pytest.raises(ValueError):
             BenchConfig(modes=bad)
+
+
+def test_quick_runs_are_repeated_until_a_round_lasts_min_round() -> None:
+    assert loops_for(0.004, 0.2) == 50
+    assert loops_for(0.07, 0.2) == 3
+    assert loops_for(0.2, 0.2) == loops_for(3.0, 0.2) == 1
+    assert loops_for(0.004, 0) == 1  # autorange off: one run per round
+    assert loops_for(0.0, 0.2) == MAX_LOOPS  # a run too quick to time is capped, not divided by zero
 
 
 def test_every_round_starts_with_another_mode() -> None:
@@ -193,6 +212,13 @@ def test_add_and_search_yield_every_row_and_clean_up(service: RagService, tmp_pa
     assert [(r.experiment, r.mode, r.n) for r in rows] == plan(config)
     _check_consistent(rows, 2)
     assert all(r.note for r in rows)
+    # Strong searches start 4 runs per round at spread phases of the tick (a sync loop of more than 10 searches
+    # meets many phases by itself: one run); adds of 5 rows take milliseconds, so are repeated for 0.2 s a round
+    searches = {(r.mode, r.n): r for r in rows if r.experiment == "search"}
+    assert searches[("sync", 20)].loops == 1
+    assert all(r.loops == 4 and "phases of the time tick" in r.note for k, r in searches.items() if k != ("sync", 20))
+    quick = [r for r in rows if r.experiment == "add" and r.n == 5]
+    assert all(r.loops > 1 and f"{r.loops} runs per round" in r.note for r in quick), quick
     assert report.milvus_version.startswith("v2")
     assert report.machine["cpus"] and report.versions["pymilvus"]
     assert report.config == config and report.seconds >= sum(r.seconds for r in rows)
