@@ -76,9 +76,10 @@ rather than overlapping them.
 
 Every figure is the **median of several rounds** (the *Timed rounds* option), the modes taking turns within
 each round so that a busy machine slows them alike; the whiskers and the spread column show the slowest and
-fastest round. Under Strong each round starts every mode at the same point of the server's time tick (searches
-of up to 10 queries are sent side by side), so the tick wait (one or two ticks, drawn by chance) is the same for
-every mode of a round.
+fastest round. A run of a few milliseconds is mostly noise, so an add or search quicker than a fifth of a
+second is repeated within its round and the time of one run shown (the table's note says how many runs). Under
+Strong a round starts four runs of every mode at evenly spaced points of the server's time tick (searches of up to
+10 queries are sent side by side), so every mode meets the same tick waits (one or two ticks, drawn by chance).
 
 **Ingest** is bound by the embedding model, which runs on this machine's CPU. *Sync* is a plain
 LlamaIndex pipeline: each file read, chunked, embedded with LlamaIndex's default settings (fp32,
