@@ -11,8 +11,8 @@ are), plus noise. The shares were fitted to the bundled model's vectors of the s
 pairs 0.12 (0.12); a question's best chunk 0.64 (0.65), its 10th 0.49 (0.48), its 50th 0.42 (0.31).
 Documents hold a log-normal number of chunks (median about 55), each with its catalogue row.
 
-Everything is written through the engine's own paths: `DocumentLibrary.abegin`/`acommit` for the catalogue
-rows and `DocumentStore.aadd` for the chunks (Milvus upserts and the keyword index). Everything is measured
+Everything is written through the engine's own paths: a `DocumentLibrary.write` per document (its claim, row,
+lease and commit) whose `add` stores the chunks (Milvus upserts and the keyword index). Everything is measured
 through them too: searches through `DocumentStore.asearch`, a restart by opening a fresh `RagService`, the
 Home and Chat pages by the service calls they make, `docs list` by `list_documents`.
 
@@ -617,18 +617,16 @@ class ScaleRun:
             made = await pending
             pending = _next(number + 1)
             started = time.perf_counter()
-            async with contextlib.AsyncExitStack() as claims:  # each document's writer claim, as ingestion takes it
-                held = [await claims.enter_async_context(state.library.writer(record.doc_id)) for record, _ in made]
-                for record, _ in made:
-                    await state.library.abegin(record)
+            size = state.settings.insert_batch_size
+            async with contextlib.AsyncExitStack() as stack:  # each document's write, as ingestion makes it
+                writes = [await stack.enter_async_context(state.library.write(record)) for record, _ in made]
                 batches = [
-                    nodes[i : i + state.settings.insert_batch_size]
-                    for _, nodes in made
-                    for i in range(0, len(nodes), state.settings.insert_batch_size)
+                    (write, nodes[i : i + size])
+                    for write, (_, nodes) in zip(writes, made, strict=True)
+                    for i in range(0, len(nodes), size)
                 ]
-                await _bounded(state.settings.insert_concurrency, [lambda b=b: state.store.aadd(b) for b in batches])
-                for (record, nodes), claim in zip(made, held, strict=True):
-                    await state.library.acommit(record, len(nodes), claim)
+                await _bounded(state.settings.insert_concurrency, [lambda w=w, b=b: w.add(b) for w, b in batches])
+            # leaving the stack committed every document of the wave (or, on an error, removed what they stored)
             spent += time.perf_counter() - started
             written += sum(len(nodes) for _, nodes in made)
             if number % 25 == 0:
